@@ -1,0 +1,39 @@
+# Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+# The environment is created on first use. torch is installed first with an exact pin: on a
+# CPU-only machine with a local CPU wheel pip takes that; on a GPU machine with internet the
+# same pin resolves to PyPI's CUDA build. constraints.txt keeps every later install on it.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+EXTRAS ?= dev,eval
+
+.PHONY: env demo test lint clean-demo bench
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	# torch-fidelity's Inception (FID) is plain torch, but the package declares torchvision: skip deps.
+	$(PIP) install -q --no-deps "torch-fidelity>=0.3,<0.5"
+	@$(PY) -c "import importlib.util as u, sys; sys.exit('torchvision must not be installed' if u.find_spec('torchvision') else 0)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m magiceraser demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check magiceraser tests benchmarks
+
+bench: $(STAMP)
+	for f in benchmarks/bench_*.py; do $(PY) $$f || exit 1; done
+
+clean-demo:
+	rm -rf demo

@@ -1,0 +1,5 @@
+import sys
+
+from magiceraser.cli import main
+
+sys.exit(main())

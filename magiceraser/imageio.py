@@ -1,0 +1,130 @@
+"""Decoding images and masks into the arrays the whole system uses, with explicit failure reasons.
+
+Every image becomes HxWx3 uint8 RGB, EXIF orientation applied. Inputs that cannot be used raise
+:class:`ImageDecodeError` whose ``reason`` is a short stable code (for skip records) and whose
+message says what is wrong and what to do.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+DEFAULT_MAX_PIXELS = 64_000_000  # decompression-bomb guard (~8000x8000)
+DEFAULT_MIN_SIDE = 32
+MASK_THRESHOLD = 128  # a mask pixel >= 128 (of 0..255) is "erase"
+
+
+class ImageDecodeError(ValueError):
+    def __init__(self, reason: str, message: str):
+        super().__init__(message)
+        self.reason = reason
+
+
+def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        # 16-bit (or 32-bit integer) grayscale: rescale the full range of its bit depth to 8 bits.
+        hi = 65535.0 if mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(np.rint(arr * (255.0 / hi)), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        arr = np.clip(np.rint(arr * 255.0 if arr.max(initial=0) <= 1.0 else arr), 0, 255).astype(np.uint8)
+        return np.repeat(arr[..., None], 3, axis=2)
+    if mode in ("RGBA", "LA", "PA") or (mode == "P" and "transparency" in img.info):
+        # Composite transparency on white rather than dropping alpha (black fringes otherwise).
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return np.asarray(Image.alpha_composite(white, rgba).convert("RGB"))
+    return np.asarray(img.convert("RGB"))
+
+
+def decode_image(
+    data: bytes | str | os.PathLike,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    min_side: int = DEFAULT_MIN_SIDE,
+) -> np.ndarray:
+    """Decode bytes or a file into HxWx3 uint8 RGB; raise ImageDecodeError with a reason code.
+
+    Reasons: ``empty_file``, ``not_an_image``, ``truncated``, ``too_large``, ``too_small``, ``unreadable``.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        try:
+            data = Path(data).read_bytes()
+        except OSError as exc:
+            raise ImageDecodeError("unreadable", f"cannot read {data}: {exc}") from exc
+    if len(data) == 0:
+        raise ImageDecodeError("empty_file", "the file is empty (0 bytes): re-download or remove it")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise ImageDecodeError(
+                    "too_large", f"image is {w}x{h} = {w * h} pixels, above the limit of {max_pixels}: raise max_pixels or downscale it"
+                )
+            img.load()
+    except ImageDecodeError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError("too_large", f"image exceeds the decompression-bomb limit: {exc}") from exc
+    except Image.UnidentifiedImageError as exc:
+        raise ImageDecodeError("not_an_image", "the file is not a decodable image (wrong extension or corrupt header)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        msg = str(exc)
+        reason = "truncated" if "truncated" in msg.lower() or "premature" in msg.lower() else "unreadable"
+        raise ImageDecodeError(reason, f"the image could not be decoded ({msg}); the file is probably cut short or corrupt") from exc
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not lose an otherwise valid image
+        pass
+    arr = _to_uint8_rgb(img)
+    h, w = arr.shape[:2]
+    if min(h, w) < min_side:
+        raise ImageDecodeError("too_small", f"image is {w}x{h}, smaller than {min_side} px on a side")
+    return np.ascontiguousarray(arr)
+
+
+def decode_mask(data: bytes | str | os.PathLike, threshold: int = MASK_THRESHOLD) -> np.ndarray:
+    """Decode a mask image to bool HxW: a pixel is masked where its gray value is >= ``threshold``.
+
+    Colour masks are converted to gray first; an alpha channel, if present, is ignored.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        try:
+            data = Path(data).read_bytes()
+        except OSError as exc:
+            raise ImageDecodeError("unreadable", f"cannot read mask {data}: {exc}") from exc
+    if len(data) == 0:
+        raise ImageDecodeError("empty_file", "the mask file is empty (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Exception as exc:
+        raise ImageDecodeError("not_an_image", f"the mask could not be decoded: {exc}") from exc
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64) / 257.0
+    else:
+        arr = np.asarray(img.convert("L"), dtype=np.float64)
+    return arr >= threshold
+
+
+def encode_image(arr: np.ndarray, fmt: str = "jpg", quality: int = 95) -> bytes:
+    """Encode HxWx3 (or HxW) uint8 to JPEG or PNG bytes (deterministic for the same input)."""
+    img = Image.fromarray(np.ascontiguousarray(arr))
+    buf = io.BytesIO()
+    if fmt in ("jpg", "jpeg"):
+        img.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
+    elif fmt == "png":
+        img.save(buf, format="PNG", compress_level=1)
+    else:
+        raise ValueError(f"unknown image format {fmt!r}: use 'jpg' or 'png'")
+    return buf.getvalue()
