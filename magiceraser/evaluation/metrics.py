@@ -1,0 +1,151 @@
+"""Pixel metrics of the paper's protocol, as pure functions: PSNR, SSIM and the Fréchet distance.
+
+All image metrics take HxWx3 uint8 arrays (data range 255) and optionally a bool HxW mask; with a
+mask the statistic is averaged over the masked pixels only ("beyond the paper" in method.md).
+
+* PSNR: per image, 10·log10(255² / MSE) with the MSE over all pixels and channels (the dataset
+  figure is the mean of per-image values, as the paper reports). Identical images would give +inf;
+  the value is capped at ``PSNR_CAP_DB`` so that means and JSON stay finite.
+* SSIM: Wang et al. 2004 with an 11x11 Gaussian window (σ = 1.5), K1 = 0.01, K2 = 0.03,
+  population (not sample) covariances, per channel then averaged over channels. The whole-image
+  value is the mean of the SSIM map over pixels whose window lies inside the image (scikit-image's
+  ``structural_similarity(..., gaussian_weights=True, sigma=1.5, use_sample_covariance=False)``);
+  the masked value is the mean over masked pixels of the full map computed with symmetric border
+  extension (scikit-image's ``full=True`` map).
+* Fréchet distance between Gaussians N(μ1, Σ1), N(μ2, Σ2): |μ1 − μ2|² + Tr(Σ1 + Σ2 − 2(Σ1Σ2)^½),
+  the quantity FID evaluates on Inception features.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+PSNR_CAP_DB = 100.0
+SSIM_SIGMA = 1.5
+SSIM_WIN = 11
+SSIM_K1, SSIM_K2 = 0.01, 0.03
+DATA_RANGE = 255.0
+
+
+def _check_pair(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None) -> None:
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction shape {pred.shape} differs from target shape {target.shape}")
+    if pred.ndim != 3 or pred.shape[2] != 3:
+        raise ValueError(f"expected HxWx3 images, got {pred.shape}")
+    if mask is not None:
+        if mask.shape != pred.shape[:2]:
+            raise ValueError(f"mask shape {mask.shape} differs from image size {pred.shape[:2]}")
+        if not mask.any():
+            raise ValueError("the mask is empty: a masked metric needs at least one masked pixel")
+
+
+def psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """PSNR in dB of one image pair (over ``mask`` pixels only when given), capped at PSNR_CAP_DB."""
+    _check_pair(pred, target, mask)
+    diff = pred.astype(np.float64) - target.astype(np.float64)
+    sq = diff * diff
+    mse = float(sq[mask].mean()) if mask is not None else float(sq.mean())
+    if mse <= DATA_RANGE**2 * 10 ** (-PSNR_CAP_DB / 10):
+        return PSNR_CAP_DB
+    return 10.0 * math.log10(DATA_RANGE**2 / mse)
+
+
+def gaussian_window(size: int = SSIM_WIN, sigma: float = SSIM_SIGMA) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps (float64)."""
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(x * x) / (2 * sigma * sigma))
+    return g / g.sum()
+
+
+def _symmetric_pad_index(n: int, pad: int) -> torch.Tensor:
+    # numpy "symmetric" (= scipy.ndimage "reflect"): d c b a | a b c d | d c b a
+    return torch.from_numpy(np.pad(np.arange(n), pad, mode="symmetric"))
+
+
+def ssim_map(pred: torch.Tensor, target: torch.Tensor, pad: bool = True) -> torch.Tensor:
+    """Per-pixel, per-channel SSIM of (N, C, H, W) tensors in [0, 255].
+
+    ``pad=True`` extends borders symmetrically and returns (N, C, H, W); ``pad=False`` returns only
+    the (N, C, H-10, W-10) interior where the window fits.
+    """
+    if pred.shape != target.shape or pred.ndim != 4:
+        raise ValueError(f"expected two (N, C, H, W) tensors of one shape, got {tuple(pred.shape)} and {tuple(target.shape)}")
+    x = pred.to(torch.float64)
+    y = target.to(torch.float64)
+    n, c, h, w = x.shape
+    r = SSIM_WIN // 2
+    if min(h, w) < SSIM_WIN:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WIN}x{SSIM_WIN} pixels, got {h}x{w}")
+    g = gaussian_window().to(x.device)
+    # Five statistics stacked on the channel axis and filtered in one separable pass.
+    stats = torch.cat([x, y, x * x, y * y, x * y], dim=1)
+    if pad:
+        stats = stats[:, :, _symmetric_pad_index(h, r)][:, :, :, _symmetric_pad_index(w, r)]
+    k = stats.shape[1]
+    stats = F.conv2d(stats, g.view(1, 1, SSIM_WIN, 1).expand(k, 1, SSIM_WIN, 1), groups=k)
+    stats = F.conv2d(stats, g.view(1, 1, 1, SSIM_WIN).expand(k, 1, 1, SSIM_WIN), groups=k)
+    mx, my, exx, eyy, exy = stats.split(c, dim=1)
+    vx = exx - mx * mx
+    vy = eyy - my * my
+    cxy = exy - mx * my
+    c1 = (SSIM_K1 * DATA_RANGE) ** 2
+    c2 = (SSIM_K2 * DATA_RANGE) ** 2
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+def _to_nchw(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0)
+
+
+def ssim(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
+    """SSIM of one image pair: whole image (interior mean) or the mean over ``mask`` pixels."""
+    _check_pair(pred, target, mask)
+    if mask is None:
+        return float(ssim_map(_to_nchw(pred), _to_nchw(target), pad=False).mean())
+    full = ssim_map(_to_nchw(pred), _to_nchw(target), pad=True)[0].mean(dim=0)  # channel mean
+    return float(full[torch.from_numpy(mask)].mean())
+
+
+def ssim_batch(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Whole-image SSIM per element of an (N, 3, H, W) batch in [0, 255]."""
+    return ssim_map(pred, target, pad=False).mean(dim=(1, 2, 3))
+
+
+def psnr_batch(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Whole-image PSNR (dB, capped) per element of an (N, 3, H, W) batch in [0, 255]."""
+    mse = (pred.to(torch.float64) - target.to(torch.float64)).pow(2).mean(dim=(1, 2, 3))
+    floor = DATA_RANGE**2 * 10 ** (-PSNR_CAP_DB / 10)
+    return 10.0 * torch.log10(DATA_RANGE**2 / mse.clamp_min(floor))
+
+
+def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and (unbiased) covariance of an (N, D) feature matrix, N >= 2."""
+    features = np.asarray(features, dtype=np.float64)
+    if features.ndim != 2 or features.shape[0] < 2:
+        raise ValueError(f"need an (N >= 2, D) feature matrix for Gaussian statistics, got {features.shape}")
+    return features.mean(axis=0), np.cov(features, rowvar=False)
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2).
+
+    The trace of the matrix square root is computed from the eigenvalues of Σ1Σ2 (real and
+    non-negative for PSD inputs, up to rounding), which is stable where ``sqrtm`` of a
+    near-singular product returns complex noise. A small ``eps`` ridge is added only if the
+    product has clearly negative eigenvalues (rank-deficient estimates from few samples).
+    """
+    mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+    s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"inconsistent shapes: mu {mu1.shape}/{mu2.shape}, sigma {s1.shape}/{s2.shape}")
+    diff = mu1 - mu2
+    eig = np.linalg.eigvals(s1 @ s2)
+    if np.min(eig.real) < -1e-6 * max(1.0, float(np.max(np.abs(eig)))):
+        ridge = eps * np.eye(s1.shape[0])
+        eig = np.linalg.eigvals((s1 + ridge) @ (s2 + ridge))
+    tr_covmean = float(np.sqrt(np.clip(eig.real, 0, None)).sum())
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
