@@ -1,0 +1,16 @@
+"""The OLRD data engine (method.md part 1): scene images -> WebDataset shards of removal samples.
+
+Modules, in the order data flows through them:
+
+    inputs.py        listing (directory tree / list file, Places365 layouts, fsspec), keys, shard assignment
+    segment.py       panoptic segmentation: Mask2Former (transformers) or COCO panoptic ground truth
+    coco_panoptic.py the COCO panoptic JSON + PNG format (read and write)
+    compose.py       pure numpy: eligible object, every valid offset at once, blend, background tags
+    caption.py       LLaVA captions of the original image (vLLM or transformers)
+    stages.py        the stages as batch transforms (Ray Data map_batches UDFs)
+    shards.py        tar + sidecar + skipped.jsonl + stats.json, atomically
+    olrd_job.py      ``magiceraser olrd``: the Ray Data pipeline, resume, progress
+    preview.py       ``magiceraser preview``: a PNG grid of a shard's samples
+    demo_scenes.py   ``magiceraser demo-scenes``: scenes from skimage.data with panoptic annotations
+    config.py        OLRDConfig and its sections
+"""

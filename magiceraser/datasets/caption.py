@@ -1,0 +1,126 @@
+"""Captioning backends: LLaVA-1.5 describes the background of the ORIGINAL image I (method.md).
+
+The question is :func:`magiceraser.prompts.caption_question` of the sample's background tags
+("Describe the grass and gravel in the image."), put in LLaVA-1.5's chat format
+"USER: <image>\\n{question} ASSISTANT:". Decoding is greedy, so captions are reproducible.
+
+* :class:`TransformersCaptioner`: ``LlavaForConditionalGeneration`` + ``AutoProcessor``, any device.
+* :class:`VllmCaptioner`: vLLM's batched engine on GPUs (``pip install "magiceraser[vllm]"``);
+  vllm is imported only when this class is built.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from magiceraser.datasets.segment import resolve_device
+
+LLAVA_PROMPT = "USER: <image>\n{question} ASSISTANT:"
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.replace("\x00", "").split())
+
+
+class TransformersCaptioner:
+    """LLaVA through transformers: ``caption(images, questions) -> list[str]``."""
+
+    def __init__(
+        self, model: str, device: str = "cpu", dtype: str | None = None, batch_size: int = 8, max_new_tokens: int = 77
+    ):
+        import torch
+        from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+        self.model_id = model
+        self.device, self.dtype = resolve_device(device, dtype)
+        self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
+        self.processor = AutoProcessor.from_pretrained(model)
+        # Decoder-only generation in a batch needs left padding.
+        self.processor.tokenizer.padding_side = "left"
+        self.model = LlavaForConditionalGeneration.from_pretrained(model, dtype=self.dtype).to(self.device).eval()
+        self._torch = torch
+
+    def prompt(self, question: str) -> str:
+        """The question in the checkpoint's chat template (LLaVA-1.5: 'USER: <image>\\n... ASSISTANT:')."""
+        if getattr(self.processor, "chat_template", None):
+            conversation = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            return self.processor.apply_chat_template(conversation, add_generation_prompt=True)
+        return LLAVA_PROMPT.format(question=question)
+
+    def caption(self, images: list[np.ndarray], questions: list[str]) -> list[str]:
+        if len(images) != len(questions):
+            raise ValueError(f"got {len(images)} images but {len(questions)} questions")
+        out: list[str] = []
+        for start in range(0, len(images), self.batch_size):
+            out.extend(self._caption_batch(images[start : start + self.batch_size], questions[start : start + self.batch_size]))
+        return out
+
+    def _caption_batch(self, images: list[np.ndarray], questions: list[str]) -> list[str]:
+        from PIL import Image
+
+        torch = self._torch
+        prompts = [self.prompt(q) for q in questions]
+        inputs = self.processor(images=[Image.fromarray(im) for im in images], text=prompts, return_tensors="pt", padding=True)
+        inputs = {k: v.to(self.device) for k, v in inputs.items()}
+        inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
+        with torch.inference_mode():
+            generated = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
+        new_tokens = generated[:, inputs["input_ids"].shape[1] :]
+        return [_clean(t) for t in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
+
+
+class VllmCaptioner:
+    """LLaVA served by vLLM's offline engine (GPU), batched over the whole Ray batch."""
+
+    def __init__(
+        self,
+        model: str,
+        max_new_tokens: int = 77,
+        dtype: str | None = None,
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int = 2048,
+        tensor_parallel_size: int = 1,
+    ):
+        try:
+            from vllm import LLM, SamplingParams
+        except ImportError as exc:  # the extra is GPU-only and optional
+            raise ImportError(
+                'captioner.backend=vllm needs vLLM: pip install -e ".[vllm]" on a CUDA machine, '
+                "or use captioner.backend=transformers"
+            ) from exc
+        self.model_id = model
+        self.llm = LLM(
+            model=model,
+            dtype="auto" if dtype in (None, "auto") else dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            tensor_parallel_size=tensor_parallel_size,
+            limit_mm_per_prompt={"image": 1},
+            seed=0,
+        )
+        self.sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
+
+    def caption(self, images: list[np.ndarray], questions: list[str]) -> list[str]:
+        from PIL import Image
+
+        if len(images) != len(questions):
+            raise ValueError(f"got {len(images)} images but {len(questions)} questions")
+        requests = [
+            {"prompt": LLAVA_PROMPT.format(question=q), "multi_modal_data": {"image": Image.fromarray(im)}}
+            for im, q in zip(images, questions)
+        ]
+        outputs = self.llm.generate(requests, self.sampling, use_tqdm=False)
+        return [_clean(o.outputs[0].text) for o in outputs]
+
+
+def build_captioner(cfg) -> TransformersCaptioner | VllmCaptioner:
+    """The captioner a :class:`~magiceraser.datasets.config.CaptionerConfig` names."""
+    if cfg.backend == "vllm":
+        return VllmCaptioner(
+            cfg.model, max_new_tokens=cfg.max_new_tokens, dtype=cfg.dtype,
+            gpu_memory_utilization=cfg.gpu_memory_utilization, max_model_len=cfg.max_model_len,
+            tensor_parallel_size=cfg.tensor_parallel_size,
+        )
+    return TransformersCaptioner(
+        cfg.model, device=cfg.device, dtype=cfg.dtype, batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens
+    )

@@ -1,0 +1,251 @@
+"""Compose one OLRD sample: shift a segmented thing onto background stuff and blend it in.
+
+Pure numpy/OpenCV over arrays (method.md part 1), no I/O and no Ray:
+
+1. Eligible objects: thing segments whose area lies in ``[min_object_area, max_object_area]`` of
+   the image and which are not cut by the image border (no pixel in the outer ``border_margin`` rows
+   or columns).
+2. Valid offsets, all at once: the object's mask M is cross-correlated with the background-stuff
+   mask B and the thing mask T (``cv2.matchTemplate``, DFT-based for large masks). At a top-left
+   position p the correlation is the number of mask pixels landing on B (resp. T), so every
+   position with ``corr_B >= min_background_share * |M|`` and ``corr_T <= max_thing_overlap * |M|``
+   is valid, and "inside the image" is the correlation's valid range. For images larger than
+   ``search_max_side`` the search runs on block-averaged masks (a stride-f grid of offsets) and
+   the chosen offset is re-checked exactly at full resolution before it is used.
+3. A random generator seeded from the sample key and the global seed (:func:`rng_for`) picks the
+   object and the offset, so the same input and seed give the same sample.
+4. Blend (method.md): Ĩ = m̃·õ + (1 − m̃)·I with the binary shifted mask m̃; the original object
+   stays where it was.
+5. Tags: background stuff classes under m̃, largest area first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from magiceraser import coco
+from magiceraser.panoptic import PanopticResult, background_tags
+
+# Skip reasons raised by compose (stable codes, recorded in skipped.jsonl).
+NO_THING = "no_thing_object"
+NO_ELIGIBLE = "no_eligible_object"
+NO_PLACEMENT = "no_valid_placement"
+
+
+class ComposeSkip(Exception):
+    """No sample can be composed from this image; ``reason`` is a stable code."""
+
+    def __init__(self, reason: str, message: str = ""):
+        super().__init__(message or reason)
+        self.reason = reason
+
+
+@dataclass
+class ComposeConfig:
+    """Object choice, placement search and blending of the compose stage."""
+
+    min_object_area: float = 0.01
+    """Smallest eligible object, as a fraction of the image area."""
+    max_object_area: float = 0.2
+    """Largest eligible object, as a fraction of the image area."""
+    border_margin: int = 1
+    """An object with a pixel within this many pixels of the border counts as cut by it."""
+    min_background_share: float = 0.95
+    """Share of the shifted mask's pixels that must land on background stuff."""
+    max_thing_overlap: float = 0.02
+    """Largest share of the shifted mask's pixels that may land on thing pixels."""
+    search_max_side: int = 256
+    """Search offsets on masks block-averaged to at most this long side (exact re-check at full size)."""
+    max_verify: int = 32
+    """Candidate offsets re-checked at full resolution per object before trying another object."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.min_object_area <= self.max_object_area <= 1.0:
+            raise ValueError(
+                f"compose.min_object_area/max_object_area must satisfy 0 < min <= max <= 1, got "
+                f"{self.min_object_area}, {self.max_object_area}"
+            )
+        if self.border_margin < 0:
+            raise ValueError(f"compose.border_margin must be >= 0, got {self.border_margin}")
+        if not 0.0 <= self.min_background_share <= 1.0:
+            raise ValueError(f"compose.min_background_share must be in [0, 1], got {self.min_background_share}")
+        if not 0.0 <= self.max_thing_overlap <= 1.0:
+            raise ValueError(f"compose.max_thing_overlap must be in [0, 1], got {self.max_thing_overlap}")
+        if self.search_max_side < 16:
+            raise ValueError(f"compose.search_max_side must be >= 16, got {self.search_max_side}")
+        if self.max_verify < 1:
+            raise ValueError(f"compose.max_verify must be >= 1, got {self.max_verify}")
+
+
+@dataclass
+class Composed:
+    blended: np.ndarray  # (H, W, 3) uint8, Ĩ
+    mask: np.ndarray  # (H, W) bool, m̃
+    object_label: int  # contiguous COCO panoptic label of o
+    object_bbox: tuple[int, int, int, int]  # [x0, y0, x1, y1), x1/y1 exclusive
+    offset: tuple[int, int]  # (dx, dy)
+    target_bbox: tuple[int, int, int, int]  # object_bbox shifted by offset
+    tags: list[str] = field(default_factory=list)  # background stuff under m̃, largest first
+
+    @property
+    def object_class(self) -> str:
+        return coco.COCO_PANOPTIC[self.object_label].name
+
+
+def rng_for(key: str, seed: int) -> np.random.Generator:
+    """Generator seeded from the sample key and the global seed (independent of run order)."""
+    digest = hashlib.sha256(f"{int(seed)}\0{key}".encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:16], "little"))
+
+
+def _lut(labels: frozenset[int]) -> np.ndarray:
+    lut = np.zeros(coco.NUM_CLASSES + 1, dtype=bool)  # last slot: unlabelled (-1)
+    lut[list(labels)] = True
+    return lut
+
+
+_THING_LUT = _lut(coco.THING_LABELS)
+_BACKGROUND_LUT = _lut(coco.BACKGROUND_LABELS)
+
+
+def eligible_objects(pan: PanopticResult, cfg: ComposeConfig) -> list[int]:
+    """Ids of thing segments with an eligible area that the border does not cut (sorted)."""
+    seg = pan.segment_map
+    h, w = seg.shape
+    things = [s for s in pan.segments if s.isthing]
+    if not things:
+        raise ComposeSkip(NO_THING, "the segmentation has no thing (object) segment")
+    areas = np.bincount(seg.ravel(), minlength=max(s.id for s in things) + 1)
+    b = cfg.border_margin
+    border_ids: set[int] = set()
+    if b > 0:
+        ring = np.concatenate([seg[:b].ravel(), seg[-b:].ravel(), seg[:, :b].ravel(), seg[:, -b:].ravel()])
+        border_ids = set(np.unique(ring).tolist())
+    lo, hi = cfg.min_object_area * h * w, cfg.max_object_area * h * w
+    return sorted(s.id for s in things if lo <= areas[s.id] <= hi and s.id not in border_ids)
+
+
+def _block_mean(mask: np.ndarray, f: int) -> np.ndarray:
+    """Mean of each f x f block (zero padding at the bottom/right edge)."""
+    h, w = mask.shape
+    hp, wp = -(-h // f) * f, -(-w // f) * f
+    padded = np.zeros((hp, wp), np.float32)
+    padded[:h, :w] = mask
+    return padded.reshape(hp // f, f, wp // f, f).mean(axis=(1, 3))
+
+
+def _correlate(image_mask: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """Valid-mode cross-correlation: out[y, x] = sum(template * image_mask[y:y+h, x:x+w])."""
+    import cv2
+
+    return cv2.matchTemplate(image_mask.astype(np.float32), template.astype(np.float32), cv2.TM_CCORR)
+
+
+def valid_offsets(
+    obj: np.ndarray, background: np.ndarray, things: np.ndarray, cfg: ComposeConfig, scale: int = 1
+) -> np.ndarray:
+    """Top-left positions (x, y) where the object's mask ``obj`` (its bbox crop) may be pasted.
+
+    ``background``/``things`` are full-image bool masks. With ``scale`` f > 1 the search runs on
+    f x f block means and returns positions on the stride-f grid whose estimate passes.
+    Returns an (N, 2) int array of (x, y), in row-major order.
+    """
+    h, w = obj.shape
+    H, W = background.shape
+    if h > H or w > W:
+        return np.zeros((0, 2), np.int64)
+    if scale > 1:
+        o, bg, th = _block_mean(obj, scale), _block_mean(background, scale), _block_mean(things, scale)
+        norm = float(scale * scale)
+    else:
+        o, bg, th, norm = obj, background, things, 1.0
+    area = float(obj.sum())
+    on_bg = _correlate(bg, o) * norm
+    on_th = _correlate(th, o) * norm
+    if scale == 1:
+        # Full resolution: the correlations are integer pixel counts (DFT rounding is far below 0.5).
+        on_bg, on_th = np.rint(on_bg), np.rint(on_th)
+    ok = (on_bg >= cfg.min_background_share * area) & (on_th <= cfg.max_thing_overlap * area)
+    # Keep positions whose full-resolution placement lies inside the image.
+    ys, xs = np.nonzero(ok)
+    xs, ys = xs * scale, ys * scale
+    inside = (xs + w <= W) & (ys + h <= H)
+    return np.stack([xs[inside], ys[inside]], axis=1).astype(np.int64)
+
+
+def placement_ok(obj: np.ndarray, background: np.ndarray, things: np.ndarray, x: int, y: int, cfg: ComposeConfig) -> bool:
+    """Exact full-resolution check of one placement (top-left x, y of the object's bbox crop)."""
+    h, w = obj.shape
+    H, W = background.shape
+    if x < 0 or y < 0 or x + w > W or y + h > H:
+        return False
+    area = int(obj.sum())
+    n_bg = int(np.count_nonzero(background[y : y + h, x : x + w] & obj))
+    n_th = int(np.count_nonzero(things[y : y + h, x : x + w] & obj))
+    return n_bg >= cfg.min_background_share * area and n_th <= cfg.max_thing_overlap * area
+
+
+def search_scale(shape: tuple[int, int], cfg: ComposeConfig) -> int:
+    """Block size of the offset search: 1 (exact, every offset) up to ``search_max_side``."""
+    return max(1, -(-max(shape) // cfg.search_max_side))
+
+
+def blend(image: np.ndarray, obj: np.ndarray, x0: int, y0: int, x: int, y: int) -> tuple[np.ndarray, np.ndarray]:
+    """Ĩ = m̃·õ + (1 − m̃)·I for a binary mask: copy the object's pixels from (x0, y0) to (x, y)."""
+    h, w = obj.shape
+    blended = image.copy()
+    region = blended[y : y + h, x : x + w]
+    region[obj] = image[y0 : y0 + h, x0 : x0 + w][obj]
+    mask = np.zeros(image.shape[:2], dtype=bool)
+    mask[y : y + h, x : x + w] = obj
+    return blended, mask
+
+
+def compose(image: np.ndarray, pan: PanopticResult, rng: np.random.Generator, cfg: ComposeConfig) -> Composed:
+    """Build (Ĩ, m̃, tags, ...) from image I and its panoptic segmentation; raise ComposeSkip."""
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"compose needs an HxWx3 uint8 image, got {image.shape} {image.dtype}")
+    if pan.shape != image.shape[:2]:
+        raise ValueError(f"segmentation shape {pan.shape} differs from image shape {image.shape[:2]}")
+    candidates = eligible_objects(pan, cfg)
+    if not candidates:
+        raise ComposeSkip(NO_ELIGIBLE, "no thing segment has an eligible size away from the image border")
+    labels = pan.label_map()
+    background = _BACKGROUND_LUT[labels]
+    things = _THING_LUT[labels]
+    scale = search_scale(image.shape[:2], cfg)
+    label_of = {s.id: s.label for s in pan.segments}
+    seg = pan.segment_map
+    for seg_id in rng.permutation(np.asarray(candidates)):
+        seg_id = int(seg_id)
+        ys, xs = np.nonzero(seg == seg_id)
+        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        obj = seg[y0:y1, x0:x1] == seg_id
+        offsets = valid_offsets(obj, background, things, cfg, scale)
+        if len(offsets) == 0:
+            continue
+        order = rng.permutation(len(offsets))[: cfg.max_verify]
+        for i in order:
+            x, y = int(offsets[i, 0]), int(offsets[i, 1])
+            if not placement_ok(obj, background, things, x, y, cfg):  # exact check (cheap: one crop)
+                continue
+            blended, mask = blend(image, obj, x0, y0, x, y)
+            h, w = obj.shape
+            crop = PanopticResult(seg[y : y + h, x : x + w], pan.segments)
+            return Composed(
+                blended=blended,
+                mask=mask,
+                object_label=label_of[seg_id],
+                object_bbox=(x0, y0, x1, y1),
+                offset=(x - x0, y - y0),
+                target_bbox=(x, y, x + w, y + h),
+                tags=background_tags(crop, obj),
+            )
+    raise ComposeSkip(
+        NO_PLACEMENT,
+        f"no offset puts any of {len(candidates)} eligible object(s) on >= {cfg.min_background_share:.0%} "
+        f"background stuff with <= {cfg.max_thing_overlap:.0%} overlap with objects",
+    )

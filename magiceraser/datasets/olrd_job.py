@@ -1,0 +1,229 @@
+"""``magiceraser olrd``: build OLRD shards with Ray Data (local Ray, or a cluster via ``ray job submit``).
+
+Data flow (every stage streams; Ray Data's bars show each operator)::
+
+    listing (driver) -> read+decode (tasks) -> segment (actor pool) -> compose (tasks)
+        -> caption (actor pool) -> driver: one shard at a time, tar + sidecar, atomically
+
+Resume: the listing fixes which inputs belong to which shard (``inputs.py``); finished shards
+(sidecar present and matching its tar) are left out of the dataset, so a rerun only builds what
+is missing, and a shard that is rebuilt gets the same bytes. ``skipped.jsonl`` and ``stats.json``
+are rewritten from all sidecars at the end (``stats.json`` last: it marks a complete output).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from magiceraser import __version__
+from magiceraser.atomic import atomic_write_json, remove_stale_temporaries
+from magiceraser.config import config_to_dict
+from magiceraser.datasets.config import OLRDConfig
+from magiceraser.datasets.inputs import InputItem, list_inputs, listing_fingerprint, num_shards
+from magiceraser.datasets.shards import Sample, ShardResult, Skip, read_sidecar, summarize, write_shard, write_skip_log
+
+
+def job_fingerprint(cfg: OLRDConfig, items: list[InputItem]) -> dict[str, Any]:
+    """What the shards' bytes depend on; a resumed run must match it to reuse finished shards."""
+    deps = {
+        "listing": listing_fingerprint(items),
+        "samples_per_shard": cfg.samples_per_shard,
+        "seed": cfg.seed,
+        "image_format": cfg.image_format,
+        "jpeg_quality": cfg.jpeg_quality,
+        "min_side": cfg.min_side,
+        "max_pixels": cfg.max_pixels,
+        "compose": config_to_dict(cfg.compose),
+        "segmenter": [cfg.segmenter.backend, cfg.segmenter.model if cfg.segmenter.backend == "mask2former" else cfg.segmenter.annotations],
+        "captioner": [cfg.captioner.model, cfg.captioner.max_new_tokens, cfg.captioner.max_tags],
+    }
+    digest = hashlib.sha256(json.dumps(deps, sort_keys=True).encode()).hexdigest()
+    return {"fingerprint": digest, "num_inputs": len(items), **deps}
+
+
+def _check_or_write_job(out: Path, job: dict[str, Any], cfg: OLRDConfig) -> None:
+    path = out / "job.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("fingerprint") != job["fingerprint"]:
+            changed = sorted(k for k in job if k != "fingerprint" and old.get(k) != job[k])
+            raise SystemExit(
+                f"magiceraser olrd: {out} holds shards of a different job (changed: {', '.join(changed) or 'unknown'}); "
+                "use a new output directory, or delete this one to rebuild it"
+            )
+        return
+    atomic_write_json(path, {**job, "version": __version__, "config": config_to_dict(cfg)})
+
+
+def _init_ray(cfg: OLRDConfig) -> bool:
+    """Join the configured/ambient cluster or start a local Ray; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
+    kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
+    if address is None and cfg.num_cpus:
+        kwargs["num_cpus"] = cfg.num_cpus
+    ray.init(address=address, **kwargs)
+    return True
+
+
+def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str):
+    """The Ray Data pipeline over ``items`` (lazy; nothing runs until it is iterated)."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    from magiceraser.datasets.stages import CaptionStage, SegmentStage, compose_batch, initial_rows, read_images
+
+    # One block per read batch keeps the first stage's tasks small and evenly spread.
+    ds = ray.data.from_items(initial_rows(items), override_num_blocks=max(1, -(-len(items) // cfg.read_batch_size)))
+    actor_retries = {"max_restarts": cfg.max_restarts, "max_task_retries": cfg.max_task_retries}
+    seg, cap = cfg.segmenter, cfg.captioner
+    ds = ds.map_batches(
+        read_images, batch_size=cfg.read_batch_size, batch_format="numpy", num_cpus=cfg.task_num_cpus,
+        fn_kwargs={"min_side": cfg.min_side, "max_pixels": cfg.max_pixels},
+    )
+    ds = ds.map_batches(
+        SegmentStage, batch_size=seg.batch_size, batch_format="numpy",
+        compute=ActorPoolStrategy(size=seg.num_actors), num_cpus=seg.num_cpus, num_gpus=seg.num_gpus,
+        fn_constructor_kwargs={"segmenter": config_to_dict(seg)}, **actor_retries,
+    )
+    ds = ds.map_batches(
+        compose_batch, batch_size=cfg.read_batch_size, batch_format="numpy", num_cpus=cfg.task_num_cpus,
+        fn_kwargs={
+            "compose": config_to_dict(cfg.compose), "seed": cfg.seed, "image_format": cfg.image_format,
+            "jpeg_quality": cfg.jpeg_quality, "segmenter_id": segmenter_id, "max_tags": cap.max_tags,
+        },
+    )
+    ds = ds.map_batches(
+        CaptionStage, batch_size=cap.batch_size, batch_format="numpy",
+        compute=ActorPoolStrategy(size=cap.num_actors), num_cpus=cap.num_cpus, num_gpus=cap.num_gpus,
+        fn_constructor_kwargs={"captioner": config_to_dict(cap)}, **actor_retries,
+    )
+    return ds.select_columns(["source", "key", "index", "shard", "reason", "stage", "message",
+                              "original", "blended", "mask", "meta"])
+
+
+def segmenter_id(cfg: OLRDConfig) -> str:
+    seg = cfg.segmenter
+    return seg.model if seg.backend == "mask2former" else f"coco_panoptic:{Path(seg.annotations).name}"
+
+
+class Progress:
+    """Periodic one-line report: inputs done, samples, skips per reason, images/s."""
+
+    def __init__(self, total: int, interval_s: float):
+        self.total, self.interval = total, interval_s
+        self.t0 = self.last = time.monotonic()
+        self.done = self.samples = 0
+        self.reasons: Counter[str] = Counter()
+
+    def update(self, reason: str) -> None:
+        self.done += 1
+        if reason:
+            self.reasons[reason] += 1
+        else:
+            self.samples += 1
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            print(self.line(), file=sys.stderr, flush=True)
+
+    @property
+    def rate(self) -> float:
+        return self.done / max(time.monotonic() - self.t0, 1e-9)
+
+    def line(self) -> str:
+        skips = ", ".join(f"{k} {v}" for k, v in self.reasons.most_common()) or "none"
+        return (f"[olrd] {self.done}/{self.total} images, {self.samples} samples, "
+                f"{sum(self.reasons.values())} skipped ({skips}), {self.rate:.2f} images/s")
+
+
+def run_olrd(cfg: OLRDConfig) -> dict[str, Any]:
+    """Build (or finish) the shards of ``cfg.output``; returns the stats written to stats.json."""
+    if not cfg.output:
+        raise SystemExit("magiceraser olrd: output is empty: give output=DIR")
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out)  # leftovers of a killed writer
+    items = list_inputs(cfg.input, cfg.samples_per_shard, cfg.input_root, cfg.limit)
+    if not items:
+        raise SystemExit(f"magiceraser olrd: no images found in {cfg.input!r}")
+    job = job_fingerprint(cfg, items)
+    _check_or_write_job(out, job, cfg)
+    n_shards = num_shards(len(items), cfg.samples_per_shard)
+    sidecars = {s: sc for s in range(n_shards) if (sc := read_sidecar(out, s)) is not None}
+    todo = [it for it in items if it.shard not in sidecars]
+    print(f"[olrd] {len(items)} inputs in {n_shards} shards; {len(sidecars)} shards already done, "
+          f"{len(todo)} inputs to process -> {out}", file=sys.stderr, flush=True)
+    t0 = time.monotonic()
+    if todo:
+        started = _init_ray(cfg)
+        try:
+            _process(cfg, todo, out, job, sidecars)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+    elapsed = time.monotonic() - t0
+    ordered = [sidecars[s] for s in range(n_shards)]
+    write_skip_log(out, ordered)
+    stats = {
+        **summarize(ordered),
+        "processed_this_run": len(todo),
+        "elapsed_s": round(elapsed, 3),
+        "images_per_s": round(len(todo) / elapsed, 3) if todo and elapsed > 0 else None,
+        "segmenter": segmenter_id(cfg),
+        "captioner": cfg.captioner.model,
+        "version": __version__,
+    }
+    atomic_write_json(out / "stats.json", stats)  # last: marks the output complete
+    print(f"[olrd] done: {stats['samples']} samples, {stats['skipped']} skipped {stats['skip_reasons']} in "
+          f"{n_shards} shards under {out}", file=sys.stderr, flush=True)
+    return stats
+
+
+def _process(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidecars: dict[int, dict]) -> None:
+    from magiceraser.datasets.stages import row_to_sample_files
+
+    expected = Counter(it.shard for it in todo)
+    pending: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    progress = Progress(len(todo), cfg.progress_interval_s)
+    ds = build_dataset(cfg, todo, segmenter_id(cfg))
+    for row in ds.iter_rows():
+        shard = int(row["shard"])
+        pending[shard].append(row)
+        progress.update(row["reason"])
+        if len(pending[shard]) < expected[shard]:
+            continue
+        rows = sorted(pending.pop(shard), key=lambda r: int(r["index"]))
+        result = ShardResult(shard=shard, inputs=len(rows))
+        for r in rows:
+            if r["reason"]:
+                result.skips.append(Skip(r["source"], r["key"], r["reason"], r["stage"], r["message"]))
+            else:
+                result.samples.append(Sample(r["key"], row_to_sample_files(r, cfg.image_format)))
+        sidecars[shard] = write_shard(out, result, job)
+    print(progress.line(), file=sys.stderr, flush=True)
+    if pending:  # cannot happen unless a stage broke the one-row-per-input rule
+        raise RuntimeError(f"shards {sorted(pending)} did not receive all their inputs")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from magiceraser.cli import config_argparser, load_cli_config
+
+    parser = config_argparser("olrd", "Build OLRD training shards (segment, shift+blend, caption) on Ray.")
+    args = parser.parse_args(argv)
+    cfg = load_cli_config(OLRDConfig, args)
+    run_olrd(cfg)
+    return 0

@@ -1,0 +1,141 @@
+"""WebDataset shard output: samples -> ``olrd-%06d.tar`` + sidecar, skip log, stats.
+
+Layout of an output directory::
+
+    job.json             what the shards were built from (a resume must match it)
+    olrd-000000.tar      samples of inputs [0, n) in listing order (WebDataset: key.original.jpg, ...)
+    olrd-000000.json     sidecar: keys, counts and skip records; written after the tar is in place
+    ...
+    skipped.jsonl        {source, key, reason, stage, message} of every input not turned into a sample
+    stats.json           counts per stage and per skip reason, images/s; written last
+
+A shard counts as finished when its sidecar exists and names the tar's exact size. Tars and
+sidecars are written under temporary names and renamed into place, so a killed job never leaves a
+partial file under a final name; a tar without a sidecar is rebuilt.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from magiceraser.atomic import atomic_open, atomic_write_json, atomic_write_text
+from magiceraser.datasets.inputs import shard_name
+
+# Skip reason -> the stage that produced it (for the per-stage counts in stats.json).
+STAGES = ("read", "segment", "compose", "caption")
+
+
+@dataclass
+class Sample:
+    key: str
+    files: dict[str, bytes]  # extension (e.g. "original.jpg", "json") -> bytes
+
+
+@dataclass
+class Skip:
+    source: str
+    key: str
+    reason: str
+    stage: str
+    message: str = ""
+
+    def to_json(self) -> dict[str, str]:
+        return {"source": self.source, "key": self.key, "reason": self.reason, "stage": self.stage, "message": self.message}
+
+
+@dataclass
+class ShardResult:
+    shard: int
+    inputs: int
+    samples: list[Sample] = field(default_factory=list)
+    skips: list[Skip] = field(default_factory=list)
+
+
+def _tar_bytes(samples: Iterable[Sample]) -> bytes:
+    """A deterministic tar (fixed mtime/owner/mode) of the samples' files, in the given order."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in samples:
+            for ext, data in sample.files.items():
+                info = tarfile.TarInfo(f"{sample.key}.{ext}")
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def write_shard(out_dir: str | Path, result: ShardResult, job: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the tar, then its sidecar (both atomically); returns the sidecar."""
+    out = Path(out_dir)
+    name = shard_name(result.shard)
+    data = _tar_bytes(result.samples)
+    with atomic_open(out / f"{name}.tar", "wb") as fh:
+        fh.write(data)
+    sidecar = {
+        "shard": result.shard,
+        "tar": f"{name}.tar",
+        "tar_bytes": len(data),
+        "inputs": result.inputs,
+        "samples": len(result.samples),
+        "skipped": len(result.skips),
+        "keys": [s.key for s in result.samples],
+        "skip_reasons": dict(sorted(Counter(s.reason for s in result.skips).items())),
+        "skips": [s.to_json() for s in result.skips],
+    }
+    if job:
+        sidecar["job"] = job.get("fingerprint", "")
+    # Written only now: a sidecar always describes a complete tar that is already in place.
+    atomic_write_json(out / f"{name}.json", sidecar)
+    return sidecar
+
+
+def read_sidecar(out_dir: str | Path, shard: int) -> dict[str, Any] | None:
+    """The sidecar of a finished shard, or None when the shard must be (re)built."""
+    out = Path(out_dir)
+    name = shard_name(shard)
+    try:
+        sidecar = json.loads((out / f"{name}.json").read_text())
+        if (out / f"{name}.tar").stat().st_size != sidecar["tar_bytes"]:
+            return None
+        return sidecar
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def write_skip_log(out_dir: str | Path, sidecars: list[dict[str, Any]]) -> int:
+    """``skipped.jsonl`` from the sidecars, in shard order; returns the number of records."""
+    lines = [json.dumps(rec, sort_keys=True) for sc in sorted(sidecars, key=lambda s: s["shard"]) for rec in sc["skips"]]
+    atomic_write_text(Path(out_dir) / "skipped.jsonl", "".join(line + "\n" for line in lines))
+    return len(lines)
+
+
+def summarize(sidecars: list[dict[str, Any]]) -> dict[str, Any]:
+    """Counts per stage (inputs surviving each stage) and per skip reason over all shards."""
+    inputs = sum(sc["inputs"] for sc in sidecars)
+    samples = sum(sc["samples"] for sc in sidecars)
+    by_reason: Counter[str] = Counter()
+    by_stage: Counter[str] = Counter()
+    for sc in sidecars:
+        for rec in sc["skips"]:
+            by_reason[rec["reason"]] += 1
+            by_stage[rec["stage"]] += 1
+    passed, stages = inputs, {"listed": inputs}
+    for stage in STAGES:
+        passed -= by_stage.get(stage, 0)
+        stages[stage] = passed
+    return {
+        "inputs": inputs,
+        "samples": samples,
+        "skipped": inputs - samples,
+        "shards": len(sidecars),
+        "stages": stages,
+        "skip_reasons": dict(sorted(by_reason.items())),
+    }

@@ -1,0 +1,282 @@
+"""The OLRD stages as batch transforms over column dicts (what Ray Data's ``map_batches`` passes).
+
+Every input row travels through every stage and comes out as exactly one row: a sample, or a
+skip with ``reason``/``stage``/``message`` set (later stages pass skipped rows through untouched).
+That one-in/one-out rule lets the writer know when a shard is complete. All columns exist from
+the first stage on, so every block has the same schema:
+
+    source, key, index, shard                  the input (inputs.InputItem)
+    reason, stage, message                     skip record ('' while the row is alive)
+    image, height, width                       decoded I as raw HxWx3 uint8 bytes (read -> caption)
+    segmap, segments                           panoptic result (segment -> compose)
+    original, blended, mask, meta, question    encoded sample parts (compose -> writer)
+    caption                                    (caption -> writer)
+
+The classes hold a model and are used as Ray actors; plain Python can call them too (the
+single-process baseline of the benchmark does).
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from typing import Any
+
+import numpy as np
+
+from magiceraser import __version__
+from magiceraser.panoptic import PanopticResult, Segment
+
+Batch = dict[str, np.ndarray]
+
+COLUMNS = (
+    "source", "key", "index", "shard", "reason", "stage", "message", "image", "height", "width",
+    "segmap", "segments", "original", "blended", "mask", "meta", "question", "caption",
+)
+_EMPTY: dict[str, Any] = {
+    "reason": "", "stage": "", "message": "", "image": b"", "height": 0, "width": 0, "segmap": b"",
+    "segments": "", "original": b"", "blended": b"", "mask": b"", "meta": "", "question": "", "caption": "",
+}
+
+
+def initial_rows(items) -> list[dict[str, Any]]:
+    """Rows of the job's input dataset: the items plus every later column, empty."""
+    return [{"source": it.source, "key": it.key, "index": it.index, "shard": it.shard, **_EMPTY} for it in items]
+
+
+def _n(batch: Batch) -> int:
+    return len(batch["key"])
+
+
+def _alive(batch: Batch) -> list[int]:
+    return [i for i in range(_n(batch)) if not batch["reason"][i]]
+
+
+def _mutable(batch: Batch) -> Batch:
+    # Ray hands read-only (zero-copy) arrays; object columns are rebuilt as lists we can assign into.
+    return {k: list(v) for k, v in batch.items()}
+
+
+def _skip(batch: Batch, i: int, reason: str, stage: str, message: str) -> None:
+    batch["reason"][i], batch["stage"][i], batch["message"][i] = reason, stage, message[:500]
+    for col in ("image", "segmap", "original", "blended", "mask"):
+        batch[col][i] = b""
+
+
+def _finish(batch: Batch) -> Batch:
+    out = {}
+    for k in COLUMNS:
+        v = batch[k]
+        if k in ("index", "shard", "height", "width"):
+            out[k] = np.asarray(v, dtype=np.int64)
+        else:
+            arr = np.empty(len(v), dtype=object)
+            arr[:] = v
+            out[k] = arr
+    return out
+
+
+def image_of(batch: Batch, i: int) -> np.ndarray:
+    h, w = int(batch["height"][i]), int(batch["width"][i])
+    return np.frombuffer(batch["image"][i], dtype=np.uint8).reshape(h, w, 3)
+
+
+def pan_of(batch: Batch, i: int) -> PanopticResult:
+    h, w = int(batch["height"][i]), int(batch["width"][i])
+    seg = np.frombuffer(batch["segmap"][i], dtype=np.int32).reshape(h, w)
+    segments = [Segment(id=s[0], label=s[1], area=s[2], score=s[3]) for s in json.loads(batch["segments"][i])]
+    return PanopticResult(seg, segments)
+
+
+def read_images(batch: Batch, min_side: int = 64, max_pixels: int = 64_000_000) -> Batch:
+    """Read each source (fsspec) and decode it to RGB; failures become skips with the decoder's reason."""
+    import fsspec
+
+    from magiceraser.imageio import ImageDecodeError, decode_image
+
+    batch = _mutable(batch)
+    for i in _alive(batch):
+        source = batch["source"][i]
+        try:
+            with fsspec.open(source, "rb") as fh:
+                data = fh.read()
+        except (OSError, ValueError) as exc:
+            _skip(batch, i, "unreadable", "read", f"cannot read {source}: {exc}")
+            continue
+        try:
+            image = decode_image(data, max_pixels=max_pixels, min_side=min_side)
+        except ImageDecodeError as exc:
+            _skip(batch, i, exc.reason, "read", str(exc))
+            continue
+        batch["image"][i] = image.tobytes()
+        batch["height"][i], batch["width"][i] = image.shape[:2]
+    return _finish(batch)
+
+
+def _pack_pan(batch: Batch, i: int, pan: PanopticResult) -> None:
+    batch["segmap"][i] = np.ascontiguousarray(pan.segment_map, dtype=np.int32).tobytes()
+    batch["segments"][i] = json.dumps([[s.id, s.label, s.area, round(s.score, 6)] for s in pan.segments])
+
+
+class SegmentStage:
+    """Panoptic segmentation of a batch (Mask2Former or COCO panoptic ground truth)."""
+
+    def __init__(self, segmenter: dict[str, Any]):
+        cfg = dict(segmenter)
+        self.backend = cfg["backend"]
+        if self.backend == "coco_panoptic":
+            from magiceraser.datasets.segment import CocoPanopticAnnotations
+
+            self.model = CocoPanopticAnnotations(cfg["annotations"], cfg.get("png_dir") or None)
+        else:
+            from magiceraser.datasets.segment import Mask2FormerSegmenter
+
+            self.model = Mask2FormerSegmenter(
+                cfg["model"], device=cfg.get("device", "auto"), dtype=cfg.get("dtype", "auto"),
+                batch_size=cfg.get("batch_size", 8), threshold=cfg.get("threshold", 0.5),
+                mask_threshold=cfg.get("mask_threshold", 0.5),
+                overlap_mask_area_threshold=cfg.get("overlap_mask_area_threshold", 0.8),
+                fuse_stuff=cfg.get("fuse_stuff", True),
+            )
+        self.model_id = self.model.model_id
+
+    def __call__(self, batch: Batch) -> Batch:
+        from magiceraser.datasets.segment import AnnotationError
+
+        batch = _mutable(batch)
+        alive = _alive(batch)
+        if self.backend == "coco_panoptic":
+            for i in alive:
+                try:
+                    pan = self.model.lookup(batch["source"][i])
+                except AnnotationError as exc:
+                    _skip(batch, i, exc.reason, "segment", str(exc))
+                    continue
+                if pan.shape != (batch["height"][i], batch["width"][i]):
+                    _skip(batch, i, "annotation_size_mismatch", "segment",
+                          f"panoptic PNG is {pan.shape[::-1]}, image is {(batch['width'][i], batch['height'][i])}")
+                    continue
+                _pack_pan(batch, i, pan)
+            return _finish(batch)
+        try:
+            pans = self.model.segment([image_of(batch, i) for i in alive])
+        except Exception:
+            # One bad image must not lose the batch: retry one by one to find and skip it.
+            pans = []
+            for i in alive:
+                try:
+                    pans.extend(self.model.segment([image_of(batch, i)]))
+                except Exception as exc:  # noqa: BLE001 - recorded as the item's skip reason
+                    pans.append(exc)
+        for i, pan in zip(alive, pans):
+            if isinstance(pan, Exception):
+                _skip(batch, i, "segment_error", "segment", "".join(traceback.format_exception_only(pan)).strip())
+            else:
+                _pack_pan(batch, i, pan)
+        return _finish(batch)
+
+
+def compose_batch(
+    batch: Batch, compose: dict[str, Any], seed: int, image_format: str, jpeg_quality: int, segmenter_id: str, max_tags: int
+) -> Batch:
+    """Compose, blend and encode each alive row (pure CPU work: a Ray task)."""
+    from magiceraser.config import build_config
+    from magiceraser.datasets.compose import ComposeConfig, ComposeSkip
+    from magiceraser.datasets.compose import compose as compose_sample
+    from magiceraser.datasets.compose import rng_for
+    from magiceraser.imageio import encode_image
+    from magiceraser.prompts import caption_question
+
+    cfg = build_config(ComposeConfig, compose)
+    batch = _mutable(batch)
+    for i in _alive(batch):
+        image, pan = image_of(batch, i), pan_of(batch, i)
+        key = batch["key"][i]
+        try:
+            out = compose_sample(image, pan, rng_for(key, seed), cfg)
+        except ComposeSkip as exc:
+            _skip(batch, i, exc.reason, "compose", str(exc))
+            continue
+        h, w = image.shape[:2]
+        question = caption_question(out.tags, max_tags)
+        meta = {
+            "key": key,
+            "source": batch["source"][i],
+            "width": w,
+            "height": h,
+            "object_class": out.object_class,
+            "object_label": out.object_label,
+            "object_bbox": list(out.object_bbox),
+            "offset": list(out.offset),
+            "target_bbox": list(out.target_bbox),
+            "tags": out.tags,
+            "caption_prompt": question,
+            "seed": seed,
+            "segmenter": segmenter_id,
+            "version": __version__,
+        }
+        batch["original"][i] = encode_image(image, image_format, jpeg_quality)
+        batch["blended"][i] = encode_image(out.blended, image_format, jpeg_quality)
+        batch["mask"][i] = encode_image(out.mask.astype(np.uint8) * 255, "png")
+        batch["meta"][i] = json.dumps(meta)
+        batch["question"][i] = question
+        batch["segmap"][i] = b""  # not needed downstream: keep the object store light
+    return _finish(batch)
+
+
+class CaptionStage:
+    """Caption the ORIGINAL image I of each alive row, asking about its background tags."""
+
+    def __init__(self, captioner: dict[str, Any]):
+        from magiceraser.config import build_config
+        from magiceraser.datasets.caption import build_captioner
+        from magiceraser.datasets.config import CaptionerConfig
+
+        self.model = build_captioner(build_config(CaptionerConfig, captioner))
+        self.model_id = self.model.model_id
+
+    def __call__(self, batch: Batch) -> Batch:
+        batch = _mutable(batch)
+        alive = _alive(batch)
+        if alive:
+            images = [image_of(batch, i) for i in alive]
+            questions = [batch["question"][i] for i in alive]
+            try:
+                captions: list[Any] = self.model.caption(images, questions)
+            except Exception:
+                captions = []
+                for im, q in zip(images, questions):
+                    try:
+                        captions.extend(self.model.caption([im], [q]))
+                    except Exception as exc:  # noqa: BLE001 - recorded as the item's skip reason
+                        captions.append(exc)
+            for i, cap in zip(alive, captions):
+                if isinstance(cap, Exception):
+                    _skip(batch, i, "caption_error", "caption", "".join(traceback.format_exception_only(cap)).strip())
+                else:
+                    batch["caption"][i] = cap
+        for i in range(_n(batch)):
+            batch["image"][i] = b""  # the writer needs only the encoded parts
+        out = _finish(batch)
+        out["meta"] = np.asarray(
+            [_with_caption(m, c, self.model_id) if m else "" for m, c in zip(out["meta"], out["caption"])], dtype=object
+        )
+        return out
+
+
+def _with_caption(meta: str, caption: str, captioner: str) -> str:
+    d = json.loads(meta)
+    d["caption"] = caption
+    d["captioner"] = captioner
+    return json.dumps(d)
+
+
+def row_to_sample_files(row: dict[str, Any], image_format: str) -> dict[str, bytes]:
+    """The WebDataset files of one finished row (json keys sorted for stable bytes)."""
+    meta = json.loads(row["meta"])
+    return {
+        f"original.{image_format}": bytes(row["original"]),
+        f"blended.{image_format}": bytes(row["blended"]),
+        "mask.png": bytes(row["mask"]),
+        "json": json.dumps(meta, sort_keys=True).encode(),
+    }
