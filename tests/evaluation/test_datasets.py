@@ -1,0 +1,191 @@
+"""Readers of evaluation pairs: RealHM (both layouts), OLRD shards, COCO panoptic and OpenImages via compose."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from magiceraser.evaluation import datasets as D
+
+
+def _png(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path)
+
+
+def _scene(rng, h=40, w=56):
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    mask = np.zeros((h, w), bool)
+    mask[10:25, 12:30] = True
+    return img, mask
+
+
+def test_realhm_folders_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    scenes = {}
+    for name in ("b", "a"):
+        comp, mask = scenes[name] = _scene(rng)
+        _png(tmp_path / "composite" / f"{name}.png", comp)
+        _png(tmp_path / "mask" / f"{name}.png", mask.astype(np.uint8) * 255)
+        _png(tmp_path / "gt" / f"{name}.jpg" if name == "a" else tmp_path / "gt" / f"{name}.png", comp[::-1].copy())
+    _png(tmp_path / "composite" / "c.png", comp)  # no mask, no gt
+    items = list(D.iter_realhm(tmp_path))
+    pairs = [i for i in items if isinstance(i, D.EvalPair)]
+    skips = [i for i in items if isinstance(i, D.PairSkip)]
+    assert [p.key for p in pairs] == ["a", "b"]
+    assert [(s.key, s.reason) for s in skips] == [("c", "missing_file")]
+    comp, mask = scenes["b"]
+    np.testing.assert_array_equal(pairs[1].image, comp)
+    np.testing.assert_array_equal(pairs[1].target, comp[::-1])
+    np.testing.assert_array_equal(pairs[1].mask, mask)
+
+
+def test_realhm_as_distributed_builds_the_composite(tmp_path):
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "vendor_testing_1" / "set"
+    fore, mask = _scene(rng)
+    bg = rng.integers(0, 256, fore.shape, dtype=np.uint8)
+    _png(folder / "x1.png", fore)
+    _png(folder / "x1_fore.png", bg)
+    _png(folder / "x1_mask.png", mask.astype(np.uint8) * 255)
+    _png(folder / "x1_gt.png", fore)
+    _png(tmp_path / "vendor_testing_2" / "y_mask.png", mask.astype(np.uint8) * 255)  # lonely mask
+    items = list(D.iter_realhm(tmp_path, "auto"))
+    pair = next(i for i in items if isinstance(i, D.EvalPair))
+    expected = bg.copy()
+    expected[mask] = fore[mask]
+    np.testing.assert_array_equal(pair.image, expected)
+    np.testing.assert_array_equal(pair.target, bg)
+    assert pair.key == "vendor_testing_1_set_x1"
+    assert [(s.key, s.reason) for s in items if isinstance(s, D.PairSkip)] == [("vendor_testing_2_y", "missing_file")]
+    with pytest.raises(FileNotFoundError, match="RealHM"):
+        list(D.iter_realhm(tmp_path / "nope"))
+
+
+def write_shard(path, samples):
+    """OLRD-format shard written with the stock webdataset writer."""
+    import webdataset as wds
+
+    with wds.TarWriter(str(path)) as sink:
+        for key, blended, mask, original, meta in samples:
+            rec = {"__key__": key, "json": json.dumps(meta).encode()}
+            if blended is not None:
+                rec["blended.jpg"] = _encode(blended, "PNG")  # lossless content under the .jpg name is fine for PIL
+            if mask is not None:
+                rec["mask.png"] = _encode(mask.astype(np.uint8) * 255, "PNG")
+            rec["original.jpg"] = _encode(original, "PNG")
+            sink.write(rec)
+
+
+def _encode(arr, fmt):
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_olrd_shards(tmp_path):
+    rng = np.random.default_rng(2)
+    a, ma = _scene(rng)
+    b, mb = _scene(rng)
+    write_shard(tmp_path / "olrd-000000.tar", [("s0", a, ma, b, {"object_class": "cat", "tags": ["grass"]}),
+                                              ("s1", b, None, a, {})])
+    write_shard(tmp_path / "olrd-000001.tar", [("s2", b, mb, a, {})])
+    items = list(D.iter_olrd_shards(str(tmp_path / "olrd-*.tar")))
+    assert [type(i).__name__ for i in items] == ["EvalPair", "PairSkip", "EvalPair"]
+    p0 = items[0]
+    np.testing.assert_array_equal(p0.image, a)
+    np.testing.assert_array_equal(p0.target, b)
+    np.testing.assert_array_equal(p0.mask, ma)
+    assert p0.meta["object_class"] == "cat" and p0.meta["tags"] == ["grass"]
+    assert items[1].reason == "missing_file"
+    assert len(list(D.iter_olrd_shards(str(tmp_path)))) == 3  # a directory works too
+    with pytest.raises(FileNotFoundError, match="no OLRD shards"):
+        D.shard_paths(str(tmp_path / "none-*.tar"))
+
+
+def test_seeded_order_is_a_stable_permutation():
+    items = [f"k{i}" for i in range(20)]
+    assert D.seeded_order(items, 3) == D.seeded_order(list(reversed(items)), 3)
+    assert sorted(D.seeded_order(items, 3)) == sorted(items)
+    assert D.seeded_order(items, 3) != D.seeded_order(items, 4)
+
+
+def test_openimages_panoptic_marks_free_region_as_background():
+    from magiceraser import coco
+
+    a = np.zeros((30, 40), bool)
+    a[2:10, 2:10] = True
+    b = np.zeros((30, 40), bool)
+    b[20:28, 25:35] = True
+    pan, names = D.openimages_panoptic([(a, "Cat"), (b, "Lighthouse")], (30, 40))
+    labels = {s.id: s.label for s in pan.segments}
+    assert coco.COCO_PANOPTIC[labels[pan.segment_map[5, 5]]].name == "cat"
+    assert labels[pan.segment_map[25, 30]] in coco.THING_LABELS  # stand-in thing label
+    assert names[pan.segment_map[25, 30]] == "Lighthouse"
+    free = ~(a | b)
+    assert all(labels[i] in coco.BACKGROUND_LABELS for i in np.unique(pan.segment_map[free]))
+    assert sum(s.area for s in pan.segments) == 30 * 40
+
+
+def _scene_with_object(rng, h=120, w=160):
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = (90, 160, 70)
+    img += rng.integers(0, 20, img.shape, dtype=np.uint8)
+    obj = np.zeros((h, w), bool)
+    obj[30:55, 20:45] = True
+    img[obj] = (200, 30, 30)
+    return img, obj
+
+
+def test_openimages_pairs_via_compose(tmp_path):
+    pytest.importorskip("magiceraser.datasets.compose")
+    rng = np.random.default_rng(5)
+    rows = []
+    for i in range(3):
+        img, obj = _scene_with_object(rng)
+        image_id = f"{i:016x}"
+        _png(tmp_path / "images" / f"{image_id}.png", img)
+        # OpenImages stores masks at their own resolution: here half size
+        small = np.asarray(Image.fromarray(obj.astype(np.uint8) * 255).resize((80, 60), Image.NEAREST))
+        mask_name = f"{image_id}_m0cat_{i}.png"
+        _png(tmp_path / "masks" / mask_name, small)
+        rows.append({"MaskPath": mask_name, "ImageID": image_id, "LabelName": "/m/01yrx", "BoxID": "x",
+                     "BoxXMin": "0", "BoxXMax": "1", "BoxYMin": "0", "BoxYMax": "1", "PredictedIoU": "1", "Clicks": ""})
+    rows.append({**rows[0], "ImageID": "ffffffffffffffff"})  # image not downloaded: not a candidate
+    with open(tmp_path / "seg.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp_path / "classes.csv").write_text("/m/01yrx,Cat\n")
+    items = list(D.iter_openimages(tmp_path / "images", tmp_path / "seg.csv", tmp_path / "masks", 2, 0,
+                                   class_descriptions=tmp_path / "classes.csv"))
+    pairs = [i for i in items if isinstance(i, D.EvalPair)]
+    assert len(pairs) == 2
+    again = [i for i in D.iter_openimages(tmp_path / "images", tmp_path / "seg.csv", tmp_path / "masks", 2, 0,
+                                          class_descriptions=tmp_path / "classes.csv") if isinstance(i, D.EvalPair)]
+    for p, q in zip(pairs, again):  # seeded: identical pairs on a rerun
+        np.testing.assert_array_equal(p.image, q.image)
+        np.testing.assert_array_equal(p.mask, q.mask)
+    for p in pairs:
+        # input = target except under the pasted copy; the copy is the red object, away from the original
+        assert (p.image[~p.mask] == p.target[~p.mask]).all()
+        assert (p.image[p.mask][:, 0] > 150).mean() > 0.9
+        assert p.meta["object_class"] == "cat"
+
+
+def test_coco_panoptic_pairs_from_demo_scenes(tmp_path):
+    pytest.importorskip("magiceraser.datasets.compose")
+    demo = pytest.importorskip("magiceraser.datasets.demo_scenes")
+    root = demo.write_demo_scenes(tmp_path / "scenes", num_scenes=3)
+    items = list(D.iter_coco_panoptic(root / "images", root / "panoptic.json", root / "panoptic", 2, seed=0))
+    pairs = [i for i in items if isinstance(i, D.EvalPair)]
+    assert 1 <= len(pairs) <= 2
+    for p in pairs:
+        assert p.mask.any() and (p.image[~p.mask] == p.target[~p.mask]).all()
+        assert not (p.image[p.mask] == p.target[p.mask]).all()
+        assert p.key.startswith("scene-")
