@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -31,7 +32,7 @@ def writer(name: str) -> Callable[..., Path]:
 
 def write_tiny_models(out_dir: str | Path, names: Sequence[str] | None = None, overwrite: bool = False) -> dict[str, Path]:
     """Write the named tiny models (all by default) under ``out_dir``; existing ones are kept unless ``overwrite``."""
-    from magiceraser.atomic import atomic_directory, atomic_open
+    from magiceraser.atomic import TMP_PREFIX, atomic_directory
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -43,10 +44,13 @@ def write_tiny_models(out_dir: str | Path, names: Sequence[str] | None = None, o
         if target.exists() and not overwrite:
             written[name] = target
             continue
-        if target.suffix:  # a single file
-            with atomic_open(target, "wb") as fh:
-                fh.close()
-                writer(name)(fh.name)
+        if target.suffix:  # a single file: written under a temporary name, renamed when complete
+            tmp = target.with_name(f"{TMP_PREFIX}{target.name}")
+            try:
+                writer(name)(tmp)
+                os.replace(tmp, target)
+            finally:
+                tmp.unlink(missing_ok=True)
         else:
             with atomic_directory(target) as tmp:
                 writer(name)(tmp)

@@ -1,0 +1,10 @@
+"""The eraser (method.md part 3).
+
+    refocus.py       refocused_attention: Eq. 5-9 as a pure tensor function (no N×N mask held)
+    processor.py     RefocusAttnProcessor for the UNet's self-attention, active while t ≥ 700
+    content_init.py  Telea / Big-LaMa (TorchScript) / none pixel-space fills
+    geometry.py      regions, crops, resizing, feathered paste (full resolution)
+    pipeline.py      MagicEraserPipeline: one __call__, MagicEraserOutput
+    config.py        EraseConfig (CLI / YAML)
+    cli.py           `magiceraser erase`
+"""

@@ -1,0 +1,308 @@
+"""``MagicEraserPipeline``: erase masked objects at the input's own resolution (method.md part 3).
+
+Data flow for one call::
+
+    image, mask ─ check ─ dilate ─ regions ─┬─ per region: crop with context ─ resize to model size
+                                             │    ├─ panoptic segmentation ─ tag, refocus labels
+                                             │    ├─ content init (Telea / Big-LaMa / none) ─ x̃₀
+                                             │    ├─ z_T' = √ᾱ_T' E(x̃₀) + √(1−ᾱ_T') ε ; T' = ⌊T·s⌋ steps of the
+                                             │    │   9-channel inpainting UNet with CFG, prompt "A photo of R* {tag}",
+                                             │    │   attention refocus on self-attention while t ≥ 700
+                                             │    └─ decode ─ resize back ─ feathered paste inside the dilated mask
+                                             └─ output (input size; bit-identical outside the dilated mask)
+
+Built from stock diffusers components: a ``StableDiffusionInpaintPipeline`` supplies the VAE,
+text encoder (with ``load_textual_inversion``), UNet (with ``load_lora_weights``) and scheduler;
+this class only owns the steps method.md changes (content init, start step, refocus, geometry).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from magiceraser.imageio import MASK_THRESHOLD
+from magiceraser.panoptic import PanopticResult, PanopticSegmenter, dilate, dominant_background_tag
+from magiceraser.pipelines.erase import geometry
+from magiceraser.pipelines.erase.content_init import ContentInitializer, make_content_initializer
+from magiceraser.prompts import learned_prompt
+
+__all__ = ["MagicEraserPipeline", "MagicEraserOutput", "RegionResult", "prepare_inputs", "choose_prompt"]
+
+
+@dataclass
+class RegionResult:
+    """What happened in one crop (one group of masked regions)."""
+
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the input image
+    model_shape: tuple[int, int]  # (h, w) the crop was erased at
+    tag: str | None
+    prompt: str
+
+
+@dataclass
+class MagicEraserOutput:
+    image: np.ndarray  # HxWx3 uint8, the input's size
+    prompt: str  # prompt of the first region
+    tag: str | None  # background tag of the first region (None: no segmenter / no stuff around it)
+    regions: list[RegionResult] = field(default_factory=list)
+    erase_mask: np.ndarray | None = None  # bool HxW, the dilated mask that was regenerated
+
+
+def prepare_inputs(image: Any, mask: Any, threshold: int = MASK_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and normalise (image, mask) to (HxWx3 uint8, bool HxW); ValueError saying what to fix.
+
+    Masks: bool arrays are used as they are; numeric/greyscale masks are binarised at ``threshold``
+    (a pixel >= 128 of 0..255 is erased), so a 0/1 uint8 mask must be passed as bool or scaled to 0/255.
+    """
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if isinstance(mask, Image.Image):
+        mask = np.asarray(mask.convert("L"))
+    image, mask = np.asarray(image), np.asarray(mask)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be an HxWx3 uint8 RGB array, got shape {image.shape} dtype {image.dtype}")
+    if mask.ndim == 3 and mask.shape[2] in (1, 3, 4):
+        mask = mask[..., 0]
+    if mask.ndim != 2:
+        raise ValueError(f"mask must be a single-channel HxW array, got shape {mask.shape}")
+    if mask.shape != image.shape[:2]:
+        raise ValueError(
+            f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {image.shape[1]}x{image.shape[0]}: "
+            "they must have the same size (resize the mask with nearest-neighbour sampling)"
+        )
+    if mask.dtype != bool:
+        mask = mask >= threshold
+    if not mask.any():
+        raise ValueError(
+            f"the mask is empty (no pixel >= {threshold} of 255): nothing to erase; paint the object white on black"
+        )
+    return np.ascontiguousarray(image), mask
+
+
+def choose_prompt(token: str | None, tag: str | None, prompt: str | None) -> str:
+    """The user's prompt if given; else "A photo of R* {tag}" with a trained token; else the tag words (baseline)."""
+    if prompt is not None:
+        return prompt
+    if token:
+        return learned_prompt(token, tag)
+    from magiceraser.coco import tag_text
+
+    return tag_text(tag) if tag else ""
+
+
+class MagicEraserPipeline:
+    """Erase the masked objects of an image with (optionally prompt-tuned) SD 1.5 Inpainting."""
+
+    def __init__(
+        self,
+        sd_pipeline,
+        segmenter: PanopticSegmenter | None = None,
+        content_init: str | ContentInitializer = "telea",
+        lama_path: str | Path | None = None,
+        token: str | None = None,
+        trained_dir: str | Path | None = None,
+        model_size: int = 512,
+        lambda_pos: float = 0.8,
+        lambda_neg: float = 1.0,
+        refocus_t_min: float | None = None,
+    ):
+        from magiceraser.pipelines.erase.processor import RefocusState, install_refocus
+
+        self.sd = sd_pipeline
+        self.segmenter = segmenter
+        self.content_init = (
+            make_content_initializer(content_init, lama_path, device="cpu") if isinstance(content_init, str) else content_init
+        )
+        self.content_init_kind = content_init if isinstance(content_init, str) else type(content_init).__name__
+        self.token = token
+        self.trained_dir = Path(trained_dir) if trained_dir else None
+        geometry.model_shape(model_size, model_size, model_size)  # validates the size
+        self.model_size = model_size
+        t_train = int(self.sd.scheduler.config.num_train_timesteps)
+        self.refocus = RefocusState(
+            t_min=0.7 * t_train if refocus_t_min is None else refocus_t_min, lambda_pos=lambda_pos, lambda_neg=lambda_neg
+        )
+        install_refocus(self.sd.unet, self.refocus)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(
+        cls,
+        base_model: str | Path,
+        trained_dir: str | Path | None = None,
+        segmenter: PanopticSegmenter | None = None,
+        content_init: str | ContentInitializer = "telea",
+        lama_path: str | Path | None = None,
+        device: str = "cpu",
+        dtype=None,
+        **kwargs: Any,
+    ) -> MagicEraserPipeline:
+        """Load the base inpainting model (HF id or path) plus, if given, a trained output (LoRA + v*).
+
+        The LoRA and v* are loaded with stock ``load_lora_weights`` / ``load_textual_inversion``,
+        so anything a user can load into diffusers works here. ``trained_dir=None`` gives the plain
+        base model (baseline). ``dtype`` defaults to float16 on CUDA and float32 elsewhere.
+        """
+        import torch
+        from diffusers import StableDiffusionInpaintPipeline
+
+        from magiceraser.artifacts import read_trained_output
+
+        if dtype is None:
+            dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
+        elif isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        trained = read_trained_output(trained_dir) if trained_dir else None
+        sd = StableDiffusionInpaintPipeline.from_pretrained(
+            str(base_model), dtype=dtype, safety_checker=None, requires_safety_checker=False
+        )
+        token = None
+        if trained is not None:
+            sd.load_lora_weights(str(trained.path))
+            sd.load_textual_inversion(str(trained.embeds_path), token=trained.token)
+            token = trained.token
+        sd.to(device)
+        sd.set_progress_bar_config(disable=True)
+        if isinstance(content_init, str) and content_init == "lama":
+            content_init = make_content_initializer("lama", lama_path, device=str(device))
+        return cls(sd, segmenter=segmenter, content_init=content_init, lama_path=lama_path, token=token,
+                   trained_dir=trained_dir, **kwargs)
+
+    @property
+    def device(self):
+        return self.sd.unet.device
+
+    # ------------------------------------------------------------------ call
+    def __call__(
+        self,
+        image: Any,
+        mask: Any,
+        tag: str | None = None,
+        prompt: str | None = None,
+        negative_prompt: str = "",
+        num_inference_steps: int = 50,
+        strength: float = 0.9,
+        guidance_scale: float = 7.5,
+        refocus: bool = True,
+        seed: int = 0,
+        mask_dilation: int = 8,
+        crop_margin: float = 0.5,
+        feather: int = 4,
+        pan: PanopticResult | None = None,
+    ) -> MagicEraserOutput:
+        """Erase ``mask`` (bool HxW, or 0..255 thresholded at 128) from ``image`` (HxWx3 uint8).
+
+        Args:
+            tag: override the background tag (default: dominant stuff class around the mask).
+            prompt: override the whole prompt (default: "A photo of R* {tag}").
+            num_inference_steps, strength: T and s; ⌊T·s⌋ denoising steps run from the noised x̃₀.
+            guidance_scale: classifier-free guidance weight (<= 1 disables CFG).
+            refocus: apply the attention refocus (off for ablations).
+            seed: seed of the starting noise (drawn on the CPU, so results match across devices).
+            mask_dilation: px the mask is grown by before erasing (the regenerated region).
+            crop_margin: context around each region's box, as a fraction of its long side.
+            feather: width in px of the soft seam, inside the dilated mask.
+            pan: a full-image panoptic segmentation to use instead of the segmenter.
+        """
+        image, mask = prepare_inputs(image, mask)
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        if num_inference_steps < 1 or int(num_inference_steps * strength) < 1:
+            raise ValueError(f"num_inference_steps × strength must give at least one step, got {num_inference_steps} × {strength}")
+        if mask_dilation < 0 or feather < 0 or crop_margin < 0:
+            raise ValueError("mask_dilation, feather and crop_margin must be >= 0")
+        if pan is not None and pan.shape != mask.shape:
+            raise ValueError(f"pan has shape {pan.shape}, the image {mask.shape}")
+        erase = dilate(mask, mask_dilation)
+        result = image.copy()
+        regions: list[RegionResult] = []
+        for i, (box, part) in enumerate(geometry.region_boxes(erase, crop_margin)):
+            sl = box.slices()
+            crop_erase, crop_core = part[sl], (part & mask)[sl]
+            shape = geometry.model_shape(box.height, box.width, self.model_size)
+            img_m = geometry.resize_image(result[sl], shape)
+            mask_m = geometry.resize_mask(crop_erase, shape)
+            if pan is not None:
+                import cv2
+
+                seg = cv2.resize(pan.segment_map[sl].astype(np.float32), shape[::-1], interpolation=cv2.INTER_NEAREST)
+                pan_m: PanopticResult | None = PanopticResult(seg.astype(np.int32), list(pan.segments))
+            elif self.segmenter is not None:
+                pan_m = self.segmenter.segment([img_m])[0]
+            else:
+                pan_m = None
+            region_tag = tag if tag is not None else (dominant_background_tag(pan_m, mask_m) if pan_m is not None else None)
+            region_prompt = choose_prompt(self.token, region_tag, prompt)
+            filled = self.content_init(img_m, mask_m)
+            out_m = self._denoise(
+                img_m, filled, mask_m, pan_m, region_prompt, negative_prompt, num_inference_steps, strength,
+                guidance_scale, refocus, seed + i,
+            )
+            out_crop = geometry.resize_image(out_m, (box.height, box.width))
+            alpha = geometry.feather_alpha(crop_erase, crop_core, feather)
+            result = geometry.paste(result, out_crop, box, alpha)
+            regions.append(RegionResult((box.x0, box.y0, box.x1, box.y1), shape, region_tag, region_prompt))
+        return MagicEraserOutput(image=result, prompt=regions[0].prompt, tag=regions[0].tag, regions=regions, erase_mask=erase)
+
+    # ------------------------------------------------------------------ diffusion
+    def start_timesteps(self, num_inference_steps: int, strength: float):
+        """Scheduler timesteps actually run: the last ⌊T·s⌋ of T (method.md: T' = ⌊T·s⌋)."""
+        sched = self.sd.scheduler
+        sched.set_timesteps(num_inference_steps, device=self.device)
+        n_run = min(int(num_inference_steps * strength), num_inference_steps)
+        t_start = num_inference_steps - n_run
+        return sched.timesteps[t_start * sched.order :]
+
+    def _denoise(self, img_m, filled, mask_m, pan_m, prompt, negative_prompt, steps, strength, guidance_scale, refocus, seed):
+        import torch
+        import torch.nn.functional as F
+
+        from magiceraser.pipelines.erase.processor import install_refocus, is_refocus_installed
+
+        sd, unet, vae = self.sd, self.sd.unet, self.sd.vae
+        device, dtype = unet.device, unet.dtype
+        if not is_refocus_installed(unet, self.refocus):  # e.g. a user called set_attn_processor
+            install_refocus(unet, self.refocus)
+        do_cfg = guidance_scale > 1.0
+        with torch.inference_mode():
+            cond, uncond = sd.encode_prompt(prompt, device, 1, do_cfg, negative_prompt)
+            text = torch.cat([uncond, cond]) if do_cfg else cond
+
+            def to_tensor(arr: np.ndarray) -> torch.Tensor:
+                return (torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1.0).to(device, dtype)
+
+            m = torch.from_numpy(mask_m.astype(np.float32))[None, None]
+            sf = vae.config.scaling_factor
+            z0 = vae.encode(to_tensor(filled)).latent_dist.mean * sf
+            masked_image = to_tensor(img_m) * (1.0 - m.to(device, dtype))  # 0 (mid-gray) inside the mask
+            z_masked = vae.encode(masked_image).latent_dist.mean * sf
+            m_lat = F.interpolate(m, size=z0.shape[-2:]).to(device, dtype)  # nearest, as diffusers/trainer
+            timesteps = self.start_timesteps(steps, strength)
+            gen = torch.Generator("cpu").manual_seed(seed)
+            noise = torch.randn(z0.shape, generator=gen, dtype=torch.float32).to(device, dtype)
+            # z_T' = sqrt(ᾱ_T') z̃₀ + sqrt(1 − ᾱ_T') ε (method.md part 3).
+            latents = sd.scheduler.add_noise(z0, noise, timesteps[:1])
+            self.refocus.enabled = bool(refocus)
+            self.refocus.set_image(mask_m, pan_m)
+            try:
+                n = 2 if do_cfg else 1
+                cond_extra = torch.cat([m_lat.expand(n, -1, -1, -1), z_masked.expand(n, -1, -1, -1)], dim=1)
+                for t in timesteps:
+                    self.refocus.timestep = float(t)
+                    model_in = sd.scheduler.scale_model_input(torch.cat([latents] * n), t)
+                    eps = unet(torch.cat([model_in, cond_extra], dim=1), t, encoder_hidden_states=text).sample
+                    if do_cfg:
+                        eps_u, eps_c = eps.chunk(2)
+                        eps = eps_u + guidance_scale * (eps_c - eps_u)
+                    latents = sd.scheduler.step(eps, t, latents).prev_sample
+            finally:
+                self.refocus.clear()
+            decoded = vae.decode(latents / sf).sample
+        out = ((decoded[0].float().clamp(-1, 1) + 1.0) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+        return out
