@@ -98,7 +98,7 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor, pad: bool = True) -> torc
 
 
 def _to_nchw(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0)
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1).unsqueeze(0)  # a copy: decoded arrays can be read-only
 
 
 def ssim(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:

@@ -147,7 +147,7 @@ class LPIPSAlex:
 
     @staticmethod
     def _to_tensor(img: np.ndarray, device: str) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).unsqueeze(0).float()
+        t = torch.from_numpy(np.array(img)).permute(2, 0, 1).unsqueeze(0).float()
         return (t / 127.5 - 1.0).to(device)  # LPIPS expects [-1, 1]
 
     @torch.no_grad()

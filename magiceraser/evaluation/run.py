@@ -1,0 +1,393 @@
+"""``magiceraser evaluate``: the paper's protocol over datasets x methods, resumable.
+
+Data flow (everything under ``out_dir``, every file written atomically):
+
+    pairs/<dataset>/<key>/{input,mask,target}.png   letterboxed pairs, built once (manifest.json last)
+    methods/<dataset>/<method>/images/<key>.png     erased images
+    methods/<dataset>/<method>/metrics/<key>.json   per-image metrics: the resume cache
+    per_image.jsonl                                 all per-image records
+    results.md, results.csv                         the table in the paper's layout
+    grids/<dataset>__<method>__{best,worst}.png     best / worst cases by PSNR
+    skipped.jsonl                                   pairs and images that could not be used, with reasons
+
+A rerun skips every (dataset, method, image) whose metrics file holds all requested metrics; a
+cached image with missing metrics (e.g. LPIPS switched on later) is scored without erasing again.
+Changing a method's config under the same name discards that method's cache.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from magiceraser.atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
+from magiceraser.config import config_to_dict, save_config
+from magiceraser.evaluation import metrics as M
+from magiceraser.evaluation.config import DatasetConfig, EvalConfig, MetricsConfig
+from magiceraser.evaluation.datasets import EvalPair, PairSkip
+from magiceraser.evaluation.letterbox import letterbox_image, letterbox_mask
+from magiceraser.evaluation.methods import MethodConfig, MethodUnavailable, build_method, load_segmenter
+from magiceraser.evaluation.report import aggregate, best_and_worst, grid_image, results_csv, results_markdown
+from magiceraser.imageio import decode_image, decode_mask, encode_image
+
+MANIFEST = "manifest.json"
+
+
+def log(msg: str) -> None:
+    print(f"[evaluate] {msg}", flush=True)
+
+
+# ---------------------------------------------------------------- pairs
+
+
+def iter_source(ds: DatasetConfig) -> Iterator[EvalPair | PairSkip]:
+    """The dataset's pairs at their own resolution (readers in magiceraser.evaluation.datasets)."""
+    from magiceraser.evaluation import datasets as D
+
+    if ds.kind == "realhm":
+        it = D.iter_realhm(ds.path, ds.realhm_layout)
+    elif ds.kind == "olrd_shards":
+        it = D.iter_olrd_shards(ds.path)
+    elif ds.kind == "coco_panoptic":
+        it = D.iter_coco_panoptic(ds.path, ds.panoptic_json, ds.panoptic_dir, ds.num_pairs, ds.seed, ds.min_side)
+    else:
+        seg = load_segmenter(ds.segmenter) if ds.segmenter else None
+        it = D.iter_openimages(ds.path, ds.masks_csv, ds.masks_dir, ds.num_pairs, ds.seed, ds.min_side,
+                               ds.class_descriptions or None, seg)
+    produced = 0
+    for item in it:
+        if isinstance(item, EvalPair):
+            if ds.num_pairs and produced >= ds.num_pairs:
+                return
+            if ds.min_side and min(item.image.shape[:2]) <= ds.min_side:
+                continue
+            produced += 1
+        yield item
+
+
+def materialise_pairs(ds: DatasetConfig, root: Path, size: int) -> tuple[list[str], list[dict]]:
+    """Letterbox the dataset's pairs into ``root`` once; returns (keys, skip records).
+
+    The manifest (written last) records the dataset config; a matching manifest means done.
+    """
+    manifest = root / MANIFEST
+    wanted = {"dataset": config_to_dict(ds), "size": size}
+    if manifest.is_file():
+        doc = json.loads(manifest.read_text())
+        if doc.get("config") == wanted:
+            return doc["keys"], doc["skipped"]
+        log(f"{ds.name}: dataset config changed since the pairs were built; rebuilding them")
+    keys: list[str] = []
+    skipped: list[dict] = []
+    t0 = time.time()
+    for item in iter_source(ds):
+        if isinstance(item, PairSkip):
+            skipped.append({"dataset": ds.name, "key": item.key, "reason": item.reason, "detail": item.detail})
+            continue
+        key = item.key
+        if key in keys:  # keys must be unique file names; disambiguate deterministically
+            key = f"{key}_{len(keys)}"
+        d = root / key
+        image, geo = letterbox_image(item.image, size)
+        target, _ = letterbox_image(item.target, size)
+        mask = letterbox_mask(item.mask, size)
+        if not mask.any():
+            skipped.append({"dataset": ds.name, "key": key, "reason": "empty_mask", "detail": "mask vanished when scaled"})
+            continue
+        atomic_write_bytes(d / "input.png", encode_image(image, "png"))
+        atomic_write_bytes(d / "target.png", encode_image(target, "png"))
+        atomic_write_bytes(d / "mask.png", encode_image(mask.astype(np.uint8) * 255, "png"))
+        meta = {**item.meta, "source_size": [geo.src_height, geo.src_width], "content_size": [geo.height, geo.width]}
+        atomic_write_json(d / "meta.json", meta)
+        keys.append(key)
+    atomic_write_json(manifest, {"config": wanted, "keys": keys, "skipped": skipped})
+    log(f"{ds.name}: {len(keys)} pairs ready ({len(skipped)} skipped) in {time.time() - t0:.1f} s")
+    return keys, skipped
+
+
+def load_pair(root: Path, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    d = root / key
+    return decode_image(d / "input.png"), decode_mask(d / "mask.png"), decode_image(d / "target.png")
+
+
+# ---------------------------------------------------------------- metrics
+
+
+class Scorer:
+    """Per-image metrics; heavy models are loaded once, up front, so missing weights fail early."""
+
+    def __init__(self, cfg: MetricsConfig, device: str) -> None:
+        from magiceraser.evaluation.perceptual import LPIPSAlex
+
+        self.cfg = cfg
+        self.lpips = LPIPSAlex(cfg.lpips_alexnet_weights or None, device=device) if cfg.lpips else None
+        self.segmenter = None
+        if cfg.regrowth:
+            try:
+                self.segmenter = load_segmenter(cfg.regrowth_segmenter, device)
+            except MethodUnavailable as exc:
+                raise SystemExit(f"magiceraser evaluate: metrics.regrowth is on but {exc}") from exc
+
+    def required(self) -> list[str]:
+        keys = ["psnr", "ssim"]
+        if self.cfg.masked:
+            keys += ["psnr_mask", "ssim_mask"]
+        if self.lpips is not None:
+            keys += ["lpips"] + (["lpips_mask"] if self.cfg.masked else [])
+        if self.segmenter is not None:
+            keys.append("regrowth")
+        return keys
+
+    def score(self, erased: np.ndarray, mask: np.ndarray, target: np.ndarray, have: dict[str, Any]) -> dict[str, float]:
+        from magiceraser.panoptic import regrowth_fraction
+
+        out: dict[str, float] = {}
+        need = [k for k in self.required() if k not in have]
+        if "psnr" in need:
+            out["psnr"] = M.psnr(erased, target)
+        if "ssim" in need:
+            out["ssim"] = M.ssim(erased, target)
+        if "psnr_mask" in need:
+            out["psnr_mask"] = M.psnr(erased, target, mask)
+        if "ssim_mask" in need:
+            out["ssim_mask"] = M.ssim(erased, target, mask)
+        if "lpips" in need or "lpips_mask" in need:
+            whole, masked = self.lpips(erased, target, mask if self.cfg.masked else None)
+            out["lpips"] = whole
+            if masked is not None:
+                out["lpips_mask"] = masked
+        if "regrowth" in need:
+            out["regrowth"] = regrowth_fraction(mask, self.segmenter.segment([erased])[0])
+        return out
+
+
+# ---------------------------------------------------------------- methods
+
+
+def method_dir(out: Path, ds: str, method: str) -> Path:
+    return out / "methods" / ds / method
+
+
+def _check_method_cache(mdir: Path, mcfg: MethodConfig) -> None:
+    """Drop a method's cache when its config changed under the same name."""
+    import shutil
+
+    stamp = mdir / "method.json"
+    current = config_to_dict(mcfg)
+    if stamp.is_file() and json.loads(stamp.read_text()) != current:
+        log(f"method {mcfg.name!r} changed since its cached results; discarding {mdir}")
+        shutil.rmtree(mdir)
+    if not stamp.is_file():
+        atomic_write_json(stamp, current)
+
+
+def run_method(
+    cfg: EvalConfig, ds: DatasetConfig, mcfg: MethodConfig, keys: Sequence[str], scorer: Scorer, device: str,
+) -> tuple[list[dict], str | None]:
+    """Erase and score every pair not yet cached; returns (records, reason the method was skipped)."""
+    out = Path(cfg.out_dir)
+    pairs_root = out / "pairs" / ds.name
+    mdir = method_dir(out, ds.name, mcfg.name)
+    _check_method_cache(mdir, mcfg)
+    required = scorer.required()
+    eraser = None
+    records: list[dict] = []
+    done = failed = 0
+    t0 = time.time()
+    for index, key in enumerate(keys):
+        mpath, ipath = mdir / "metrics" / f"{key}.json", mdir / "images" / f"{key}.png"
+        rec = json.loads(mpath.read_text()) if mpath.is_file() else None
+        if rec is not None and "error" not in rec and ipath.is_file() and all(k in rec for k in required):
+            records.append(rec)
+            continue
+        image, mask, target = load_pair(pairs_root, key)
+        base = {"dataset": ds.name, "method": mcfg.name, "key": key}
+        try:
+            if ipath.is_file() and rec is not None and "error" not in rec:
+                erased, info = decode_image(ipath), {k: rec[k] for k in ("prompt", "tag", "seconds") if k in rec}
+            else:
+                if eraser is None:
+                    try:
+                        eraser = build_method(mcfg, device=device, dtype=cfg.dtype or None, size=cfg.size)
+                    except MethodUnavailable as exc:
+                        return records, str(exc)
+                t = time.time()
+                erased, info = eraser(image, mask, index)
+                info = {**{k: v for k, v in info.items() if v is not None}, "seconds": round(time.time() - t, 3)}
+                if erased.shape != image.shape:
+                    raise ValueError(f"method returned shape {erased.shape}, expected {image.shape}")
+                atomic_write_bytes(ipath, encode_image(erased, "png"))
+            have = {k: rec[k] for k in required if rec and k in rec} if rec and "error" not in rec else {}
+            rec = {**base, **info, **have, **scorer.score(erased, mask, target, have)}
+            done += 1
+        except Exception as exc:  # one bad image must not end a multi-hour run; the record keeps why
+            rec = {**base, "error": f"{type(exc).__name__}: {exc}"}
+            failed += 1
+            log(f"{ds.name}/{mcfg.name}/{key}: failed ({rec['error']})")
+        atomic_write_json(mpath, rec)
+        records.append(rec)
+    if done or failed:
+        log(f"{ds.name}/{mcfg.name}: {done} images scored, {failed} failed, {len(keys) - done - failed} cached "
+            f"({time.time() - t0:.1f} s)")
+    return records, None
+
+
+# ---------------------------------------------------------------- FID
+
+
+def compute_fid(cfg: EvalConfig, ds: str, method: str, keys: Sequence[str], device: str, inception) -> float | None:
+    """FID of the method's erased images against the dataset's ground truths (features cached)."""
+    from magiceraser.evaluation.perceptual import fid_from_features
+
+    out = Path(cfg.out_dir)
+    mdir = method_dir(out, ds, method)
+    ok = [k for k in keys if (mdir / "images" / f"{k}.png").is_file()]
+    if len(ok) < 2:
+        return None
+
+    def features(cache: Path, paths: list[Path]) -> np.ndarray:
+        if cache.is_file():
+            doc = np.load(cache, allow_pickle=False)
+            if list(doc["keys"]) == ok:
+                return doc["features"]
+        feats = inception([decode_image(p) for p in paths])
+        with atomic_open(cache, "wb") as fh:
+            np.savez(fh, keys=np.array(ok), features=feats)
+        return feats
+
+    real = features(mdir / "inception_real.npz", [out / "pairs" / ds / k / "target.png" for k in ok])
+    fake = features(mdir / "inception_fake.npz", [mdir / "images" / f"{k}.png" for k in ok])
+    return fid_from_features(real, fake)
+
+
+# ---------------------------------------------------------------- outputs
+
+
+def write_grids(cfg: EvalConfig, records: Sequence[dict]) -> list[Path]:
+    out = Path(cfg.out_dir)
+    written = []
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["dataset"], r["method"]), []).append(r)
+    for (ds, method), recs in groups.items():
+        best, worst = best_and_worst(recs, cfg.grid_cases)
+        for name, cases in (("best", best), ("worst", worst)):
+            if not cases:
+                continue
+            rows = []
+            for r in cases:
+                image, mask, target = load_pair(out / "pairs" / ds, r["key"])
+                erased = decode_image(method_dir(out, ds, method) / "images" / f"{r['key']}.png")
+                rows.append((image, mask, erased, target, f"{r['key']} {r['psnr']:.2f} dB"))
+            path = out / "grids" / f"{ds}__{method}__{name}.png"
+            atomic_write_bytes(path, encode_image(grid_image(rows), "png"))
+            written.append(path)
+    return written
+
+
+def log_wandb(cfg: EvalConfig, rows, records: Sequence[dict]) -> None:
+    import wandb
+
+    run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=cfg.out_dir,
+                     name=cfg.wandb.run_name or Path(cfg.out_dir).name, config=config_to_dict(cfg))
+    try:
+        from magiceraser.evaluation.report import COLUMNS
+
+        cols = ["dataset", "method"] + [c[0] for c in COLUMNS] + ["count"]
+        run.log({"results": wandb.Table(columns=cols, data=[[r.dataset, r.method] + [r.values.get(c[0]) for c in COLUMNS] + [r.count] for r in rows])})
+        keys = sorted({k for r in records for k in r})
+        run.log({"per_image": wandb.Table(columns=keys, data=[[r.get(k) for k in keys] for r in records])})
+    finally:
+        run.finish()
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def evaluate(cfg: EvalConfig) -> int:
+    """Run the whole evaluation; returns the process exit code."""
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    device = resolve_device(cfg.device)
+    if not cfg.datasets or not cfg.methods:
+        log("nothing to do: the config lists no datasets or no methods")
+        return 2
+    scorer = Scorer(cfg.metrics, device)  # missing LPIPS weights / segmenter: fail before any work
+    inception = None
+    if cfg.metrics.fid:
+        from magiceraser.evaluation.perceptual import InceptionFeatures
+
+        inception = InceptionFeatures(cfg.metrics.fid_inception_weights or None, device=device)
+    records: list[dict] = []
+    skipped: list[dict] = []
+    fid: dict[tuple[str, str], float] = {}
+    order: list[tuple[str, str]] = []
+    unavailable: list[str] = []
+    for ds in cfg.datasets:
+        keys, ds_skipped = materialise_pairs(ds, out / "pairs" / ds.name, cfg.size)
+        skipped += ds_skipped
+        if not keys:
+            log(f"{ds.name}: no usable pairs; see skipped.jsonl")
+            continue
+        for mcfg in cfg.methods:
+            if not mcfg.enabled:
+                continue
+            recs, reason = run_method(cfg, ds, mcfg, keys, scorer, device)
+            if reason is not None:
+                log(f"skipping method {mcfg.name!r} on {ds.name}: {reason}")
+                unavailable.append(f"{ds.name}/{mcfg.name}: {reason}")
+                continue
+            order.append((ds.name, mcfg.name))
+            records += recs
+            skipped += [{"dataset": ds.name, "method": mcfg.name, "key": r["key"], "reason": "method_failed",
+                         "detail": r["error"]} for r in recs if "error" in r]
+            if inception is not None:
+                value = compute_fid(cfg, ds.name, mcfg.name, keys, device, inception)
+                if value is not None:
+                    fid[(ds.name, mcfg.name)] = value
+    rows = aggregate(records, fid, order)
+    table = results_markdown(rows)
+    atomic_write_text(out / "results.md", table)
+    atomic_write_text(out / "results.csv", results_csv(rows))
+    atomic_write_text(out / "per_image.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    atomic_write_text(out / "skipped.jsonl", "".join(json.dumps(s) + "\n" for s in skipped))
+    if cfg.grid_cases:
+        write_grids(cfg, records)
+    if cfg.wandb.enabled:
+        log_wandb(cfg, rows, records)
+    print(table, flush=True)
+    for line in unavailable:
+        log(f"not evaluated: {line}")
+    log(f"results in {out}/results.md, results.csv, per_image.jsonl, grids/")
+    return 0 if rows else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from magiceraser.cli import config_argparser, load_cli_config
+
+    parser = config_argparser("evaluate", "Evaluate methods with the paper's protocol (letterbox 512, PSNR/SSIM/LPIPS/FID).")
+    args = parser.parse_args(argv)
+    cfg = load_cli_config(EvalConfig, args)
+    from magiceraser.evaluation.perceptual import MissingWeightsError
+
+    try:
+        return evaluate(cfg)
+    except (MissingWeightsError, FileNotFoundError) as exc:
+        print(f"magiceraser evaluate: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
