@@ -1,0 +1,108 @@
+"""All distributed concerns of the trainer in one place: process context and gradient reduction.
+
+The process group comes from Accelerate's ``PartialState`` (``accelerate launch`` / torchrun env,
+multi-node included, or the group Ray Train already created). Model code is written for one
+device; only v* and the LoRA weights train, so gradients are synchronised by one coalesced
+all-reduce of exactly those tensors per optimizer step (a few MB) instead of wrapping the 1B
+frozen parameters in DDP. This also makes the phase switch (v* only -> v* + LoRA) a matter of
+which tensors are reduced, with no unused-parameter errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+@dataclass
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_distributed(device: str = "auto") -> DistContext:
+    """Join (or create) the process group through Accelerate and pick this process's device."""
+    from accelerate import PartialState
+
+    use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
+    state = PartialState(cpu=use_cpu)
+    return DistContext(
+        rank=state.process_index,
+        world_size=state.num_processes,
+        local_rank=state.local_process_index,
+        device=state.device,
+    )
+
+
+def all_reduce_mean_(params: Sequence[torch.nn.Parameter], ctx: DistContext) -> None:
+    """Average the gradients of ``params`` over processes in one flat all-reduce (None counts as 0)."""
+    if not ctx.distributed or not params:
+        return
+    import torch.distributed as dist
+
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= ctx.world_size
+    offset = 0
+    for p, g in zip(params, grads):
+        n = g.numel()
+        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
+        offset += n
+
+
+def all_reduce_scalars(values: Sequence[float], ctx: DistContext, op: str = "mean") -> list[float]:
+    """Mean (or sum) of a few floats over processes, for logging."""
+    if not ctx.distributed:
+        return list(values)
+    import torch.distributed as dist
+
+    t = torch.tensor(list(values), dtype=torch.float64, device=ctx.device if ctx.device.type == "cuda" else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    if op == "mean":
+        t /= ctx.world_size
+    return t.tolist()
+
+
+def gather_objects(obj: Any, ctx: DistContext) -> list[Any]:
+    """Every process's ``obj`` (list indexed by rank); the single object in one process."""
+    if not ctx.distributed:
+        return [obj]
+    import torch.distributed as dist
+
+    out: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, ctx: DistContext) -> Any:
+    """Rank 0's ``obj`` on every process."""
+    if not ctx.distributed:
+        return obj
+    import torch.distributed as dist
+
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(ctx: DistContext) -> None:
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()

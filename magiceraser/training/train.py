@@ -1,0 +1,58 @@
+"""``magiceraser train``: prompt-tune v* and LoRA on SD 1.5 Inpainting (method.md part 2).
+
+    magiceraser train --config configs/train/sd15_inpaint.yaml data.urls=[s3://bucket/olrd-{000000..000999}.tar]
+    magiceraser train --config configs/train/demo.yaml --resume          # continue from the newest checkpoint
+    accelerate launch --config_file cluster/accelerate/multi_gpu.yaml -m magiceraser train --config ...
+    magiceraser train --config ... --ray ray.num_workers=16 ray.use_gpu=true   # Ray Train TorchTrainer
+
+One process trains as rank 0 of 1; under ``accelerate launch``/torchrun each process joins the
+group from the environment; with ``--ray`` this process becomes the driver of a Ray Train run
+whose workers execute the same loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+
+from magiceraser.cli import config_argparser, load_cli_config
+
+
+def setup_logging(rank: int = 0) -> None:
+    level = logging.INFO if rank == 0 else logging.WARNING
+    logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", stream=sys.stdout)
+    logging.getLogger("magiceraser").setLevel(level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from magiceraser.training.config import TrainConfig
+
+    parser = config_argparser("train", __doc__.split("\n\n")[0])
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir/checkpoints")
+    parser.add_argument("--ray", action="store_true", help="run under Ray Train's TorchTrainer (see the ray.* keys)")
+    args = parser.parse_args(argv)
+    if args.resume:
+        args.overrides.append("resume=true")
+    if args.ray:
+        args.overrides.append("ray.enabled=true")
+    cfg = load_cli_config(TrainConfig, args)
+    if cfg.ray.enabled:
+        from magiceraser.training.ray_launch import run_on_ray
+
+        setup_logging(0)
+        run_on_ray(cfg)
+        return 0
+    from magiceraser.training.distributed import init_distributed
+    from magiceraser.training.loop import run_training
+
+    ctx = init_distributed(cfg.device)
+    setup_logging(ctx.rank)
+    result = run_training(cfg, ctx)
+    if ctx.is_main:
+        print(f"trained {result.steps} steps on {result.world_size} process(es); exported to {result.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

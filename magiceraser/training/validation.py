@@ -1,0 +1,77 @@
+"""Validation: erase fixed held-out OLRD samples with the stock diffusers inpainting pipeline.
+
+The pipeline is assembled from the components being trained (LoRA active, v* in the text
+encoder), the prompt is the learned one ``A photo of R* {dominant tag}``, and each sample becomes a
+row (input Ĩ, mask, result, target I) of an image grid.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from magiceraser.prompts import learned_prompt
+from magiceraser.training.data import crop_box_containing, mask_bbox, stable_seed
+from magiceraser.training.tracking import image_grid
+
+
+def prepare_validation_samples(decoded: list[dict[str, Any]], resolution: int, crop_scale_min: float, seed: int) -> list[dict[str, Any]]:
+    """Crop (containing the mask, same rule as training) and resize held-out samples once."""
+    from PIL import Image
+
+    out = []
+    for s in decoded:
+        h, w = s["mask"].shape
+        rng = np.random.default_rng(stable_seed("geometry", seed, s["key"]))
+        box = crop_box_containing(mask_bbox(s["mask"]), h, w, crop_scale_min, rng)
+
+        def crop(a: np.ndarray, mode: str) -> np.ndarray:
+            img = Image.fromarray(a[box[1] : box[3], box[0] : box[2]])
+            return np.asarray(img.resize((resolution, resolution), Image.NEAREST if mode == "mask" else Image.LANCZOS))
+
+        mask = crop(s["mask"].astype(np.uint8) * 255, "mask")
+        out.append(dict(key=s["key"], input=crop(s["blended"], "rgb"), target=crop(s["original"], "rgb"), mask=mask, tags=s["tags"]))
+    return out
+
+
+@torch.no_grad()
+def run_validation(model, base_scheduler_config: dict[str, Any], samples: list[dict[str, Any]], token: str, num_inference_steps: int, guidance_scale: float, seed: int, device: torch.device) -> np.ndarray:
+    """Erase every sample with the current weights; return the (input, mask, result, target) grid."""
+    from diffusers import PNDMScheduler, StableDiffusionInpaintPipeline
+    from PIL import Image
+
+    was_training = model.unet.training
+    model.unet.eval()
+    pipe = StableDiffusionInpaintPipeline(
+        vae=model.vae,
+        text_encoder=model.text_encoder,
+        tokenizer=model.tokenizer,
+        unet=model.unet,
+        scheduler=PNDMScheduler.from_config(base_scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    rows = []
+    try:
+        for s in samples:
+            size = s["input"].shape[0]
+            result = pipe(
+                prompt=learned_prompt(token, s["tags"][0] if s["tags"] else None),
+                image=Image.fromarray(s["input"]),
+                mask_image=Image.fromarray(s["mask"]),
+                height=size,
+                width=size,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=torch.Generator(device="cpu").manual_seed(seed),
+                output_type="np",
+            ).images[0]
+            result = (np.clip(result, 0, 1) * 255).round().astype(np.uint8)
+            rows.append([s["input"], s["mask"], result, s["target"]])
+    finally:
+        model.unet.train(was_training)
+    return image_grid(rows)
