@@ -50,9 +50,18 @@ class TransformersCaptioner:
     def caption(self, images: list[np.ndarray], questions: list[str]) -> list[str]:
         if len(images) != len(questions):
             raise ValueError(f"got {len(images)} images but {len(questions)} questions")
-        out: list[str] = []
-        for start in range(0, len(images), self.batch_size):
-            out.extend(self._caption_batch(images[start : start + self.batch_size], questions[start : start + self.batch_size]))
+        # Batch prompts of equal token length together: no padding, so a caption does not depend on
+        # which other images shared its batch (same input + seed -> same bytes, however Ray batches).
+        lengths = [len(self.processor.tokenizer(self.prompt(q))["input_ids"]) for q in questions]
+        groups: dict[int, list[int]] = {}
+        for i, n in enumerate(lengths):
+            groups.setdefault(n, []).append(i)
+        out: list[str] = [""] * len(images)
+        for idx in groups.values():
+            for start in range(0, len(idx), self.batch_size):
+                chunk = idx[start : start + self.batch_size]
+                for i, text in zip(chunk, self._caption_batch([images[i] for i in chunk], [questions[i] for i in chunk])):
+                    out[i] = text
         return out
 
     def _caption_batch(self, images: list[np.ndarray], questions: list[str]) -> list[str]:

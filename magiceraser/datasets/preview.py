@@ -1,0 +1,116 @@
+"""``magiceraser preview SHARD --out PNG``: a picture of what an OLRD shard holds.
+
+One row per sample: the original I, the blended input Ĩ, Ĩ with the outline of m̃ drawn in red,
+and a text panel with the object class, offset, background tags, caption prompt and caption.
+The shard is read with stock ``webdataset``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+PANEL = 256  # each image is scaled to this height
+
+
+def mask_outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
+    """Pixels of the mask's boundary band (inside edge), ``width`` px thick."""
+    import cv2
+
+    m = mask.astype(np.uint8)
+    eroded = cv2.erode(m, np.ones((2 * width + 1, 2 * width + 1), np.uint8))
+    return (m > 0) & (eroded == 0)
+
+
+def _fit(img: np.ndarray, h: int) -> np.ndarray:
+    import cv2
+
+    w = max(1, round(img.shape[1] * h / img.shape[0]))
+    return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
+
+
+def _text_panel(lines: list[str], h: int, w: int = 360) -> np.ndarray:
+    from PIL import Image, ImageDraw, ImageFont
+
+    panel = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(panel)
+    font = ImageFont.load_default()
+    y = 4
+    for line in lines:
+        for part in textwrap.wrap(line, width=54) or [""]:
+            if y > h - 12:
+                return np.asarray(panel)
+            draw.text((6, y), part, fill=(0, 0, 0), font=font)
+            y += 12
+    return np.asarray(panel)
+
+
+def render_sample(sample: dict, height: int = PANEL) -> np.ndarray:
+    """One row of the grid for a decoded sample (keys original.*, blended.*, mask.png, json)."""
+    original = next(v for k, v in sample.items() if k.startswith("original."))
+    blended = next(v for k, v in sample.items() if k.startswith("blended."))
+    mask = sample["mask.png"]
+    mask = (mask[..., 0] if mask.ndim == 3 else mask) > 127
+    meta = sample["json"]
+    outlined = blended.copy()
+    outlined[mask_outline(mask, width=max(1, round(blended.shape[0] / height)))] = (255, 0, 0)
+    images = [_fit(im, height) for im in (original, blended, outlined)]
+    text = [
+        f"key: {sample['__key__']}",
+        f"object: {meta.get('object_class')}  bbox {meta.get('object_bbox')}",
+        f"offset: {meta.get('offset')}  -> {meta.get('target_bbox')}",
+        f"tags: {', '.join(meta.get('tags', []))}",
+        f"prompt: {meta.get('caption_prompt', '')}",
+        f"caption: {meta.get('caption', '')}",
+        "columns: I | blended | mask outline",
+    ]
+    sep = np.full((height, 4, 3), 255, np.uint8)
+    parts = []
+    for im in images:
+        parts += [im, sep]
+    parts.append(_text_panel(text, height))
+    return np.concatenate(parts, axis=1)
+
+
+def render_shard(shard: str | Path, max_samples: int = 8, height: int = PANEL) -> np.ndarray:
+    """The grid image (HxWx3 uint8) of the first ``max_samples`` samples of a shard."""
+    import webdataset as wds
+
+    dataset = wds.WebDataset(str(shard), shardshuffle=False, empty_check=False).decode("rgb8")
+    rows = []
+    for sample in dataset:
+        rows.append(render_sample(sample, height))
+        if len(rows) >= max_samples:
+            break
+    if not rows:
+        raise ValueError(f"{shard} holds no samples (every input of this shard was skipped; see its sidecar .json)")
+    width = max(r.shape[1] for r in rows)
+    padded = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
+    return np.concatenate(padded, axis=0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from magiceraser.atomic import atomic_write_bytes
+    from magiceraser.imageio import encode_image
+
+    parser = argparse.ArgumentParser(prog="magiceraser preview", description=__doc__.split("\n\n")[0])
+    parser.add_argument("shard", help="an olrd-NNNNNN.tar shard")
+    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--max-samples", type=int, default=8, help="rows in the grid")
+    parser.add_argument("--height", type=int, default=PANEL, help="height of each image in pixels")
+    args = parser.parse_args(argv)
+    if not Path(args.shard).is_file():
+        parser.error(f"shard {args.shard} does not exist")
+    grid = render_shard(args.shard, args.max_samples, args.height)
+    atomic_write_bytes(args.out, encode_image(grid, "png"))
+    print(f"preview of {args.shard}: {args.out} ({grid.shape[1]}x{grid.shape[0]})")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,110 @@
+"""Each backend's real loading code on the tiny models (and the COCO panoptic format)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from magiceraser import coco
+from magiceraser.panoptic import Segment
+
+
+def _images(n=2, h=120, w=160):
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def test_tiny_mask2former_files_and_label_map(tiny_mask2former):
+    cfg = json.loads((tiny_mask2former / "config.json").read_text())
+    assert cfg["architectures"] == ["Mask2FormerForUniversalSegmentation"]
+    assert {int(k): v for k, v in cfg["id2label"].items()} == coco.id2label()
+    assert (tiny_mask2former / "preprocessor_config.json").is_file()
+
+
+def test_mask2former_segmenter_fuses_stuff_and_maps_labels(tiny_mask2former):
+    import torch
+
+    from magiceraser.datasets.segment import Mask2FormerSegmenter
+
+    seg = Mask2FormerSegmenter(str(tiny_mask2former), device="cpu", batch_size=2, mask_threshold=0.0,
+                               overlap_mask_area_threshold=0.0)
+    images = _images(3)
+    head = seg.model.class_predictor  # force every query to one class to get a known answer
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-20.0)
+        head.bias[coco.BY_NAME["grass-merged"].label] = 20.0
+    pans = seg.segment(images)
+    assert len(pans) == 3
+    for pan in pans:  # stuff: every query is grass, fused into a single segment over the image
+        assert pan.shape == (120, 160)
+        assert [s.label for s in pan.segments] == [coco.BY_NAME["grass-merged"].label]
+        assert (pan.segment_map == pan.segments[0].id).all()
+    with torch.no_grad():
+        head.bias.fill_(-20.0)
+        head.bias[coco.BY_NAME["dog"].label] = 20.0
+    pan = seg.segment(images[:1])[0]
+    assert len(pan.segments) > 1 and {s.label for s in pan.segments} == {coco.BY_NAME["dog"].label}
+    ids = set(np.unique(pan.segment_map).tolist()) - {0}
+    assert ids == {s.id for s in pan.segments}  # things stay separate instances
+    assert all(s.area == int((pan.segment_map == s.id).sum()) for s in pan.segments)
+
+
+def test_coco_panoptic_round_trip_and_png_encoding(tmp_path):
+    from PIL import Image
+
+    from magiceraser.datasets.coco_panoptic import write_coco_panoptic
+    from magiceraser.datasets.segment import CocoPanopticAnnotations
+
+    seg = np.zeros((40, 50), np.int32)
+    seg[:20] = 7
+    seg[20:] = 300  # > 255: needs the G channel
+    seg[25:30, 10:20] = 70000  # needs the B channel
+    segments = [Segment(7, coco.BY_NAME["sky-other-merged"].label), Segment(300, coco.BY_NAME["grass-merged"].label),
+                Segment(70000, coco.BY_NAME["dog"].label)]
+    path = write_coco_panoptic(tmp_path, [("img.jpg", seg, segments)])
+    data = json.loads(path.read_text())
+    assert data["images"][0] == {"id": 1, "file_name": "img.jpg", "width": 50, "height": 40}
+    infos = {s["id"]: s for s in data["annotations"][0]["segments_info"]}
+    assert infos[70000]["category_id"] == 18 and infos[70000]["bbox"] == [10, 25, 10, 5] and infos[70000]["area"] == 50
+    rgb = np.asarray(Image.open(tmp_path / "panoptic" / "img.png")).astype(int)
+    np.testing.assert_array_equal(rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2], seg)  # COCO's id encoding
+    ann = CocoPanopticAnnotations(path)
+    pan = ann.lookup("/some/where/img.jpg")
+    np.testing.assert_array_equal(pan.segment_map, seg)
+    assert sorted((s.id, s.label) for s in pan.segments) == sorted((s.id, s.label) for s in segments)
+    from magiceraser.datasets.coco_panoptic import AnnotationError
+
+    with pytest.raises(AnnotationError) as exc:
+        ann.lookup("other.jpg")
+    assert exc.value.reason == "no_annotation"
+
+
+def test_tiny_llava_loads_with_stock_classes_and_captions(tiny_llava):
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from magiceraser.datasets.caption import TransformersCaptioner
+
+    processor = AutoProcessor.from_pretrained(tiny_llava)
+    assert "<image>" in processor.tokenizer.get_vocab()
+    model = LlavaForConditionalGeneration.from_pretrained(tiny_llava)
+    assert model.config.image_token_index == processor.tokenizer.convert_tokens_to_ids("<image>")
+    cap = TransformersCaptioner(str(tiny_llava), device="cpu", batch_size=4, max_new_tokens=8)
+    assert cap.prompt("Describe the grass in the image.") == "USER: <image>\nDescribe the grass in the image. ASSISTANT:"
+    images = _images(3, 64, 80)
+    questions = ["Describe the grass in the image.", "Describe the sky and sea in the image.", "Describe the grass in the image."]
+    captions = cap.caption(images, questions)
+    assert len(captions) == 3 and all(isinstance(c, str) and c for c in captions)
+    # Greedy and padding-free: a caption does not depend on its batch.
+    assert [cap.caption([im], [q])[0] for im, q in zip(images, questions)] == captions
+
+
+@pytest.mark.gpu
+def test_vllm_captioner_on_gpu(tiny_llava):
+    from magiceraser.datasets.caption import VllmCaptioner
+
+    cap = VllmCaptioner(str(tiny_llava), max_new_tokens=8, gpu_memory_utilization=0.3, max_model_len=256)
+    captions = cap.caption(_images(4, 64, 80), ["Describe the grass in the image."] * 4)
+    assert len(captions) == 4 and all(isinstance(c, str) for c in captions)

@@ -1,0 +1,88 @@
+"""Listing, sample keys and shard assignment (pure functions), incl. Places365 layouts and fsspec."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from magiceraser.datasets.inputs import list_inputs, list_sources, make_items, num_shards, sample_key, shard_of
+from magiceraser.imageio import encode_image
+
+
+def test_sample_keys_have_no_dots_and_are_deterministic_and_distinct():
+    paths = ["train/airfield/00000001.jpg", "a/b.c.jpg", "a/b_c.jpg", "a b/c.JPG", "/a/airfield/00000001.jpg"]
+    keys = [sample_key(p) for p in paths]
+    assert all("." not in k and "/" not in k and " " not in k for k in keys)
+    assert keys == [sample_key(p) for p in paths]
+    assert len(set(keys[:4])) == 4  # "a/b.c" and "a/b_c" fold to the same text, the hash keeps them apart
+    assert keys[4] == sample_key("a/airfield/00000001.jpg")  # a leading slash is not part of the identity
+    assert keys[0].startswith("train_airfield_00000001_")
+
+
+@pytest.mark.parametrize("n_inputs,per_shard", [(1, 1), (10, 3), (12, 4), (1000, 7)])
+def test_shard_assignment_covers_every_input_once(n_inputs, per_shard):
+    items = make_items([(f"/x/{i}.jpg", f"{i}.jpg") for i in range(n_inputs)], per_shard)
+    assert [it.index for it in items] == list(range(n_inputs))
+    assert num_shards(n_inputs, per_shard) == max(it.shard for it in items) + 1
+    for s in range(num_shards(n_inputs, per_shard)):
+        members = [it.index for it in items if it.shard == s]
+        assert members == list(range(s * per_shard, min((s + 1) * per_shard, n_inputs)))
+    assert all(it.shard == shard_of(it.index, per_shard) for it in items)
+    # A prefix of the listing gets the same assignment: shards are a pure function of positions.
+    assert make_items([(it.source, it.rel) for it in items[:5]], per_shard) == items[:5]
+
+
+def _img(path, size=(70, 90)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode_image(np.zeros((*size, 3), np.uint8), "jpg"))
+
+
+def test_places365_directory_layout(tmp_path):
+    root = tmp_path / "places365_standard"
+    for split in ("train", "val"):
+        for cat in ("airfield", "beach"):
+            for i in range(2):
+                _img(root / split / cat / f"{i:08d}.jpg")
+    (root / "train.txt").write_text("not an image\n")
+    items = list_inputs(str(root), samples_per_shard=3)
+    rels = [it.rel for it in items]
+    assert rels == sorted(rels) and len(rels) == 8
+    assert rels[0] == "train/airfield/00000000.jpg"
+    assert [it.shard for it in items] == [0, 0, 0, 1, 1, 1, 2, 2]
+    assert len(list_inputs(str(root), 3, limit=5)) == 5
+
+
+def test_places365_list_file_with_input_root(tmp_path):
+    data = tmp_path / "data_256"
+    _img(data / "a" / "airfield" / "00000001.jpg")
+    _img(data / "b" / "beach" / "00000002.jpg")
+    lst = tmp_path / "places365_train_standard.txt"
+    lst.write_text("/a/airfield/00000001.jpg 0\n/b/beach/00000002.jpg 48\n/a/airfield/00000001.jpg 0\n\n")
+    items = list_inputs(str(lst), samples_per_shard=10, input_root=str(data))
+    assert [it.source for it in items] == [str(data / "a/airfield/00000001.jpg"), str(data / "b/beach/00000002.jpg")]
+    assert all(__import__("os").path.exists(it.source) for it in items)  # duplicate line dropped, paths resolve
+
+
+def test_list_file_relative_to_its_folder_and_fsspec_memory(tmp_path):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for name in ("x/1.jpg", "x/2.png", "x/notes.md"):
+        with fs.open(f"/bucket/{name}", "wb") as fh:
+            fh.write(encode_image(np.zeros((70, 70, 3), np.uint8), "png"))
+    sources = list_sources("memory://bucket")
+    assert [s for s, _ in sources] == ["memory:///bucket/x/1.jpg", "memory:///bucket/x/2.png"]
+    from magiceraser.datasets.stages import initial_rows, read_images
+
+    rows = initial_rows(make_items(sources, 4))
+    batch = {k: np.asarray([r[k] for r in rows], dtype=object) for k in rows[0]}
+    out = read_images(batch, min_side=32)
+    assert list(out["reason"]) == ["", ""] and list(out["height"]) == [70, 70]
+
+
+def test_missing_input_fails_with_a_clear_message(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        list_inputs(str(tmp_path / "nope"), 10)
+    (tmp_path / "img.jpg").write_bytes(b"x")
+    with pytest.raises(ValueError, match="not a list file"):
+        list_inputs(str(tmp_path / "img.jpg"), 10)
