@@ -100,6 +100,8 @@ class CaptionerConfig:
     """vLLM: context length (LLaVA-1.5 uses 576 image tokens + the question)."""
     tensor_parallel_size: int = 1
     """vLLM: GPUs one model is split over (set num_gpus to the same number)."""
+    pip: list[str] = field(default_factory=list)
+    """Packages Ray installs in a virtualenv for the caption actors only (e.g. ["vllm==0.33.0"], which pins its own torch)."""
 
     def __post_init__(self) -> None:
         _check_pool("captioner", self.num_actors, self.num_gpus, self.num_cpus, self.batch_size)
@@ -150,7 +152,7 @@ class OLRDConfig:
     task_num_cpus: float = 1.0
     """CPUs per read/decode and compose task (fractions let tasks share cores with model actors)."""
     ray_address: str = ""
-    """Ray cluster to join ('' = RAY_ADDRESS if set, else a new local Ray; 'auto' = the running cluster)."""
+    """Ray cluster to join ('' = RAY_ADDRESS if set, else a new local Ray; 'auto' = the running cluster; 'local' = always a new one)."""
     num_cpus: int = 0
     """CPUs of a new local Ray (0 = all of this machine's)."""
     max_restarts: int = 3

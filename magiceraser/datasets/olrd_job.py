@@ -71,7 +71,7 @@ def _init_ray(cfg: OLRDConfig) -> bool:
         return False
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
-    if address is None and cfg.num_cpus:
+    if address in (None, "local") and cfg.num_cpus:
         kwargs["num_cpus"] = cfg.num_cpus
     ray.init(address=address, **kwargs)
     return True
@@ -104,6 +104,9 @@ def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str):
             "jpeg_quality": cfg.jpeg_quality, "segmenter_id": segmenter_id, "max_tags": cap.max_tags,
         },
     )
+    if cap.pip:
+        # vLLM pins its own torch/transformers: its actors get a virtualenv of their own (Ray runtime env).
+        actor_retries["runtime_env"] = {"pip": {"packages": list(cap.pip)}}
     ds = ds.map_batches(
         CaptionStage, batch_size=cap.batch_size, batch_format="numpy",
         compute=ActorPoolStrategy(size=cap.num_actors), num_cpus=cap.num_cpus, num_gpus=cap.num_gpus,
