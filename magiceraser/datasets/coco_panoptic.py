@@ -37,6 +37,9 @@ def id2rgb(ids: np.ndarray) -> np.ndarray:
     return np.stack([ids % 256, (ids // 256) % 256, (ids // 65536) % 256], axis=-1).astype(np.uint8)
 
 
+_COMPACT_ABOVE = 1 << 16  # segment ids above this are renumbered 1..n on load
+
+
 class AnnotationError(LookupError):
     """No usable annotation for an image; ``reason`` is a stable skip code."""
 
@@ -107,6 +110,14 @@ class CocoPanopticAnnotations:
             keep[sid] = True
             segments.append(Segment(id=sid, label=label, area=int(info.get("area", 0)), score=1.0))
         segment_map = np.where(keep[ids], ids, 0).astype(np.int32)
+        if segments and max(s.id for s in segments) > _COMPACT_ABOVE:
+            # COCO ids run up to 256^3: renumber 1..n so per-id lookup tables stay small downstream.
+            known = np.asarray(sorted(s.id for s in segments), np.int64)
+            pos = np.searchsorted(known, segment_map)
+            pos = np.minimum(pos, known.size - 1)
+            segment_map = np.where(known[pos] == segment_map, pos + 1, 0).astype(np.int32)
+            new_id = {int(old): i + 1 for i, old in enumerate(known)}
+            segments = [Segment(new_id[s.id], s.label, s.area, s.score) for s in segments]
         return PanopticResult(segment_map, segments)
 
 

@@ -10,8 +10,9 @@ Pure numpy/OpenCV over arrays (method.md part 1), no I/O and no Ray:
    position p the correlation is the number of mask pixels landing on B (resp. T), so every
    position with ``corr_B >= min_background_share * |M|`` and ``corr_T <= max_thing_overlap * |M|``
    is valid, and "inside the image" is the correlation's valid range. For images larger than
-   ``search_max_side`` the search runs on block-averaged masks (a stride-f grid of offsets) and
-   the chosen offset is re-checked exactly at full resolution before it is used.
+   ``search_max_side`` the search samples every f-th pixel (a stride-f grid of offsets, f the
+   smallest factor that brings the long side under ``search_max_side``) and each chosen offset is
+   re-checked exactly at full resolution before it is used.
 3. A random generator seeded from the sample key and the global seed (:func:`rng_for`) picks the
    object and the offset, so the same input and seed give the same sample.
 4. Blend (method.md): Ĩ = m̃·õ + (1 − m̃)·I with the binary shifted mask m̃; the original object
@@ -57,8 +58,8 @@ class ComposeConfig:
     """Share of the shifted mask's pixels that must land on background stuff."""
     max_thing_overlap: float = 0.02
     """Largest share of the shifted mask's pixels that may land on thing pixels."""
-    search_max_side: int = 256
-    """Search offsets on masks block-averaged to at most this long side (exact re-check at full size)."""
+    search_max_side: int = 160
+    """Search offsets on masks sampled down to at most this long side (exact re-check at full size)."""
     max_verify: int = 32
     """Candidate offsets re-checked at full resolution per object before trying another object."""
 
@@ -112,29 +113,33 @@ _BACKGROUND_LUT = _lut(coco.BACKGROUND_LABELS)
 
 
 def eligible_objects(pan: PanopticResult, cfg: ComposeConfig) -> list[int]:
-    """Ids of thing segments with an eligible area that the border does not cut (sorted)."""
+    """Ids of thing segments with an eligible area that the border does not cut (sorted).
+
+    Areas are first estimated on the pixels the offset search samples (a shortlist with a 2x
+    margin, cheap at any size), then counted exactly for the shortlisted objects.
+    """
     seg = pan.segment_map
     h, w = seg.shape
     things = [s for s in pan.segments if s.isthing]
     if not things:
         raise ComposeSkip(NO_THING, "the segmentation has no thing (object) segment")
-    areas = np.bincount(seg.ravel(), minlength=max(s.id for s in things) + 1)
+    f = search_scale((h, w), cfg)
+    top = max(s.id for s in things) + 1
+    sampled = seg[::f, ::f]
+    approx = np.bincount(sampled[sampled < top].ravel(), minlength=top) * float(f * f)
     b = cfg.border_margin
     border_ids: set[int] = set()
     if b > 0:
         ring = np.concatenate([seg[:b].ravel(), seg[-b:].ravel(), seg[:, :b].ravel(), seg[:, -b:].ravel()])
         border_ids = set(np.unique(ring).tolist())
     lo, hi = cfg.min_object_area * h * w, cfg.max_object_area * h * w
-    return sorted(s.id for s in things if lo <= areas[s.id] <= hi and s.id not in border_ids)
-
-
-def _block_mean(mask: np.ndarray, f: int) -> np.ndarray:
-    """Mean of each f x f block (zero padding at the bottom/right edge)."""
-    h, w = mask.shape
-    hp, wp = -(-h // f) * f, -(-w // f) * f
-    padded = np.zeros((hp, wp), np.float32)
-    padded[:h, :w] = mask
-    return padded.reshape(hp // f, f, wp // f, f).mean(axis=(1, 3))
+    out = []
+    for s in things:
+        if s.id in border_ids or not lo / 2 <= approx[s.id] <= 2 * hi:
+            continue
+        if lo <= np.count_nonzero(seg == s.id) <= hi:
+            out.append(s.id)
+    return sorted(out)
 
 
 def _correlate(image_mask: np.ndarray, template: np.ndarray) -> np.ndarray:
@@ -144,47 +149,52 @@ def _correlate(image_mask: np.ndarray, template: np.ndarray) -> np.ndarray:
     return cv2.matchTemplate(image_mask.astype(np.float32), template.astype(np.float32), cv2.TM_CCORR)
 
 
+def _offsets_on_grid(
+    obj_s: np.ndarray, bg_s: np.ndarray, th_s: np.ndarray, scale: int, full_shape: tuple[int, int],
+    obj_shape: tuple[int, int], cfg: ComposeConfig,
+) -> np.ndarray:
+    """Positions on the stride-``scale`` grid whose sampled pixels pass the placement criteria.
+
+    ``obj_s``/``bg_s``/``th_s`` are the object crop and the image masks sampled every ``scale``
+    pixels (``[::scale, ::scale]``): template pixel (i, j) placed at grid position (u, v) is image
+    pixel ((v+i)·scale, (u+j)·scale), so the correlation counts sampled pixels exactly, and with
+    scale 1 it counts every pixel (the exact set of valid offsets).
+    """
+    h, w = obj_shape
+    H, W = full_shape
+    if h > H or w > W or obj_s.shape[0] > bg_s.shape[0] or obj_s.shape[1] > bg_s.shape[1]:
+        return np.zeros((0, 2), np.int64)
+    area = float(obj_s.sum())
+    # Correlations of 0/1 masks are integer counts; rounding removes the DFT's float error.
+    on_bg = np.rint(_correlate(bg_s, obj_s))
+    on_th = np.rint(_correlate(th_s, obj_s))
+    ok = (on_bg >= cfg.min_background_share * area) & (on_th <= cfg.max_thing_overlap * area)
+    ys, xs = np.nonzero(ok)
+    xs, ys = xs * scale, ys * scale
+    inside = (xs + w <= W) & (ys + h <= H)  # the whole full-resolution crop must fit
+    return np.stack([xs[inside], ys[inside]], axis=1).astype(np.int64)
+
+
 def valid_offsets(
     obj: np.ndarray, background: np.ndarray, things: np.ndarray, cfg: ComposeConfig, scale: int = 1
 ) -> np.ndarray:
     """Top-left positions (x, y) where the object's mask ``obj`` (its bbox crop) may be pasted.
 
-    ``background``/``things`` are full-image bool masks. With ``scale`` f > 1 the search runs on
-    f x f block means and returns positions on the stride-f grid whose estimate passes.
+    ``background``/``things`` are full-image bool masks. With ``scale`` 1 this is every valid
+    position, exactly; with f > 1 the masks are sampled every f pixels and the positions lie on
+    the stride-f grid (candidates, to be confirmed by :func:`placement_ok`).
     Returns an (N, 2) int array of (x, y), in row-major order.
     """
-    h, w = obj.shape
-    H, W = background.shape
-    if h > H or w > W:
-        return np.zeros((0, 2), np.int64)
-    if scale > 1:
-        o, bg, th = _block_mean(obj, scale), _block_mean(background, scale), _block_mean(things, scale)
-        norm = float(scale * scale)
-    else:
-        o, bg, th, norm = obj, background, things, 1.0
-    area = float(obj.sum())
-    on_bg = _correlate(bg, o) * norm
-    on_th = _correlate(th, o) * norm
-    if scale == 1:
-        # Full resolution: the correlations are integer pixel counts (DFT rounding is far below 0.5).
-        on_bg, on_th = np.rint(on_bg), np.rint(on_th)
-    ok = (on_bg >= cfg.min_background_share * area) & (on_th <= cfg.max_thing_overlap * area)
-    # Keep positions whose full-resolution placement lies inside the image.
-    ys, xs = np.nonzero(ok)
-    xs, ys = xs * scale, ys * scale
-    inside = (xs + w <= W) & (ys + h <= H)
-    return np.stack([xs[inside], ys[inside]], axis=1).astype(np.int64)
+    f = scale
+    return _offsets_on_grid(obj[::f, ::f], background[::f, ::f], things[::f, ::f], f, background.shape, obj.shape, cfg)
 
 
-def placement_ok(obj: np.ndarray, background: np.ndarray, things: np.ndarray, x: int, y: int, cfg: ComposeConfig) -> bool:
-    """Exact full-resolution check of one placement (top-left x, y of the object's bbox crop)."""
-    h, w = obj.shape
-    H, W = background.shape
-    if x < 0 or y < 0 or x + w > W or y + h > H:
-        return False
-    area = int(obj.sum())
-    n_bg = int(np.count_nonzero(background[y : y + h, x : x + w] & obj))
-    n_th = int(np.count_nonzero(things[y : y + h, x : x + w] & obj))
+def placement_ok(obj: np.ndarray, window_labels: np.ndarray, cfg: ComposeConfig) -> bool:
+    """Exact check of one placement from the labels under the object's crop (-1 = unlabelled)."""
+    area = int(np.count_nonzero(obj))
+    labels = window_labels[obj]
+    n_bg = int(np.count_nonzero(_BACKGROUND_LUT[labels]))
+    n_th = int(np.count_nonzero(_THING_LUT[labels]))
     return n_bg >= cfg.min_background_share * area and n_th <= cfg.max_thing_overlap * area
 
 
@@ -213,32 +223,38 @@ def compose(image: np.ndarray, pan: PanopticResult, rng: np.random.Generator, cf
     candidates = eligible_objects(pan, cfg)
     if not candidates:
         raise ComposeSkip(NO_ELIGIBLE, "no thing segment has an eligible size away from the image border")
-    labels = pan.label_map()
-    background = _BACKGROUND_LUT[labels]
-    things = _THING_LUT[labels]
-    scale = search_scale(image.shape[:2], cfg)
-    label_of = {s.id: s.label for s in pan.segments}
     seg = pan.segment_map
+    H, W = seg.shape
+    # Segment id -> label lookup table (-1 = unlabelled); ids are small (COCO ids are compacted on load).
+    label_lut = np.full(int(seg.max(initial=0)) + 1, -1, np.int64)
+    for s in pan.segments:
+        if s.id < label_lut.size:
+            label_lut[s.id] = s.label
+    scale = search_scale((H, W), cfg)
+    # The search only ever looks at every scale-th pixel: label just those (cheap at any image size).
+    labels_s = label_lut[seg[::scale, ::scale]]
+    bg_s, th_s = _BACKGROUND_LUT[labels_s], _THING_LUT[labels_s]
     for seg_id in rng.permutation(np.asarray(candidates)):
         seg_id = int(seg_id)
-        ys, xs = np.nonzero(seg == seg_id)
-        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-        obj = seg[y0:y1, x0:x1] == seg_id
-        offsets = valid_offsets(obj, background, things, cfg, scale)
+        m = seg == seg_id
+        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        obj = m[y0:y1, x0:x1]
+        h, w = obj.shape
+        offsets = _offsets_on_grid(obj[::scale, ::scale], bg_s, th_s, scale, (H, W), (h, w), cfg)
         if len(offsets) == 0:
             continue
-        order = rng.permutation(len(offsets))[: cfg.max_verify]
-        for i in order:
+        for i in rng.permutation(len(offsets))[: cfg.max_verify]:
             x, y = int(offsets[i, 0]), int(offsets[i, 1])
-            if not placement_ok(obj, background, things, x, y, cfg):  # exact check (cheap: one crop)
+            window = label_lut[seg[y : y + h, x : x + w]]
+            if not placement_ok(obj, window, cfg):  # exact, full resolution (one crop)
                 continue
             blended, mask = blend(image, obj, x0, y0, x, y)
-            h, w = obj.shape
             crop = PanopticResult(seg[y : y + h, x : x + w], pan.segments)
             return Composed(
                 blended=blended,
                 mask=mask,
-                object_label=label_of[seg_id],
+                object_label=int(label_lut[seg_id]),
                 object_bbox=(x0, y0, x1, y1),
                 offset=(x - x0, y - y0),
                 target_bbox=(x, y, x + w, y + h),

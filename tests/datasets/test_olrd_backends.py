@@ -62,8 +62,9 @@ def test_coco_panoptic_round_trip_and_png_encoding(tmp_path):
     seg[:20] = 7
     seg[20:] = 300  # > 255: needs the G channel
     seg[25:30, 10:20] = 70000  # needs the B channel
+    seg[2:6, 40:45] = 5_000_000  # a COCO-sized id: renumbered on load
     segments = [Segment(7, coco.BY_NAME["sky-other-merged"].label), Segment(300, coco.BY_NAME["grass-merged"].label),
-                Segment(70000, coco.BY_NAME["dog"].label)]
+                Segment(70000, coco.BY_NAME["dog"].label), Segment(5_000_000, coco.BY_NAME["cat"].label)]
     path = write_coco_panoptic(tmp_path, [("img.jpg", seg, segments)])
     data = json.loads(path.read_text())
     assert data["images"][0] == {"id": 1, "file_name": "img.jpg", "width": 50, "height": 40}
@@ -73,8 +74,13 @@ def test_coco_panoptic_round_trip_and_png_encoding(tmp_path):
     np.testing.assert_array_equal(rgb[..., 0] + 256 * rgb[..., 1] + 65536 * rgb[..., 2], seg)  # COCO's id encoding
     ann = CocoPanopticAnnotations(path)
     pan = ann.lookup("/some/where/img.jpg")
-    np.testing.assert_array_equal(pan.segment_map, seg)
-    assert sorted((s.id, s.label) for s in pan.segments) == sorted((s.id, s.label) for s in segments)
+    # Same partition and labels (ids renumbered 1..n because one is above 2^16).
+    label_of = {s.id: s.label for s in segments}
+    expected_labels = np.vectorize(label_of.get)(seg)
+    np.testing.assert_array_equal(pan.label_map(), expected_labels)
+    assert sorted(s.id for s in pan.segments) == [1, 2, 3, 4]
+    for old_id in label_of:
+        assert len(np.unique(pan.segment_map[seg == old_id])) == 1
     from magiceraser.datasets.coco_panoptic import AnnotationError
 
     with pytest.raises(AnnotationError) as exc:
