@@ -34,8 +34,9 @@ class DatasetConfig:
     """Pairs to build or read (0 = all); the paper uses 200 for COCO and OpenImages."""
     seed: int = 0
     """Seed of the image order and of the OLRD shift (same pairs on every machine)."""
-    min_side: int = 0
-    """Only images whose short side is above this (paper: 512 for COCO/OpenImages)."""
+    min_long_side: int = 0
+    """Only images whose long side is above this (paper: "side resolution higher than 512" for
+    COCO/OpenImages; COCO photos are mostly 640x480, so it can only mean the long side)."""
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\"):
@@ -48,8 +49,8 @@ class DatasetConfig:
             raise ValueError("masks_csv: openimages needs masks_csv and masks_dir")
         if self.num_pairs < 0:
             raise ValueError(f"num_pairs: must be >= 0 (0 = all), got {self.num_pairs}")
-        if self.min_side < 0:
-            raise ValueError(f"min_side: must be >= 0, got {self.min_side}")
+        if self.min_long_side < 0:
+            raise ValueError(f"min_long_side: must be >= 0, got {self.min_long_side}")
 
 
 @dataclass

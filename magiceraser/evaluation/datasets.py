@@ -245,7 +245,7 @@ def seeded_order(items: list[str], seed: int) -> list[str]:
 
 def iter_coco_panoptic(
     images_dir: str | Path, panoptic_json: str | Path, panoptic_dir: str | Path, num_pairs: int, seed: int,
-    min_side: int = 0, compose_cfg=None,
+    min_long_side: int = 0, compose_cfg=None,
 ) -> Iterator[PairOrSkip]:
     """Up to ``num_pairs`` OLRD pairs from COCO panoptic ground truth, images in a seeded order."""
     from magiceraser.datasets.compose import ComposeConfig
@@ -264,7 +264,7 @@ def iter_coco_panoptic(
         except ImageDecodeError as exc:
             yield PairSkip(key, exc.reason, str(exc))
             continue
-        if min_side and min(image.shape[:2]) <= min_side:
+        if min_long_side and max(image.shape[:2]) <= min_long_side:
             continue  # the paper samples images "with side resolution higher than 512"
         try:
             pan = ann.lookup(file_name)
@@ -362,7 +362,7 @@ def read_class_descriptions(path: str | Path | None) -> dict[str, str]:
 
 def iter_openimages(
     images_dir: str | Path, masks_csv: str | Path, masks_dir: str | Path, num_pairs: int, seed: int,
-    min_side: int = 0, class_descriptions: str | Path | None = None, segmenter=None, compose_cfg=None,
+    min_long_side: int = 0, class_descriptions: str | Path | None = None, segmenter=None, compose_cfg=None,
 ) -> Iterator[PairOrSkip]:
     """Up to ``num_pairs`` OLRD pairs from OpenImages segmentations, images in a seeded order."""
     from PIL import Image
@@ -386,7 +386,7 @@ def iter_openimages(
         except ImageDecodeError as exc:
             yield PairSkip(key, exc.reason, str(exc))
             continue
-        if min_side and min(image.shape[:2]) <= min_side:
+        if min_long_side and max(image.shape[:2]) <= min_long_side:
             continue
         h, w = image.shape[:2]
         instances = []

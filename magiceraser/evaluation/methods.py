@@ -46,6 +46,9 @@ class MethodConfig:
     """Prompt tuning at inference: 'A photo of R* {tag}' (needs trained_dir); false uses ``prompt``."""
     prompt: str = ""
     """Fixed text prompt when learned_prompt is false (plain SD inpainting's user prompt)."""
+    prompts: str = ""
+    """Optional JSON file {pair key: prompt} overriding ``prompt`` per image (e.g. LLaVA captions,
+    as the paper prompts SD Inpainting); keys it lacks use ``prompt``."""
     refocus: bool = True
     """Semantics-aware attention refocus (needs ``segmenter`` for its positive/negative labels)."""
     segmenter: str = ""
@@ -86,8 +89,8 @@ class MethodConfig:
             raise ValueError(f"telea_radius: must be >= 1, got {self.telea_radius}")
 
 
-# An eraser takes (image HxWx3 uint8, mask bool HxW, index) and returns (image, info).
-Eraser = Callable[[np.ndarray, np.ndarray, int], tuple[np.ndarray, dict[str, Any]]]
+# An eraser takes (image HxWx3 uint8, mask bool HxW, index, pair key) and returns (image, info).
+Eraser = Callable[[np.ndarray, np.ndarray, int, str], tuple[np.ndarray, dict[str, Any]]]
 
 
 def _need_file(path: str, what: str) -> None:
@@ -108,7 +111,7 @@ def build_method(cfg: MethodConfig, device: str = "cpu", dtype: str | None = Non
             _need_file(cfg.lama_path, "Big-LaMa TorchScript weights (lama_path)")
             inpaint = LamaInpainter(cfg.lama_path, device=device)
 
-        def erase_classical(image: np.ndarray, mask: np.ndarray, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+        def erase_classical(image: np.ndarray, mask: np.ndarray, index: int, key: str = "") -> tuple[np.ndarray, dict[str, Any]]:
             return np.asarray(inpaint(image, mask), np.uint8), {}
 
         return erase_classical
@@ -147,10 +150,12 @@ def _build_diffusion(cfg: MethodConfig, device: str, dtype: str | None, size: in
         raise MethodUnavailable(f"cannot load {cfg.base_model!r} (+ {trained or 'no trained dir'}): {exc}") from exc
     use_learned = cfg.learned_prompt and trained is not None and not plain
     strength = 1.0 if plain else cfg.strength
+    per_image = read_prompts(cfg.prompts) if cfg.prompts and not use_learned else {}
 
-    def erase_diffusion(image: np.ndarray, mask: np.ndarray, index: int) -> tuple[np.ndarray, dict[str, Any]]:
+    def erase_diffusion(image: np.ndarray, mask: np.ndarray, index: int, key: str = "") -> tuple[np.ndarray, dict[str, Any]]:
         out = pipe(
-            image, mask, prompt=None if use_learned else cfg.prompt, num_inference_steps=cfg.num_inference_steps,
+            image, mask, prompt=None if use_learned else per_image.get(key, cfg.prompt),
+            num_inference_steps=cfg.num_inference_steps,
             strength=strength, guidance_scale=cfg.guidance_scale, refocus=cfg.refocus and not plain,
             seed=cfg.seed + index, mask_dilation=cfg.mask_dilation,
             crop_margin=WHOLE_IMAGE_MARGIN if cfg.whole_image else 0.5,
@@ -158,6 +163,19 @@ def _build_diffusion(cfg: MethodConfig, device: str, dtype: str | None, size: in
         return np.asarray(out.image, np.uint8), {"prompt": getattr(out, "prompt", None), "tag": getattr(out, "tag", None)}
 
     return erase_diffusion
+
+
+def read_prompts(path: str) -> dict[str, str]:
+    """{pair key: prompt} from a JSON object file; MethodUnavailable when missing or malformed."""
+    import json
+
+    try:
+        doc = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MethodUnavailable(f"cannot read the per-image prompts file {path!r}: {exc}") from exc
+    if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+        raise MethodUnavailable(f"{path} must hold a JSON object mapping pair keys to prompt strings")
+    return doc
 
 
 def load_segmenter(model: str, device: str = "cpu"):

@@ -186,9 +186,9 @@ class InceptionFeatures:
 
 def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
     """FID between two feature sets (Fréchet distance of their Gaussian statistics)."""
-    from magiceraser.evaluation.metrics import frechet_distance, gaussian_stats
+    from magiceraser.evaluation.metrics import frechet_distance_from_features
 
-    return frechet_distance(*gaussian_stats(real), *gaussian_stats(fake))
+    return frechet_distance_from_features(real, fake)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 Data flow (everything under ``out_dir``, every file written atomically):
 
     pairs/<dataset>/<key>/{input,mask,target}.png   letterboxed pairs, built once (manifest.json last)
+                                                    (folder names: labels with only [A-Za-z0-9_-])
     methods/<dataset>/<method>/images/<key>.png     erased images
     methods/<dataset>/<method>/metrics/<key>.json   per-image metrics: the resume cache
     per_image.jsonl                                 all per-image records
@@ -30,7 +31,7 @@ from magiceraser.atomic import atomic_open, atomic_write_bytes, atomic_write_jso
 from magiceraser.config import config_to_dict, save_config
 from magiceraser.evaluation import metrics as M
 from magiceraser.evaluation.config import DatasetConfig, EvalConfig, MetricsConfig
-from magiceraser.evaluation.datasets import EvalPair, PairSkip
+from magiceraser.evaluation.datasets import EvalPair, PairSkip, safe_key
 from magiceraser.evaluation.letterbox import letterbox_image, letterbox_mask
 from magiceraser.evaluation.methods import MethodConfig, MethodUnavailable, build_method, load_segmenter
 from magiceraser.evaluation.report import aggregate, best_and_worst, grid_image, results_csv, results_markdown
@@ -55,17 +56,17 @@ def iter_source(ds: DatasetConfig) -> Iterator[EvalPair | PairSkip]:
     elif ds.kind == "olrd_shards":
         it = D.iter_olrd_shards(ds.path)
     elif ds.kind == "coco_panoptic":
-        it = D.iter_coco_panoptic(ds.path, ds.panoptic_json, ds.panoptic_dir, ds.num_pairs, ds.seed, ds.min_side)
+        it = D.iter_coco_panoptic(ds.path, ds.panoptic_json, ds.panoptic_dir, ds.num_pairs, ds.seed, ds.min_long_side)
     else:
         seg = load_segmenter(ds.segmenter) if ds.segmenter else None
-        it = D.iter_openimages(ds.path, ds.masks_csv, ds.masks_dir, ds.num_pairs, ds.seed, ds.min_side,
+        it = D.iter_openimages(ds.path, ds.masks_csv, ds.masks_dir, ds.num_pairs, ds.seed, ds.min_long_side,
                                ds.class_descriptions or None, seg)
     produced = 0
     for item in it:
         if isinstance(item, EvalPair):
             if ds.num_pairs and produced >= ds.num_pairs:
                 return
-            if ds.min_side and min(item.image.shape[:2]) <= ds.min_side:
+            if ds.min_long_side and max(item.image.shape[:2]) <= ds.min_long_side:
                 continue
             produced += 1
         yield item
@@ -171,7 +172,12 @@ class Scorer:
 
 
 def method_dir(out: Path, ds: str, method: str) -> Path:
-    return out / "methods" / ds / method
+    # table labels may hold spaces and dots ("i. Baseline + OLRD"); folder names stay plain
+    return out / "methods" / safe_key(ds) / safe_key(method)
+
+
+def pairs_dir(out: Path, ds: str) -> Path:
+    return out / "pairs" / safe_key(ds)
 
 
 def _check_method_cache(mdir: Path, mcfg: MethodConfig) -> None:
@@ -192,7 +198,7 @@ def run_method(
 ) -> tuple[list[dict], str | None]:
     """Erase and score every pair not yet cached; returns (records, reason the method was skipped)."""
     out = Path(cfg.out_dir)
-    pairs_root = out / "pairs" / ds.name
+    pairs_root = pairs_dir(out, ds.name)
     mdir = method_dir(out, ds.name, mcfg.name)
     _check_method_cache(mdir, mcfg)
     required = scorer.required()
@@ -218,7 +224,7 @@ def run_method(
                     except MethodUnavailable as exc:
                         return records, str(exc)
                 t = time.time()
-                erased, info = eraser(image, mask, index)
+                erased, info = eraser(image, mask, index, key)
                 info = {**{k: v for k, v in info.items() if v is not None}, "seconds": round(time.time() - t, 3)}
                 if erased.shape != image.shape:
                     raise ValueError(f"method returned shape {erased.shape}, expected {image.shape}")
@@ -261,7 +267,7 @@ def compute_fid(cfg: EvalConfig, ds: str, method: str, keys: Sequence[str], devi
             np.savez(fh, keys=np.array(ok), features=feats)
         return feats
 
-    real = features(mdir / "inception_real.npz", [out / "pairs" / ds / k / "target.png" for k in ok])
+    real = features(mdir / "inception_real.npz", [pairs_dir(out, ds) / k / "target.png" for k in ok])
     fake = features(mdir / "inception_fake.npz", [mdir / "images" / f"{k}.png" for k in ok])
     return fid_from_features(real, fake)
 
@@ -282,10 +288,10 @@ def write_grids(cfg: EvalConfig, records: Sequence[dict]) -> list[Path]:
                 continue
             rows = []
             for r in cases:
-                image, mask, target = load_pair(out / "pairs" / ds, r["key"])
+                image, mask, target = load_pair(pairs_dir(out, ds), r["key"])
                 erased = decode_image(method_dir(out, ds, method) / "images" / f"{r['key']}.png")
                 rows.append((image, mask, erased, target, f"{r['key']} {r['psnr']:.2f} dB"))
-            path = out / "grids" / f"{ds}__{method}__{name}.png"
+            path = out / "grids" / f"{safe_key(ds)}__{safe_key(method)}__{name}.png"
             atomic_write_bytes(path, encode_image(grid_image(rows), "png"))
             written.append(path)
     return written
@@ -336,7 +342,7 @@ def evaluate(cfg: EvalConfig) -> int:
     order: list[tuple[str, str]] = []
     unavailable: list[str] = []
     for ds in cfg.datasets:
-        keys, ds_skipped = materialise_pairs(ds, out / "pairs" / ds.name, cfg.size)
+        keys, ds_skipped = materialise_pairs(ds, pairs_dir(out, ds.name), cfg.size)
         skipped += ds_skipped
         if not keys:
             log(f"{ds.name}: no usable pairs; see skipped.jsonl")

@@ -73,6 +73,10 @@ def test_diffusion_methods_are_configurations_of_one_pipeline(tiny_sd, trained_d
     sd = build_method(MethodConfig(name="sd", kind="sd", prompt="a lawn", **common), size=64)
     out, info = sd(img, mask, 0)
     assert out.shape == img.shape and info["prompt"] == "a lawn"
+    prompts = tiny_sd.parent / "captions.json"
+    prompts.write_text(json.dumps({"k7": "a lawn at dusk"}))
+    sd = build_method(MethodConfig(name="sd", kind="sd", prompt="a lawn", prompts=str(prompts), **common), size=64)
+    assert sd(img, mask, 0, "k7")[1]["prompt"] == "a lawn at dusk" and sd(img, mask, 0, "k8")[1]["prompt"] == "a lawn"
     full = build_method(MethodConfig(name="vi", kind="magiceraser", trained_dir=str(trained_dir), content_init="telea",
                                      segmenter=str(tiny_mask2former), **common), size=64)
     out, info = full(img, mask, 0)
@@ -127,7 +131,7 @@ def test_evaluate_with_tiny_models(tmp_path, tiny_sd, trained_dir, tiny_mask2for
     records = [json.loads(line) for line in (out / "per_image.jsonl").read_text().splitlines()]
     for r in records:
         assert 0.0 <= r["regrowth"] <= 1.0
-        erased = np.asarray(Image.open(out / "methods" / "pairs" / r["method"] / "images" / f"{r['key']}.png"))
+        erased = np.asarray(Image.open(out / "methods" / "pairs" / r["method"].replace(" ", "_") / "images" / f"{r['key']}.png"))
         mask = np.asarray(Image.open(out / "pairs" / "pairs" / r["key"] / "mask.png")) > 127
         assert r["regrowth"] == pytest.approx(regrowth_fraction(mask, seg.segment([erased])[0]))
     assert "| pairs | Telea |" in (out / "results.md").read_text()

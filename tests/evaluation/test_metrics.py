@@ -81,6 +81,10 @@ def test_frechet_distance_on_known_gaussians():
     m1, m2 = rng.normal(size=6), rng.normal(size=6)
     assert M.frechet_distance(m1, s1, m2, s2) == pytest.approx(_direct_frechet(m1, s1, m2, s2), rel=1e-9)
     assert M.frechet_distance(m1, s1, m1, s1) == pytest.approx(0.0, abs=1e-9)
+    # singular (rank-deficient) covariances, as from few samples
+    c = rng.normal(size=(6, 2))
+    s3 = c @ c.T
+    assert M.frechet_distance(m1, s3, m2, s2) == pytest.approx(_direct_frechet(m1, s3, m2, s2), rel=1e-6)
 
 
 def test_gaussian_stats_then_frechet_from_samples():
@@ -93,3 +97,13 @@ def test_gaussian_stats_then_frechet_from_samples():
     assert M.frechet_distance(mu1, s1, mu2, s2) == pytest.approx(_direct_frechet(mu1, s1, mu2, s2), rel=1e-9)
     with pytest.raises(ValueError):
         M.gaussian_stats(x[:1])
+
+
+@pytest.mark.parametrize("n1,n2,d", [(5, 7, 40), (30, 20, 8)])
+def test_frechet_from_features_few_and_many_samples(n1, n2, d):
+    rng = np.random.default_rng(n1)
+    x = rng.normal(size=(n1, d))
+    y = rng.normal(loc=0.3, size=(n2, d)) * 2.0
+    mu1, s1 = np.mean(x, 0), np.cov(x.T)
+    mu2, s2 = np.mean(y, 0), np.cov(y.T)
+    assert M.frechet_distance_from_features(x, y) == pytest.approx(_direct_frechet(mu1, s1, mu2, s2), rel=1e-6)

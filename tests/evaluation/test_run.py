@@ -47,7 +47,7 @@ class CountingErasers:
         self.calls: dict[str, int] = {}
 
     def __call__(self, cfg, device="cpu", dtype=None, size=512):
-        def erase(image, mask, index):
+        def erase(image, mask, index, key=""):
             self.calls[cfg.name] = self.calls.get(cfg.name, 0) + 1
             out = image.copy()
             if cfg.name == "meanfill":
@@ -127,7 +127,7 @@ def test_end_to_end_outputs_and_resume(tmp_path, shards, monkeypatch):
 
 def test_failures_are_recorded_and_the_run_goes_on(tmp_path, shards, monkeypatch):
     def build(cfg, device="cpu", dtype=None, size=512):
-        def erase(image, mask, index):
+        def erase(image, mask, index, key=""):
             if index == 1:
                 raise RuntimeError("out of memory")
             return image, {}
