@@ -141,6 +141,7 @@ class MagicEraserPipeline:
         lama_path: str | Path | None = None,
         device: str = "cpu",
         dtype=None,
+        scheduler: str = "ddim",
         **kwargs: Any,
     ) -> MagicEraserPipeline:
         """Load the base inpainting model (HF id or path) plus, if given, a trained output (LoRA + v*).
@@ -148,6 +149,8 @@ class MagicEraserPipeline:
         The LoRA and v* are loaded with stock ``load_lora_weights`` / ``load_textual_inversion``,
         so anything a user can load into diffusers works here. ``trained_dir=None`` gives the plain
         base model (baseline). ``dtype`` defaults to float16 on CUDA and float32 elsewhere.
+        ``scheduler``: "ddim" (default, deterministic, one evaluation per step, built from the
+        model's scheduler config) or "model" (the checkpoint's own scheduler).
         """
         import torch
         from diffusers import StableDiffusionInpaintPipeline
@@ -167,6 +170,14 @@ class MagicEraserPipeline:
             sd.load_lora_weights(str(trained.path))
             sd.load_textual_inversion(str(trained.embeds_path), token=trained.token)
             token = trained.token
+        if scheduler == "ddim":
+            from diffusers import DDIMScheduler
+
+            # One UNet evaluation per step, so exactly ⌊T·s⌋ steps run from z_T' (method.md); the
+            # model's own PNDM repeats its first step, which would make it ⌊T·s⌋ + 1 evaluations.
+            sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
+        elif scheduler != "model":
+            raise ValueError(f"scheduler must be 'ddim' or 'model', got {scheduler!r}")
         sd.to(device)
         sd.set_progress_bar_config(disable=True)
         if isinstance(content_init, str) and content_init == "lama":
