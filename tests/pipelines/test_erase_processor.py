@@ -7,7 +7,11 @@ import torch
 
 from magiceraser.panoptic import refocus_labels
 from magiceraser.pipelines.erase import processor
-from magiceraser.pipelines.erase.processor import RefocusAttnProcessor, is_refocus_installed, labels_at_resolution
+from magiceraser.pipelines.erase.processor import (
+    RefocusAttnProcessor,
+    is_refocus_installed,
+    labels_at_resolution,
+)
 
 
 def test_labels_at_resolution_max_pools_the_mask(make_pan):

@@ -13,7 +13,6 @@ the batch. Masks are binarised at mask_threshold (default 128 of 255).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
