@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,8 @@ BAD = ("bomb.png", "cmyk.jpg", "empty.jpg", "text.jpg", "tiny.png", "truncated.j
 EXPECTED_SKIPS = {"bomb.png": "too_large", "cmyk.jpg": "no_annotation", "empty.jpg": "empty_file",
                   "text.jpg": "not_an_image", "tiny.png": "too_small", "truncated.jpg": "truncated"}
 NUM_SCENES = 6
+# Ray starts workers at niceness 15: on a busy shared test machine they would starve.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +168,29 @@ def _kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+class CrashActor(threading.Thread):
+    """SIGKILL the first Ray worker process running the named stage (a crashed actor)."""
+
+    def __init__(self, stage: str):
+        super().__init__(daemon=True)
+        self.stage, self.killed, self.stop = stage, False, threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.is_set() and not self.killed:
+            for p in psutil.process_iter(["pid", "cmdline"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if cmd.startswith("ray::") and self.stage in cmd and p.pid != os.getpid():
+                    try:
+                        p.kill()
+                        self.killed = True
+                    except psutil.Error:
+                        pass
+                    break
+            self.stop.wait(0.1)
+
+
 def test_killed_run_resumes_to_the_same_shards(uninterrupted, job_config, tmp_path):
     full, _ = uninterrupted
     out = tmp_path / "killed"
@@ -187,7 +213,16 @@ def test_killed_run_resumes_to_the_same_shards(uninterrupted, job_config, tmp_pa
     for tar in finished:  # nothing partial under a final name
         with tarfile.open(tar) as t:
             t.getmembers()
-    _run(job_config, out)  # resume in this process's Ray
+    # Resume in this process's Ray, and crash a caption actor while it runs: Ray must restart it
+    # and retry its batch (max_restarts / max_task_retries), and the output must not change.
+    killer = CrashActor("CaptionStage")
+    killer.start()
+    try:
+        _run(job_config, out)
+    finally:
+        killer.stop.set()
+        killer.join()
+    assert killer.killed, "no caption actor was seen to crash"
     tars = sorted(p.name for p in out.glob("olrd-*.tar"))
     assert tars == sorted(p.name for p in full.glob("olrd-*.tar"))
     keys = [k for t in tars for k in _tar_keys(out / t)]
