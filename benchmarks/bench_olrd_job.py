@@ -78,7 +78,14 @@ def run_serial(cfg_dict: dict, out: Path) -> float:
     from magiceraser.datasets.config import OLRDConfig
     from magiceraser.datasets.inputs import list_inputs
     from magiceraser.datasets.shards import Sample, ShardResult, Skip, write_shard
-    from magiceraser.datasets.stages import CaptionStage, SegmentStage, compose_batch, initial_rows, read_images, row_to_sample_files
+    from magiceraser.datasets.stages import (
+        CaptionStage,
+        SegmentStage,
+        compose_batch,
+        initial_rows,
+        read_images,
+        row_to_sample_files,
+    )
 
     t0 = time.perf_counter()
     cfg = build_config(OLRDConfig, {**cfg_dict, "output": str(out)})

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -46,7 +46,7 @@ def _tint(gray: np.ndarray, color: tuple[float, float, float], contrast: float =
     return np.clip(g[..., None] * np.asarray(color, np.float32)[None, None] * 2 * 255, 0, 255).astype(np.uint8)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _texture(name: str) -> np.ndarray:
     from skimage import data
 
@@ -84,7 +84,7 @@ def _ellipse(h: int, w: int) -> np.ndarray:
     return ((yy - (h - 1) / 2) / (h / 2)) ** 2 + ((xx - (w - 1) / 2) / (w / 2)) ** 2 <= 1.0
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sprite(name: str) -> tuple[np.ndarray, np.ndarray]:
     """(RGB crop, bool mask) of a thing, cut from a real photo."""
     from skimage import data

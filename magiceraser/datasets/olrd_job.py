@@ -28,7 +28,15 @@ from magiceraser.atomic import atomic_write_json, remove_stale_temporaries
 from magiceraser.config import config_to_dict
 from magiceraser.datasets.config import OLRDConfig
 from magiceraser.datasets.inputs import InputItem, list_inputs, listing_fingerprint, num_shards
-from magiceraser.datasets.shards import Sample, ShardResult, Skip, read_sidecar, summarize, write_shard, write_skip_log
+from magiceraser.datasets.shards import (
+    Sample,
+    ShardResult,
+    Skip,
+    read_sidecar,
+    summarize,
+    write_shard,
+    write_skip_log,
+)
 
 
 def job_fingerprint(cfg: OLRDConfig, items: list[InputItem]) -> dict[str, Any]:
@@ -82,7 +90,13 @@ def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str):
     import ray
     from ray.data import ActorPoolStrategy
 
-    from magiceraser.datasets.stages import CaptionStage, SegmentStage, compose_batch, initial_rows, read_images
+    from magiceraser.datasets.stages import (
+        CaptionStage,
+        SegmentStage,
+        compose_batch,
+        initial_rows,
+        read_images,
+    )
 
     # One block per read batch keeps the first stage's tasks small and evenly spread.
     ds = ray.data.from_items(initial_rows(items), override_num_blocks=max(1, -(-len(items) // cfg.read_batch_size)))

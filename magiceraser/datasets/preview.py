@@ -8,7 +8,6 @@ The shard is read with stock ``webdataset``.
 from __future__ import annotations
 
 import argparse
-import json
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path

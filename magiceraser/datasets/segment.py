@@ -17,7 +17,7 @@ from magiceraser.panoptic import PanopticResult, Segment
 __all__ = ["Mask2FormerSegmenter", "CocoPanopticAnnotations", "AnnotationError", "resolve_device"]
 
 
-def resolve_device(device: str, dtype: str | None) -> tuple[str, "object"]:
+def resolve_device(device: str, dtype: str | None) -> tuple[str, object]:
     """('auto' | 'cpu' | 'cuda[:N]', 'auto' | name) -> (device, torch dtype); fp16 on GPU by default."""
     import torch
 

@@ -181,9 +181,8 @@ def compose_batch(
 ) -> Batch:
     """Compose, blend and encode each alive row (pure CPU work: a Ray task)."""
     from magiceraser.config import build_config
-    from magiceraser.datasets.compose import ComposeConfig, ComposeSkip
+    from magiceraser.datasets.compose import ComposeConfig, ComposeSkip, rng_for
     from magiceraser.datasets.compose import compose as compose_sample
-    from magiceraser.datasets.compose import rng_for
     from magiceraser.imageio import encode_image
     from magiceraser.prompts import caption_question
 

@@ -73,7 +73,13 @@ def _train_tokenizer(vocab_size: int = 400):
 def write_tiny_llava(out_dir: str | Path, seed: int = 0) -> Path:
     """Write the tiny model + processor to ``out_dir``; both load with ``from_pretrained(out_dir)``."""
     import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
     out = Path(out_dir)

@@ -87,7 +87,6 @@ def check_sample(image, pan, out, cfg):
     assert 0 <= tx0 < tx1 <= W and 0 <= ty0 < ty1 <= H  # inside the image
     assert (dx, dy) != (0, 0)
     # The mask is the object's mask shifted by the offset.
-    src = np.zeros((H, W), bool)
     ids = [s.id for s in pan.segments if s.label == out.object_label]
     cand = [i for i in ids if (pan.segment_map[y0:y1, x0:x1] == i).any()]
     assert len(cand) >= 1
@@ -121,8 +120,9 @@ def test_compose_blend_is_exact_and_survives_png():
     # Lossless shards: the PNG round trip keeps the blend bit-exact.
     np.testing.assert_array_equal(decode_image(encode_image(out.blended, "png"), min_side=1), out.blended)
     mask_png = encode_image(out.mask.astype(np.uint8) * 255, "png")
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     m = np.asarray(Image.open(io.BytesIO(mask_png)))
     assert m.ndim == 2 and set(np.unique(m).tolist()) <= {0, 255}

@@ -5,7 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from magiceraser.datasets.inputs import list_inputs, list_sources, make_items, num_shards, sample_key, shard_of
+from magiceraser.datasets.inputs import (
+    list_inputs,
+    list_sources,
+    make_items,
+    num_shards,
+    sample_key,
+    shard_of,
+)
 from magiceraser.imageio import encode_image
 
 
