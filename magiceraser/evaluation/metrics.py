@@ -97,17 +97,49 @@ def ssim_map(pred: torch.Tensor, target: torch.Tensor, pad: bool = True) -> torc
     return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
 
 
-def _to_nchw(img: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1).unsqueeze(0)  # a copy: decoded arrays can be read-only
+def ssim_full_map(pred: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Channel-mean SSIM map (H, W) of two HxWx3 uint8 images, borders extended symmetrically.
+
+    The CPU path: the five local statistics are filtered with scipy's separable float64
+    correlation (scipy "reflect" = symmetric extension, as scikit-image), several times faster on
+    CPU than torch's float64 convolution; :func:`ssim_map` is the batched torch path (GPU).
+    """
+    from scipy import ndimage
+
+    x = pred.astype(np.float64).transpose(2, 0, 1)
+    y = target.astype(np.float64).transpose(2, 0, 1)
+    c = x.shape[0]
+    stats = np.concatenate([x, y, x * x, y * y, x * y], axis=0)
+    g = gaussian_window().numpy()
+    stats = ndimage.correlate1d(stats, g, axis=1, mode="reflect")
+    stats = ndimage.correlate1d(stats, g, axis=2, mode="reflect")
+    mx, my, exx, eyy, exy = np.split(stats, 5, axis=0)
+    c1 = (SSIM_K1 * DATA_RANGE) ** 2
+    c2 = (SSIM_K2 * DATA_RANGE) ** 2
+    vx, vy, cxy = exx - mx * mx, eyy - my * my, exy - mx * my
+    smap = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return smap.sum(axis=0) / c
+
+
+def _whole_from_map(smap: np.ndarray) -> float:
+    r = SSIM_WIN // 2  # pixels whose window lies inside the image, as scikit-image averages
+    if min(smap.shape) < SSIM_WIN:
+        raise ValueError(f"SSIM needs images of at least {SSIM_WIN}x{SSIM_WIN} pixels, got {smap.shape}")
+    return float(smap[r:-r, r:-r].mean())
 
 
 def ssim(pred: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None) -> float:
     """SSIM of one image pair: whole image (interior mean) or the mean over ``mask`` pixels."""
     _check_pair(pred, target, mask)
-    if mask is None:
-        return float(ssim_map(_to_nchw(pred), _to_nchw(target), pad=False).mean())
-    full = ssim_map(_to_nchw(pred), _to_nchw(target), pad=True)[0].mean(dim=0)  # channel mean
-    return float(full[torch.from_numpy(mask)].mean())
+    smap = ssim_full_map(pred, target)
+    return _whole_from_map(smap) if mask is None else float(smap[mask].mean())
+
+
+def ssim_whole_and_masked(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> tuple[float, float]:
+    """Both SSIM figures from one filtering pass."""
+    _check_pair(pred, target, mask)
+    smap = ssim_full_map(pred, target)
+    return _whole_from_map(smap), float(smap[mask].mean())
 
 
 def ssim_batch(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

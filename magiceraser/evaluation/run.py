@@ -152,12 +152,12 @@ class Scorer:
         need = [k for k in self.required() if k not in have]
         if "psnr" in need:
             out["psnr"] = M.psnr(erased, target)
-        if "ssim" in need:
-            out["ssim"] = M.ssim(erased, target)
         if "psnr_mask" in need:
             out["psnr_mask"] = M.psnr(erased, target, mask)
         if "ssim_mask" in need:
-            out["ssim_mask"] = M.ssim(erased, target, mask)
+            out["ssim"], out["ssim_mask"] = M.ssim_whole_and_masked(erased, target, mask)
+        elif "ssim" in need:
+            out["ssim"] = M.ssim(erased, target)
         if "lpips" in need or "lpips_mask" in need:
             whole, masked = self.lpips(erased, target, mask if self.cfg.masked else None)
             out["lpips"] = whole

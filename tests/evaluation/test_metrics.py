@@ -40,6 +40,11 @@ def test_masked_metrics_match_scikit_image_maps():
     mask[40:55, 10:30] = True
     _, full = _sk_ssim(a, b, full=True)
     assert M.ssim(b, a, mask) == pytest.approx(full.mean(axis=-1)[mask].mean(), abs=1e-9)
+    whole, masked = M.ssim_whole_and_masked(b, a, mask)
+    assert whole == pytest.approx(_sk_ssim(a, b), abs=1e-9) and masked == pytest.approx(M.ssim(b, a, mask), abs=1e-12)
+    # the torch path gives the same full map
+    tmap = M.ssim_map(torch.from_numpy(b).permute(2, 0, 1)[None], torch.from_numpy(a).permute(2, 0, 1)[None])
+    np.testing.assert_allclose(tmap[0].mean(0).numpy(), full.mean(axis=-1), atol=1e-9)
     sub_a, sub_b = a[mask], b[mask]  # (n, 3): PSNR over masked pixels only
     assert M.psnr(b, a, mask) == pytest.approx(peak_signal_noise_ratio(sub_a, sub_b, data_range=255), abs=1e-9)
 
