@@ -71,15 +71,22 @@ def test_refocus_changes_attention_and_batch_elements_use_their_own_labels():
     torch.testing.assert_close(swapped.double()[0], direct_eq5_9(q, k, v, labels.flip(0))[0], atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("per_head", [True, False])
 @pytest.mark.parametrize("chunk", [1, 7, 16, 40])
-def test_chunked_equals_unchunked(chunk):
+def test_chunked_equals_unchunked(chunk, per_head):
     q, k, v = rand_qkv(seed=8, n=40)
     labels = torch.randint(0, 3, (2, 40), generator=torch.Generator().manual_seed(8))
-    whole = refocused_attention(q, k, v, labels, chunk_size=40)
-    torch.testing.assert_close(refocused_attention(q, k, v, labels, chunk_size=chunk), whole, atol=1e-6, rtol=1e-6)
+    whole = refocused_attention(q, k, v, labels, chunk_size=40, per_head=False)
+    chunked = refocused_attention(q, k, v, labels, chunk_size=chunk, per_head=per_head)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
+    s_max, s_min = refocus.score_extrema(q, k, chunk, per_head)
+    s = q @ k.transpose(-1, -2)
+    torch.testing.assert_close(s_max, s.amax(-1), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(s_min, s.amin(-1), atol=1e-6, rtol=1e-6)
 
 
-def test_never_holds_full_score_or_mask_matrix(monkeypatch):
+@pytest.mark.parametrize("per_head", [True, False])
+def test_never_holds_full_score_or_mask_matrix(monkeypatch, per_head):
     """Scores exist only chunk by chunk; SDPA gets no N×N mask."""
     b, h, n, d, chunk = 1, 2, 64, 8, 8
     q, k, v = rand_qkv(b, h, n, d, seed=9)
@@ -98,15 +105,16 @@ def test_never_holds_full_score_or_mask_matrix(monkeypatch):
 
     monkeypatch.setattr(refocus.torch, "matmul", spy_matmul)
     monkeypatch.setattr(refocus.F, "scaled_dot_product_attention", spy_sdpa)
-    out = refocused_attention(q, k, v, labels, chunk_size=chunk)
+    out = refocused_attention(q, k, v, labels, chunk_size=chunk, per_head=per_head)
     monkeypatch.undo()
-    assert seen["matmul"] == b * h * chunk * n < b * h * n * n
+    assert seen["matmul"] == (1 if per_head else b * h) * chunk * n < b * h * n * n
     assert seen["sdpa_masks"] == [None]
     torch.testing.assert_close(out.double(), direct_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
 
 
 def test_default_chunk_bounds_scores():
     assert refocus.default_chunk_size(16, 4096, 4096) * 16 * 4096 <= refocus.DEFAULT_SCORE_BUDGET
+    assert refocus.default_chunk_size(1, 4096, 4096, refocus.CPU_CHUNK_SCORES) == 64
     assert refocus.default_chunk_size(1, 10, 10) == 10
 
 
