@@ -106,3 +106,11 @@ def barrier(ctx: DistContext) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group this process joined (a lingering gloo group blocks interpreter exit)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -43,6 +43,10 @@ def add_placeholder(tokenizer, text_encoder, token: str, init_word: str) -> Plac
 
     Raises ValueError when the token already exists or the init word is not a single token.
     """
+    if token.replace("-", "").replace("_", "").isalnum():
+        raise ValueError(
+            f"model.token {token!r} is an ordinary word that captions can contain; use a bracketed token such as <magiceraser-bg>"
+        )
     init_ids = tokenizer.encode(init_word, add_special_tokens=False)
     if len(init_ids) != 1:
         raise ValueError(

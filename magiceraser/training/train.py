@@ -43,12 +43,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         setup_logging(0)
         run_on_ray(cfg)
         return 0
-    from magiceraser.training.distributed import init_distributed
+    from magiceraser.training.distributed import init_distributed, shutdown_distributed
     from magiceraser.training.loop import run_training
 
     ctx = init_distributed(cfg.device)
     setup_logging(ctx.rank)
-    result = run_training(cfg, ctx)
+    print(f"training process {ctx.rank} of {ctx.world_size} on {ctx.device}", flush=True)
+    try:
+        result = run_training(cfg, ctx)
+    finally:
+        shutdown_distributed()
     if ctx.is_main:
         print(f"trained {result.steps} steps on {result.world_size} process(es); exported to {result.out_dir}")
     return 0
