@@ -79,8 +79,12 @@ def _init_ray(cfg: OLRDConfig) -> bool:
         return False
     address = cfg.ray_address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False}
-    if address in (None, "local") and cfg.num_cpus:
-        kwargs["num_cpus"] = cfg.num_cpus
+    if address in (None, "local"):
+        # A new local Ray: on a busy machine its agent can take longer than Ray's 60 s default
+        # to come up, which aborts the start; give it 5 minutes.
+        os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
+        if cfg.num_cpus:
+            kwargs["num_cpus"] = cfg.num_cpus
     ray.init(address=address, **kwargs)
     return True
 

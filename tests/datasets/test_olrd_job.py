@@ -22,8 +22,10 @@ BAD = ("bomb.png", "cmyk.jpg", "empty.jpg", "text.jpg", "tiny.png", "truncated.j
 EXPECTED_SKIPS = {"bomb.png": "too_large", "cmyk.jpg": "no_annotation", "empty.jpg": "empty_file",
                   "text.jpg": "not_an_image", "tiny.png": "too_small", "truncated.jpg": "truncated"}
 NUM_SCENES = 6
-# Ray starts workers at niceness 15: on a busy shared test machine they would starve.
+# Ray starts workers at niceness 15: on a busy shared test machine they would starve. Its agent may
+# also need more than the default 60 s to come up there.
 os.environ.setdefault("RAY_worker_niceness", "0")
+os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
 
 
 @pytest.fixture(scope="module")
@@ -232,3 +234,18 @@ def test_killed_run_resumes_to_the_same_shards(uninterrupted, job_config, tmp_pa
         assert (out / name).read_bytes() == (full / name).read_bytes(), name
     assert (out / "skipped.jsonl").read_text() == (full / "skipped.jsonl").read_text()
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_preview_renders_a_grid_of_the_shard(uninterrupted, tmp_path):
+    from magiceraser.datasets.preview import PANEL, main
+    from magiceraser.imageio import decode_image
+
+    out, _ = uninterrupted
+    shard = next(p for p in sorted(out.glob("olrd-*.tar")) if _tar_keys(p))
+    png = tmp_path / "preview.png"
+    assert main([str(shard), "--out", str(png)]) == 0
+    grid = decode_image(png, min_side=1)
+    rows = len(_tar_keys(shard))
+    assert grid.shape[0] == rows * (PANEL + 6)
+    red = (grid[..., 0] == 255) & (grid[..., 1] == 0) & (grid[..., 2] == 0)
+    assert red.sum() > rows * 20  # the pure red outline of m̃ is drawn on every row
