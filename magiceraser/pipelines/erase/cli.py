@@ -185,6 +185,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if image.is_dir() != mask.is_dir():
         print("magiceraser erase: --image and --mask must both be files or both be directories", file=sys.stderr)
         return 2
+    if cfg.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.num_threads)  # this command's process only, chosen by its config
     try:
         pipe = build_pipeline(cfg)
     except (OSError, ValueError) as exc:

@@ -24,6 +24,8 @@ class EraseConfig:
     """'auto' (CUDA if available), 'cpu' or 'cuda[:N]'."""
     dtype: str | None = None
     """Model dtype name (float16, float32, bfloat16); null: float16 on CUDA, float32 on CPU."""
+    num_threads: int = 0
+    """CPU threads for torch in this command (0: torch's default); 1 is fastest for tiny models on a busy machine."""
     model_size: int = 512
     """Long side in px the crop is resized to for the model (multiple of 64)."""
     num_inference_steps: int = 50
@@ -62,6 +64,8 @@ class EraseConfig:
             raise ValueError("base_model must be set (an HF id or a local diffusers directory)")
         if self.content_init == "lama" and not self.lama_path:
             raise ValueError("lama_path: content_init=lama needs the Big-LaMa TorchScript file")
+        if self.num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
         if self.telea_radius < 1:
             raise ValueError(f"telea_radius must be >= 1, got {self.telea_radius}")
         if self.model_size < 64 or self.model_size % 64:
