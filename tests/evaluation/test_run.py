@@ -167,3 +167,44 @@ def test_lpips_requested_without_weights_fails_before_work(tmp_path, shards, mon
     assert R.main(["--config", str(cfg_path)]) == 2
     assert "alexnet-owt-7be5be79.pth" in capsys.readouterr().err
     assert not (tmp_path / "eval" / "pairs").exists()
+
+
+
+class _FakeWandb:
+    """Records what the run logs; the real offline client was checked by hand (it takes ~1 min to
+    start on the shared test machine, too slow for the suite)."""
+
+    def __init__(self):
+        self.logged, self.init_kwargs, self.finished = [], None, False
+
+    def init(self, **kwargs):
+        self.init_kwargs = kwargs
+        return self
+
+    def log(self, data):
+        self.logged.append(data)
+
+    def finish(self):
+        self.finished = True
+
+    class Table:
+        def __init__(self, columns, data):
+            self.columns, self.data = columns, data
+
+
+def test_wandb_tables(tmp_path, shards, monkeypatch):
+    import sys
+
+    fake = _FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    monkeypatch.setattr(R, "build_method", CountingErasers())
+    cfg_path = _config(tmp_path, shards, wandb={"enabled": True, "mode": "offline", "project": "t"}, grid_cases=0)
+    assert R.main(["--config", str(cfg_path)]) == 0
+    assert fake.finished and fake.init_kwargs["project"] == "t" and fake.init_kwargs["mode"] == "offline"
+    results = next(d["results"] for d in fake.logged if "results" in d)
+    assert results.columns[:4] == ["dataset", "method", "psnr", "ssim"]
+    rows = list(csv.DictReader((tmp_path / "eval" / "results.csv").open()))
+    assert [r[1] for r in results.data] == [r["method"] for r in rows]
+    assert results.data[0][2] == pytest.approx(float(rows[0]["psnr"]))
+    per_image = next(d["per_image"] for d in fake.logged if "per_image" in d)
+    assert len(per_image.data) == 6 and "psnr" in per_image.columns
