@@ -90,7 +90,14 @@ def encode_shard(url: str, out_path: str, cfg: LatentCacheConfig, vae=None) -> d
     import webdataset as wds
     from diffusers import AutoencoderKL
 
-    from magiceraser.training.data import CorruptSample, ExampleSpec, InpaintingInputs, decode_olrd, make_pixel_example, read_tar_samples
+    from magiceraser.training.data import (
+        CorruptSample,
+        ExampleSpec,
+        InpaintingInputs,
+        decode_olrd,
+        make_pixel_example,
+        read_tar_samples,
+    )
 
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
     if vae is None:

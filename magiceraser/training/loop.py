@@ -31,7 +31,13 @@ from magiceraser.training.distributed import (
     gather_objects,
     init_distributed,
 )
-from magiceraser.training.model import DTYPES, PromptTuner, diffusion_loss, draw_step_noise, load_base_components
+from magiceraser.training.model import (
+    DTYPES,
+    PromptTuner,
+    diffusion_loss,
+    draw_step_noise,
+    load_base_components,
+)
 from magiceraser.training.tracking import NullLogger, RunLogger
 
 log = logging.getLogger(__name__)
@@ -301,8 +307,8 @@ class Trainer:
     def _validate(self) -> None:
         if not self.ctx.is_main:
             return
-        from magiceraser.imageio import encode_image
         from magiceraser.atomic import atomic_write_bytes
+        from magiceraser.imageio import encode_image
         from magiceraser.training.data import read_first_samples
         from magiceraser.training.validation import prepare_validation_samples, run_validation
 

@@ -27,7 +27,7 @@ def prepare_validation_samples(decoded: list[dict[str, Any]], resolution: int, c
         rng = np.random.default_rng(stable_seed("geometry", seed, s["key"]))
         box = crop_box_containing(mask_bbox(s["mask"]), h, w, crop_scale_min, rng)
 
-        def crop(a: np.ndarray, mode: str) -> np.ndarray:
+        def crop(a: np.ndarray, mode: str, box: tuple[int, int, int, int] = box) -> np.ndarray:
             img = Image.fromarray(a[box[1] : box[3], box[0] : box[2]])
             return np.asarray(img.resize((resolution, resolution), Image.NEAREST if mode == "mask" else Image.LANCZOS))
 
