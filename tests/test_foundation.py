@@ -120,6 +120,11 @@ def test_atomic_writes_leave_nothing_half_done(tmp_path):
             (d / "f").write_text("2")
             raise RuntimeError("killed")
     assert (tmp_path / "d" / "f").read_text() == "1"
+    # Same permissions as a plain open() would give (not mkstemp's 0600).
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    assert (target.stat().st_mode & 0o777) == (plain.stat().st_mode & 0o777)
+    plain.unlink()
     (tmp_path / ".tmp-leftover").write_text("x")
     assert [p.name for p in remove_stale_temporaries(tmp_path)] == [".tmp-leftover"]
 
