@@ -101,7 +101,7 @@ class CaptionerConfig:
     tensor_parallel_size: int = 1
     """vLLM: GPUs one model is split over (set num_gpus to the same number)."""
     pip: list[str] = field(default_factory=list)
-    """Packages Ray installs in a virtualenv for the caption actors only (e.g. ["vllm==0.33.0"], which pins its own torch)."""
+    """Packages Ray installs in a virtualenv for the caption actors only (e.g. ["vllm==0.32.0"], which pins its own transformers)."""
 
     def __post_init__(self) -> None:
         _check_pool("captioner", self.num_actors, self.num_gpus, self.num_cpus, self.batch_size)
