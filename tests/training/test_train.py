@@ -236,5 +236,4 @@ def test_ray_train_runs_two_workers_on_local_ray(tiny_sd, olrd_shards, tmp_path)
         ray.shutdown()
     assert result.error is None
     meta = json.loads((tmp_path / "out" / "magiceraser.json").read_text())
-    assert meta["world_size"] == 2 and meta["steps"] == 2
-    assert result.metrics["world_size"] == 2
+    assert meta["world_size"] == 2 and meta["steps"] == 2  # world size as seen by the process group Ray created
