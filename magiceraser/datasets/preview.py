@@ -56,9 +56,12 @@ def render_sample(sample: dict, height: int = PANEL) -> np.ndarray:
     mask = sample["mask.png"]
     mask = (mask[..., 0] if mask.ndim == 3 else mask) > 127
     meta = sample["json"]
-    outlined = blended.copy()
-    outlined[mask_outline(mask, width=max(1, round(blended.shape[0] / height)))] = (255, 0, 0)
-    images = [_fit(im, height) for im in (original, blended, outlined)]
+    small_blended = _fit(blended, height)
+    # Draw the outline at panel size: drawn at full size, area downscaling would blur it away.
+    small_mask = _fit(mask.astype(np.uint8) * 255, height) > 127
+    outlined = small_blended.copy()
+    outlined[mask_outline(small_mask, width=2)] = (255, 0, 0)
+    images = [_fit(original, height), small_blended, outlined]
     text = [
         f"key: {sample['__key__']}",
         f"object: {meta.get('object_class')}  bbox {meta.get('object_bbox')}",
