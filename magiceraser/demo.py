@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"demo step {i} ({title}) failed with exit code {rc}; rerun from it with `magiceraser demo --from-step {i}`")
             return rc
         print(f"--- {title} done in {time.time() - t0:.1f} s", flush=True)
-    print("\nDemo finished. Everything is under demo/:\n" + "\n".join(__doc__.split("\n\n")[1].splitlines()[0:0]))
-    for line in __doc__.split("\n\n")[2].splitlines():
-        print(line)
+    print("\nDemo finished. Everything is under demo/:")
+    print(__doc__.split("\n\n")[2])
+    print("Look at demo/olrd/preview.png, demo/erase/result.png and demo/eval/results.md.")
     return 0
