@@ -194,9 +194,12 @@ class CrashActor(threading.Thread):
             self.stop.wait(0.1)
 
 
-def test_killed_run_resumes_to_the_same_shards(uninterrupted, job_config, tmp_path):
-    full, _ = uninterrupted
-    out = tmp_path / "killed"
+def _run_and_kill_part_way(job_config: Path, out: Path) -> None:
+    """Start the job in a subprocess and kill it as soon as one shard is finished.
+
+    The driver writes every shard, so freezing it (SIGSTOP) the moment a sidecar appears stops
+    all further shard writes; its whole process tree (and its local Ray) is then SIGKILLed.
+    """
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "magiceraser", "olrd", "--config", str(job_config), f"output={out}"],
@@ -204,15 +207,28 @@ def test_killed_run_resumes_to_the_same_shards(uninterrupted, job_config, tmp_pa
     )
     try:
         deadline = time.monotonic() + 600  # generous: Ray start-up on a loaded 2-core machine
-        while not (out / "olrd-000000.json").exists():
+        while not any(out.glob("olrd-*.json")):
             assert proc.poll() is None, "the job ended before it could be killed"
             assert time.monotonic() < deadline, "no shard finished in time"
-            time.sleep(0.2)
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGSTOP)
     finally:
         _kill_tree(proc)
+
+
+def test_killed_run_resumes_to_the_same_shards(uninterrupted, job_config, tmp_path):
+    full, _ = uninterrupted
+    n_shards = len(list(full.glob("olrd-*.tar")))
+    # On a fast machine the last shards can land within one poll of the first: then the run was
+    # not killed part way, and the scenario is repeated on a fresh output directory.
+    for attempt in range(3):
+        out = tmp_path / f"killed-{attempt}"
+        _run_and_kill_part_way(job_config, out)
+        if len(list(out.glob("olrd-*.tar"))) < n_shards:
+            break
     assert not (out / "stats.json").exists(), "the job must be killed part way"
     finished = sorted(out.glob("olrd-*.tar"))
-    assert len(finished) < 4
+    assert 0 < len(finished) < n_shards, f"{len(finished)} of {n_shards} shards finished before the kill"
     for tar in finished:  # nothing partial under a final name
         with tarfile.open(tar) as t:
             t.getmembers()
