@@ -74,10 +74,18 @@ class PanopticSegmenter(Protocol):
         ...
 
 
-def _label_set_mask(label_map: np.ndarray, labels: frozenset[int]) -> np.ndarray:
-    lut = np.zeros(coco.NUM_CLASSES + 1, dtype=bool)  # last slot: unlabelled (-1 wraps to it)
+def label_lut(labels: frozenset[int]) -> np.ndarray:
+    """Bool lookup table over labels: ``label_lut(s)[label_map]`` marks pixels whose label is in ``s``.
+
+    It has one slot past the last class, so the unlabelled value -1 indexes it (False).
+    """
+    lut = np.zeros(coco.NUM_CLASSES + 1, dtype=bool)
     lut[list(labels)] = True
-    return lut[label_map]
+    return lut
+
+
+def _label_set_mask(label_map: np.ndarray, labels: frozenset[int]) -> np.ndarray:
+    return label_lut(labels)[label_map]
 
 
 def thing_mask(pan: PanopticResult) -> np.ndarray:

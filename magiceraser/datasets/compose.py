@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from magiceraser import coco
-from magiceraser.panoptic import PanopticResult, background_tags
+from magiceraser.panoptic import PanopticResult, background_tags, label_lut
 
 # Skip reasons raised by compose (stable codes, recorded in skipped.jsonl).
 NO_THING = "no_thing_object"
@@ -102,14 +102,8 @@ def rng_for(key: str, seed: int) -> np.random.Generator:
     return np.random.default_rng(int.from_bytes(digest[:16], "little"))
 
 
-def _lut(labels: frozenset[int]) -> np.ndarray:
-    lut = np.zeros(coco.NUM_CLASSES + 1, dtype=bool)  # last slot: unlabelled (-1)
-    lut[list(labels)] = True
-    return lut
-
-
-_THING_LUT = _lut(coco.THING_LABELS)
-_BACKGROUND_LUT = _lut(coco.BACKGROUND_LABELS)
+_THING_LUT = label_lut(coco.THING_LABELS)
+_BACKGROUND_LUT = label_lut(coco.BACKGROUND_LABELS)
 
 
 def eligible_objects(pan: PanopticResult, cfg: ComposeConfig) -> list[int]:

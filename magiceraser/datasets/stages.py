@@ -57,6 +57,23 @@ def _mutable(batch: Batch) -> Batch:
     return {k: list(v) for k, v in batch.items()}
 
 
+def _batch_or_each(fn: Any, *columns: list[Any]) -> list[Any]:
+    """``fn(*columns)`` on the whole batch; if it raises, item by item, each failure kept as its exception.
+
+    One bad image must not lose the batch: the per-item retry finds it so it alone is skipped.
+    """
+    try:
+        return list(fn(*columns))
+    except Exception:
+        results: list[Any] = []
+        for items in zip(*columns):
+            try:
+                results.extend(fn(*[[x] for x in items]))
+            except Exception as exc:  # noqa: BLE001 - recorded as the item's skip reason
+                results.append(exc)
+        return results
+
+
 def _skip(batch: Batch, i: int, reason: str, stage: str, message: str) -> None:
     batch["reason"][i], batch["stage"][i], batch["message"][i] = reason, stage, message[:500]
     for col in ("image", "segmap", "original", "blended", "mask"):
@@ -158,16 +175,7 @@ class SegmentStage:
                     continue
                 _pack_pan(batch, i, pan)
             return _finish(batch)
-        try:
-            pans = self.model.segment([image_of(batch, i) for i in alive])
-        except Exception:
-            # One bad image must not lose the batch: retry one by one to find and skip it.
-            pans = []
-            for i in alive:
-                try:
-                    pans.extend(self.model.segment([image_of(batch, i)]))
-                except Exception as exc:  # noqa: BLE001 - recorded as the item's skip reason
-                    pans.append(exc)
+        pans = _batch_or_each(self.model.segment, [image_of(batch, i) for i in alive])
         for i, pan in zip(alive, pans):
             if isinstance(pan, Exception):
                 _skip(batch, i, "segment_error", "segment", "".join(traceback.format_exception_only(pan)).strip())
@@ -240,15 +248,7 @@ class CaptionStage:
         if alive:
             images = [image_of(batch, i) for i in alive]
             questions = [batch["question"][i] for i in alive]
-            try:
-                captions: list[Any] = self.model.caption(images, questions)
-            except Exception:
-                captions = []
-                for im, q in zip(images, questions):
-                    try:
-                        captions.extend(self.model.caption([im], [q]))
-                    except Exception as exc:  # noqa: BLE001 - recorded as the item's skip reason
-                        captions.append(exc)
+            captions = _batch_or_each(self.model.caption, images, questions)
             for i, cap in zip(alive, captions):
                 if isinstance(cap, Exception):
                     _skip(batch, i, "caption_error", "caption", "".join(traceback.format_exception_only(cap)).strip())
