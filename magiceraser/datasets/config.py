@@ -147,8 +147,16 @@ class OLRDConfig:
     """Panoptic segmentation backend and its actor pool."""
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
     """Captioning backend and its actor pool."""
+    layout: Literal["auto", "split", "segment", "single"] = "auto"
+    """How stages map onto Ray. 'split': decode and compose are Ray tasks, segmentation and captioning
+    actor pools (CPU work overlaps GPU models; for GPU clusters). 'segment': decode and compose run
+    inside the segmentation actors (no decoded pixels or panoptic maps cross the object store).
+    'single': one pool of captioner.num_actors actors runs every stage, each holding both models
+    with the resources of one segmentation plus one caption actor (no queue between stages: the
+    fastest and leanest on CPUs). 'auto': 'single' when neither model has a GPU, 'segment' when only
+    the captioner has one, else 'split'."""
     read_batch_size: int = 16
-    """Inputs per batch of the read/decode and compose tasks."""
+    """Inputs per batch of the read/decode and compose tasks (layout split)."""
     task_num_cpus: float = 1.0
     """CPUs per read/decode and compose task (fractions let tasks share cores with model actors)."""
     ray_address: str = ""

@@ -18,6 +18,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,41 +98,68 @@ def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str):
     from magiceraser.datasets.stages import (
         CaptionStage,
         SegmentStage,
+        SingleStage,
         compose_batch,
         initial_rows,
         read_images,
     )
 
-    # One block per read batch keeps the first stage's tasks small and evenly spread.
-    ds = ray.data.from_items(initial_rows(items), override_num_blocks=max(1, -(-len(items) // cfg.read_batch_size)))
-    actor_retries = {"max_restarts": cfg.max_restarts, "max_task_retries": cfg.max_task_retries}
+    layout = stage_layout(cfg)
     seg, cap = cfg.segmenter, cfg.captioner
-    ds = ds.map_batches(
-        read_images, batch_size=cfg.read_batch_size, batch_format="numpy", num_cpus=cfg.task_num_cpus,
-        fn_kwargs={"min_side": cfg.min_side, "max_pixels": cfg.max_pixels},
+    read_kwargs = {"min_side": cfg.min_side, "max_pixels": cfg.max_pixels}
+    compose_kwargs = {
+        "compose": config_to_dict(cfg.compose), "seed": cfg.seed, "image_format": cfg.image_format,
+        "jpeg_quality": cfg.jpeg_quality, "segmenter_id": segmenter_id, "max_tags": cap.max_tags,
+    }
+    # vLLM pins its own torch/transformers: its actors get a virtualenv of their own (Ray runtime env).
+    caption_env = {"runtime_env": {"pip": {"packages": list(cap.pip)}}} if cap.pip else {}
+
+    def actor_stage(ds, fn, size: int, num_cpus: float, num_gpus: float, batch_size: int, **kwargs):
+        # Ray 2.60 has no named parameter for max_restarts/max_task_retries (its defaults are
+        # unbounded: a batch that always kills its actor would loop); they still go through
+        # ray_remote_args, whose deprecation warning is for Ray 2.64 (we pin 2.60.0).
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
+            return ds.map_batches(
+                fn, batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=size),
+                num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=cfg.max_restarts,
+                max_task_retries=cfg.max_task_retries, **kwargs,
+            )
+
+    # One input block per first-stage batch keeps its work small and evenly spread.
+    first_batch = {"split": cfg.read_batch_size, "segment": seg.batch_size, "single": cap.batch_size}[layout]
+    ds = ray.data.from_items(initial_rows(items), override_num_blocks=max(1, -(-len(items) // first_batch)))
+    if layout == "single":
+        return actor_stage(
+            ds, SingleStage, cap.num_actors, seg.num_cpus + cap.num_cpus, seg.num_gpus + cap.num_gpus, cap.batch_size,
+            fn_constructor_kwargs={"segmenter": config_to_dict(seg), "read": read_kwargs, "compose": compose_kwargs,
+                                   "captioner": config_to_dict(cap)},
+            **caption_env,
+        )
+    fused = layout == "segment"
+    if not fused:
+        ds = ds.map_batches(read_images, batch_size=cfg.read_batch_size, batch_format="numpy",
+                            num_cpus=cfg.task_num_cpus, fn_kwargs=read_kwargs)
+    ds = actor_stage(
+        ds, SegmentStage, seg.num_actors, seg.num_cpus, seg.num_gpus, seg.batch_size,
+        fn_constructor_kwargs={"segmenter": config_to_dict(seg), "read": read_kwargs if fused else None,
+                               "compose": compose_kwargs if fused else None},
     )
-    ds = ds.map_batches(
-        SegmentStage, batch_size=seg.batch_size, batch_format="numpy",
-        compute=ActorPoolStrategy(size=seg.num_actors), num_cpus=seg.num_cpus, num_gpus=seg.num_gpus,
-        fn_constructor_kwargs={"segmenter": config_to_dict(seg)}, **actor_retries,
-    )
-    ds = ds.map_batches(
-        compose_batch, batch_size=cfg.read_batch_size, batch_format="numpy", num_cpus=cfg.task_num_cpus,
-        fn_kwargs={
-            "compose": config_to_dict(cfg.compose), "seed": cfg.seed, "image_format": cfg.image_format,
-            "jpeg_quality": cfg.jpeg_quality, "segmenter_id": segmenter_id, "max_tags": cap.max_tags,
-        },
-    )
-    if cap.pip:
-        # vLLM pins its own torch/transformers: its actors get a virtualenv of their own (Ray runtime env).
-        actor_retries["runtime_env"] = {"pip": {"packages": list(cap.pip)}}
-    ds = ds.map_batches(
-        CaptionStage, batch_size=cap.batch_size, batch_format="numpy",
-        compute=ActorPoolStrategy(size=cap.num_actors), num_cpus=cap.num_cpus, num_gpus=cap.num_gpus,
-        fn_constructor_kwargs={"captioner": config_to_dict(cap)}, **actor_retries,
-    )
-    return ds.select_columns(["source", "key", "index", "shard", "reason", "stage", "message",
-                              "original", "blended", "mask", "meta"])
+    if not fused:
+        ds = ds.map_batches(compose_batch, batch_size=cfg.read_batch_size, batch_format="numpy",
+                            num_cpus=cfg.task_num_cpus, fn_kwargs=compose_kwargs)
+    # The caption stage returns only the columns the shard writer reads (stages.OUTPUT_COLUMNS).
+    return actor_stage(ds, CaptionStage, cap.num_actors, cap.num_cpus, cap.num_gpus, cap.batch_size,
+                       fn_constructor_kwargs={"captioner": config_to_dict(cap)}, **caption_env)
+
+
+def stage_layout(cfg: OLRDConfig) -> str:
+    """The layout ``cfg.layout`` resolves to: 'split', 'segment' or 'single' (see ``OLRDConfig.layout``)."""
+    if cfg.layout != "auto":
+        return cfg.layout
+    if cfg.segmenter.num_gpus == 0 and cfg.captioner.num_gpus == 0:
+        return "single"
+    return "segment" if cfg.segmenter.num_gpus == 0 else "split"
 
 
 def segmenter_id(cfg: OLRDConfig) -> str:
@@ -140,13 +168,20 @@ def segmenter_id(cfg: OLRDConfig) -> str:
 
 
 class Progress:
-    """Periodic one-line report: inputs done, samples, skips per reason, images/s."""
+    """Periodic one-line report (inputs done, samples, skips per reason, images/s) and a timeline.
 
-    def __init__(self, total: int, interval_s: float):
+    The timeline, ``[[seconds since start, inputs done], ...]``, goes into stats.json for plots of
+    throughput over time. It holds at most ``max_points`` points: when full, every other point is
+    dropped and the spacing between points doubles, so a run of any length keeps an even picture.
+    """
+
+    def __init__(self, total: int, interval_s: float, max_points: int = 1000):
         self.total, self.interval = total, interval_s
         self.t0 = self.last = time.monotonic()
         self.done = self.samples = 0
         self.reasons: Counter[str] = Counter()
+        self.timeline: list[list[float]] = [[0.0, 0]]
+        self.max_points, self.spacing = max_points, 0.05
 
     def update(self, reason: str) -> None:
         self.done += 1
@@ -158,6 +193,16 @@ class Progress:
         if now - self.last >= self.interval:
             self.last = now
             print(self.line(), file=sys.stderr, flush=True)
+
+    def mark(self) -> None:
+        """Add a timeline point (call after each block of rows)."""
+        elapsed = time.monotonic() - self.t0
+        if elapsed - self.timeline[-1][0] < self.spacing and self.done < self.total:
+            return
+        self.timeline.append([round(elapsed, 3), self.done])
+        if len(self.timeline) > self.max_points:
+            self.timeline = [*self.timeline[:-1:2], self.timeline[-1]]
+            self.spacing *= 2
 
     @property
     def rate(self) -> float:
@@ -187,10 +232,11 @@ def run_olrd(cfg: OLRDConfig) -> dict[str, Any]:
     print(f"[olrd] {len(items)} inputs in {n_shards} shards; {len(sidecars)} shards already done, "
           f"{len(todo)} inputs to process -> {out}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
+    timeline: list[list[float]] = []
     if todo:
         started = _init_ray(cfg)
         try:
-            _process(cfg, todo, out, job, sidecars)
+            timeline = _process(cfg, todo, out, job, sidecars)
         finally:
             if started:
                 import ray
@@ -207,6 +253,7 @@ def run_olrd(cfg: OLRDConfig) -> dict[str, Any]:
         "segmenter": segmenter_id(cfg),
         "captioner": cfg.captioner.model,
         "version": __version__,
+        "timeline": timeline,  # [seconds since the pipeline started, inputs done] (this run)
     }
     atomic_write_json(out / "stats.json", stats)  # last: marks the output complete
     print(f"[olrd] done: {stats['samples']} samples, {stats['skipped']} skipped {stats['skip_reasons']} in "
@@ -214,30 +261,37 @@ def run_olrd(cfg: OLRDConfig) -> dict[str, Any]:
     return stats
 
 
-def _process(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidecars: dict[int, dict]) -> None:
+def _process(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidecars: dict[int, dict]) -> list[list[float]]:
+    """Run the pipeline over ``todo`` and write each shard once all its inputs are back; returns the timeline."""
     from magiceraser.datasets.stages import row_to_sample_files
 
     expected = Counter(it.shard for it in todo)
     pending: dict[int, list[dict[str, Any]]] = defaultdict(list)
     progress = Progress(len(todo), cfg.progress_interval_s)
     ds = build_dataset(cfg, todo, segmenter_id(cfg))
-    for row in ds.iter_rows():
-        shard = int(row["shard"])
-        pending[shard].append(row)
-        progress.update(row["reason"])
-        if len(pending[shard]) < expected[shard]:
-            continue
-        rows = sorted(pending.pop(shard), key=lambda r: int(r["index"]))
-        result = ShardResult(shard=shard, inputs=len(rows))
-        for r in rows:
-            if r["reason"]:
-                result.skips.append(Skip(r["source"], r["key"], r["reason"], r["stage"], r["message"]))
-            else:
-                result.samples.append(Sample(r["key"], row_to_sample_files(r, cfg.image_format)))
-        sidecars[shard] = write_shard(out, result, job)
+    # Whole blocks at a time (cheaper than iter_rows); each row is one input.
+    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns)):
+            row = dict(zip(columns, values))
+            shard = int(row["shard"])
+            pending[shard].append(row)
+            progress.update(row["reason"])
+            if len(pending[shard]) < expected[shard]:
+                continue
+            rows = sorted(pending.pop(shard), key=lambda r: int(r["index"]))
+            result = ShardResult(shard=shard, inputs=len(rows))
+            for r in rows:
+                if r["reason"]:
+                    result.skips.append(Skip(r["source"], r["key"], r["reason"], r["stage"], r["message"]))
+                else:
+                    result.samples.append(Sample(r["key"], row_to_sample_files(r, cfg.image_format)))
+            sidecars[shard] = write_shard(out, result, job)
+        progress.mark()
     print(progress.line(), file=sys.stderr, flush=True)
     if pending:  # cannot happen unless a stage broke the one-row-per-input rule
         raise RuntimeError(f"shards {sorted(pending)} did not receive all their inputs")
+    return progress.timeline
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,6 +37,8 @@ _EMPTY: dict[str, Any] = {
     "reason": "", "stage": "", "message": "", "image": b"", "height": 0, "width": 0, "segmap": b"",
     "segments": "", "original": b"", "blended": b"", "mask": b"", "meta": "", "question": "", "caption": "",
 }
+# What the shard writer reads: the caption stage (the last one) returns only these.
+OUTPUT_COLUMNS = ("source", "key", "index", "shard", "reason", "stage", "message", "original", "blended", "mask", "meta")
 
 
 def initial_rows(items) -> list[dict[str, Any]]:
@@ -80,9 +82,9 @@ def _skip(batch: Batch, i: int, reason: str, stage: str, message: str) -> None:
         batch[col][i] = b""
 
 
-def _finish(batch: Batch) -> Batch:
+def _finish(batch: Batch, columns: tuple[str, ...] = COLUMNS) -> Batch:
     out = {}
-    for k in COLUMNS:
+    for k in columns:
         v = batch[k]
         if k in ("index", "shard", "height", "width"):
             out[k] = np.asarray(v, dtype=np.int64)
@@ -136,9 +138,18 @@ def _pack_pan(batch: Batch, i: int, pan: PanopticResult) -> None:
 
 
 class SegmentStage:
-    """Panoptic segmentation of a batch (Mask2Former or COCO panoptic ground truth)."""
+    """Panoptic segmentation of a batch (Mask2Former or COCO panoptic ground truth).
 
-    def __init__(self, segmenter: dict[str, Any]):
+    With ``read`` and ``compose`` (keyword arguments of :func:`read_images` and
+    :func:`compose_batch`) the actor also decodes its inputs first and composes the samples
+    after: the fused layout, where no decoded pixels or panoptic maps cross the object store.
+    """
+
+    def __init__(self, segmenter: dict[str, Any], read: dict[str, Any] | None = None,
+                 compose: dict[str, Any] | None = None):
+        if (read is None) != (compose is None):
+            raise ValueError("SegmentStage: give both read and compose (fused layout) or neither")
+        self.read, self.compose = read, compose
         cfg = dict(segmenter)
         self.backend = cfg["backend"]
         if self.backend == "coco_panoptic":
@@ -158,6 +169,12 @@ class SegmentStage:
         self.model_id = self.model.model_id
 
     def __call__(self, batch: Batch) -> Batch:
+        if self.read is None:
+            return self.segment(batch)
+        batch = read_images(batch, **self.read)
+        return compose_batch(self.segment(batch), **self.compose)
+
+    def segment(self, batch: Batch) -> Batch:
         from magiceraser.datasets.segment import AnnotationError
 
         batch = _mutable(batch)
@@ -254,13 +271,24 @@ class CaptionStage:
                     _skip(batch, i, "caption_error", "caption", "".join(traceback.format_exception_only(cap)).strip())
                 else:
                     batch["caption"][i] = cap
-        for i in range(_n(batch)):
-            batch["image"][i] = b""  # the writer needs only the encoded parts
-        out = _finish(batch)
-        out["meta"] = np.asarray(
-            [_with_caption(m, c, self.model_id) if m else "" for m, c in zip(out["meta"], out["caption"])], dtype=object
-        )
-        return out
+        batch["meta"] = [_with_caption(m, c, self.model_id) if m else "" for m, c in zip(batch["meta"], batch["caption"])]
+        return _finish(batch, OUTPUT_COLUMNS)  # the writer needs only the encoded parts
+
+
+class SingleStage:
+    """Every stage in one actor (the ``single`` layout): decode, segment, compose, caption.
+
+    Nothing but the encoded outputs crosses the object store and no stage queues work for the
+    next, so memory does not depend on how far one stage runs ahead of another.
+    """
+
+    def __init__(self, segmenter: dict[str, Any], read: dict[str, Any], compose: dict[str, Any],
+                 captioner: dict[str, Any]):
+        self.segment = SegmentStage(segmenter, read=read, compose=compose)
+        self.caption = CaptionStage(captioner)
+
+    def __call__(self, batch: Batch) -> Batch:
+        return self.caption(self.segment(batch))
 
 
 def _with_caption(meta: str, caption: str, captioner: str) -> str:

@@ -65,12 +65,12 @@ def local_ray():
     ray.shutdown()
 
 
-def _run(config: Path, output: Path):
+def _run(config: Path, output: Path, *overrides: str):
     from magiceraser.config import load_config
     from magiceraser.datasets.config import OLRDConfig
     from magiceraser.datasets.olrd_job import run_olrd
 
-    return run_olrd(load_config(OLRDConfig, config, [f"output={output}"]))
+    return run_olrd(load_config(OLRDConfig, config, [f"output={output}", *overrides]))
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +88,11 @@ def _tar_keys(path: Path) -> list[str]:
 
 def test_job_outputs_every_input_once_with_reasons(uninterrupted):
     out, stats = uninterrupted
+    # No model has a GPU here: 'auto' runs every stage in one actor pool.
+    assert json.loads((out / "job.json").read_text())["config"]["layout"] == "auto"
+    timeline = stats["timeline"]
+    assert timeline[0] == [0.0, 0] and timeline[-1][1] == stats["processed_this_run"]
+    assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(timeline, timeline[1:]))
     n_inputs = NUM_SCENES + len(BAD)
     assert stats["inputs"] == n_inputs and stats["shards"] == 4
     sample_keys = [k for t in sorted(out.glob("olrd-*.tar")) for k in _tar_keys(t)]
@@ -141,6 +146,20 @@ def test_shards_read_back_with_ray_data(uninterrupted):
     assert len(rows) == NUM_SCENES
     keys = sorted(r["__key__"] for r in rows)
     assert keys == sorted(k for t in out.glob("olrd-*.tar") for k in _tar_keys(t))
+
+
+@pytest.mark.parametrize("layout", ["split", "segment"])
+def test_every_layout_writes_the_same_bytes(uninterrupted, job_config, local_ray, tmp_path, layout):
+    """Decode/compose as Ray tasks or inside the segment actors: same shards as the single-pool run."""
+    full, _ = uninterrupted
+    out = tmp_path / layout
+    stats = _run(job_config, out, f"layout={layout}")
+    assert stats["samples"] == NUM_SCENES
+    tars = sorted(p.name for p in full.glob("olrd-*.tar"))
+    assert sorted(p.name for p in out.glob("olrd-*.tar")) == tars
+    for name in tars:
+        assert (out / name).read_bytes() == (full / name).read_bytes(), name
+    assert (out / "skipped.jsonl").read_text() == (full / "skipped.jsonl").read_text()
 
 
 def test_rerun_skips_finished_work(uninterrupted, job_config):
@@ -232,16 +251,16 @@ def test_killed_run_resumes_to_the_same_shards(uninterrupted, job_config, tmp_pa
     for tar in finished:  # nothing partial under a final name
         with tarfile.open(tar) as t:
             t.getmembers()
-    # Resume in this process's Ray, and crash a caption actor while it runs: Ray must restart it
+    # Resume in this process's Ray, and crash a model actor while it runs: Ray must restart it
     # and retry its batch (max_restarts / max_task_retries), and the output must not change.
-    killer = CrashActor("CaptionStage")
+    killer = CrashActor("SingleStage")
     killer.start()
     try:
         _run(job_config, out)
     finally:
         killer.stop.set()
         killer.join()
-    assert killer.killed, "no caption actor was seen to crash"
+    assert killer.killed, "no model actor was seen to crash"
     tars = sorted(p.name for p in out.glob("olrd-*.tar"))
     assert tars == sorted(p.name for p in full.glob("olrd-*.tar"))
     keys = [k for t in tars for k in _tar_keys(out / t)]
@@ -266,3 +285,21 @@ def test_preview_renders_a_grid_of_the_shard(uninterrupted, tmp_path):
     assert grid.shape[0] == rows * (PANEL + 6)
     red = (grid[..., 0] == 255) & (grid[..., 1] == 0) & (grid[..., 2] == 0)
     assert red.sum() > rows * 20  # the pure red outline of m̃ is drawn on every row
+
+
+def test_progress_timeline_stays_small_and_even(monkeypatch):
+    from magiceraser.datasets import olrd_job
+
+    clock = [0.0]
+    monkeypatch.setattr(olrd_job.time, "monotonic", lambda: clock[0])
+    progress = olrd_job.Progress(total=5000, interval_s=1e9, max_points=50)
+    for _ in range(5000):  # one input every 10 ms, a point asked for after each
+        clock[0] += 0.01
+        progress.update("")
+        progress.mark()
+    timeline = progress.timeline
+    assert len(timeline) <= 51 and timeline[0] == [0.0, 0] and timeline[-1] == [50.0, 5000]
+    gaps = np.diff([t for t, _ in timeline])
+    assert gaps.max() <= 2 * gaps.min() + 1e-6  # decimation keeps the points evenly spread
+    for t, done in timeline:  # each point is a true (time, count) pair of this run
+        assert done == round(t / 0.01)
