@@ -9,9 +9,9 @@ ground-truth panoptic annotations; captions from the tiny random-weight LLaVA (t
    (what ``ray job submit`` does), 2 CPUs, at the same N. Each job gets a fresh cluster, so idle
    workers of one job never count in the next one's memory.
 
-Per-image time in steady state: from the run's timeline (stats.json ``timeline`` for the Ray job,
-the same points per batch for the serial loop), the time between 20% and 90% of the inputs done,
-divided by those 70% of the inputs. That leaves out start-up (the serial loop's models load in
+Per-image time in steady state: from the run's timeline (stats.json ``timeline`` for the Ray job:
+when the workers finished each input; the same points per batch for the serial loop), the time
+between 20% and 90% of the inputs finished, divided by those 70% of the inputs. That leaves out start-up (the serial loop's models load in
 0.1 s in an already-warm process, while a Ray job starts worker processes that import torch and
 transformers: seconds on 2 CPUs) and the tail (the last blocks drain out of a partly idle pool).
 
@@ -118,6 +118,7 @@ def run_serial(cfg_dict: dict, out: Path) -> dict:
         batch = compose_batch(batch, config_to_dict(cfg.compose), cfg.seed, cfg.image_format, cfg.jpeg_quality,
                               segment.model_id, cfg.captioner.max_tags)
         batch = caption(batch)
+        timeline.append([time.perf_counter() - t0, start + len(chunk)])  # when its images were finished
         for i in range(len(batch["key"])):
             r = {k: batch[k][i] for k in batch}
             res = pending.setdefault(int(r["shard"]), ShardResult(int(r["shard"]), 0))
@@ -128,7 +129,6 @@ def run_serial(cfg_dict: dict, out: Path) -> dict:
                 res.samples.append(Sample(r["key"], row_to_sample_files(r, cfg.image_format)))
             if res.inputs == cfg.samples_per_shard or start + i + 1 == len(rows):
                 write_shard(out, pending.pop(res.shard))
-        timeline.append([time.perf_counter() - t0, start + len(chunk)])
     wall = time.perf_counter() - t0
     return {"wall": wall, "steady_s_per_image": steady_per_image(timeline)}
 

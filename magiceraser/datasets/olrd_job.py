@@ -19,6 +19,7 @@ import os
 import sys
 import time
 import warnings
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -170,39 +171,39 @@ def segmenter_id(cfg: OLRDConfig) -> str:
 class Progress:
     """Periodic one-line report (inputs done, samples, skips per reason, images/s) and a timeline.
 
-    The timeline, ``[[seconds since start, inputs done], ...]``, goes into stats.json for plots of
-    throughput over time. It holds at most ``max_points`` points: when full, every other point is
-    dropped and the spacing between points doubles, so a run of any length keeps an even picture.
+    Each row carries ``done_at``, the wall-clock time its last stage finished it (stages.py).
+    The timeline for stats.json, ``[[seconds since start, inputs finished], ...]``, is built from
+    those times, so it shows when the workers finished the images, not when the driver got round
+    to them; it has at most ``max_points + 1`` points whatever the run's length.
     """
 
-    def __init__(self, total: int, interval_s: float, max_points: int = 1000):
+    def __init__(self, total: int, interval_s: float):
         self.total, self.interval = total, interval_s
         self.t0 = self.last = time.monotonic()
+        self.wall0 = time.time()
         self.done = self.samples = 0
         self.reasons: Counter[str] = Counter()
-        self.timeline: list[list[float]] = [[0.0, 0]]
-        self.max_points, self.spacing = max_points, 0.05
+        self.finished = array("d")  # seconds after wall0, one per input; 8 bytes each
 
-    def update(self, reason: str) -> None:
+    def update(self, reason: str, done_at: float | None = None) -> None:
         self.done += 1
         if reason:
             self.reasons[reason] += 1
         else:
             self.samples += 1
+        self.finished.append((done_at if done_at is not None else time.time()) - self.wall0)
         now = time.monotonic()
         if now - self.last >= self.interval:
             self.last = now
             print(self.line(), file=sys.stderr, flush=True)
 
-    def mark(self) -> None:
-        """Add a timeline point (call after each block of rows)."""
-        elapsed = time.monotonic() - self.t0
-        if elapsed - self.timeline[-1][0] < self.spacing and self.done < self.total:
-            return
-        self.timeline.append([round(elapsed, 3), self.done])
-        if len(self.timeline) > self.max_points:
-            self.timeline = [*self.timeline[:-1:2], self.timeline[-1]]
-            self.spacing *= 2
+    def timeline(self, max_points: int = 1000) -> list[list[float]]:
+        """``[t, n]`` points: ``n`` inputs were finished ``t`` seconds after the start; starts at [0, 0]."""
+        times = sorted(self.finished)
+        if not times:
+            return [[0.0, 0]]
+        counts = sorted({round(k * len(times) / max_points) for k in range(1, max_points + 1)})
+        return [[0.0, 0], *([round(max(times[n - 1], 0.0), 3), n] for n in counts if n > 0)]
 
     @property
     def rate(self) -> float:
@@ -276,7 +277,7 @@ def _process(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidec
             row = dict(zip(columns, values))
             shard = int(row["shard"])
             pending[shard].append(row)
-            progress.update(row["reason"])
+            progress.update(row["reason"], float(row["done_at"]))
             if len(pending[shard]) < expected[shard]:
                 continue
             rows = sorted(pending.pop(shard), key=lambda r: int(r["index"]))
@@ -287,11 +288,10 @@ def _process(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidec
                 else:
                     result.samples.append(Sample(r["key"], row_to_sample_files(r, cfg.image_format)))
             sidecars[shard] = write_shard(out, result, job)
-        progress.mark()
     print(progress.line(), file=sys.stderr, flush=True)
     if pending:  # cannot happen unless a stage broke the one-row-per-input rule
         raise RuntimeError(f"shards {sorted(pending)} did not receive all their inputs")
-    return progress.timeline
+    return progress.timeline()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

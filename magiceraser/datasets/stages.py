@@ -11,6 +11,7 @@ the first stage on, so every block has the same schema:
     segmap, segments                           panoptic result (segment -> compose)
     original, blended, mask, meta, question    encoded sample parts (compose -> writer)
     caption                                    (caption -> writer)
+    done_at                                    wall-clock time the caption stage finished the row
 
 The classes hold a model and are used as Ray actors; plain Python can call them too (the
 single-process baseline of the benchmark does).
@@ -19,6 +20,7 @@ single-process baseline of the benchmark does).
 from __future__ import annotations
 
 import json
+import time
 import traceback
 from typing import Any
 
@@ -38,7 +40,9 @@ _EMPTY: dict[str, Any] = {
     "segments": "", "original": b"", "blended": b"", "mask": b"", "meta": "", "question": "", "caption": "",
 }
 # What the shard writer reads: the caption stage (the last one) returns only these.
-OUTPUT_COLUMNS = ("source", "key", "index", "shard", "reason", "stage", "message", "original", "blended", "mask", "meta")
+# ``done_at`` is the wall-clock time the caption stage finished the row (the job's timeline).
+OUTPUT_COLUMNS = ("source", "key", "index", "shard", "reason", "stage", "message", "original", "blended", "mask", "meta",
+                  "done_at")
 
 
 def initial_rows(items) -> list[dict[str, Any]]:
@@ -88,6 +92,8 @@ def _finish(batch: Batch, columns: tuple[str, ...] = COLUMNS) -> Batch:
         v = batch[k]
         if k in ("index", "shard", "height", "width"):
             out[k] = np.asarray(v, dtype=np.int64)
+        elif k == "done_at":
+            out[k] = np.asarray(v, dtype=np.float64)
         else:
             arr = np.empty(len(v), dtype=object)
             arr[:] = v
@@ -272,6 +278,7 @@ class CaptionStage:
                 else:
                     batch["caption"][i] = cap
         batch["meta"] = [_with_caption(m, c, self.model_id) if m else "" for m, c in zip(batch["meta"], batch["caption"])]
+        batch["done_at"] = [time.time()] * _n(batch)
         return _finish(batch, OUTPUT_COLUMNS)  # the writer needs only the encoded parts
 
 
