@@ -102,7 +102,11 @@ def background_tags(
     pan: PanopticResult, region: np.ndarray, background_labels: frozenset[int] = coco.BACKGROUND_LABELS
 ) -> list[str]:
     """Background stuff class names under ``region`` (bool HxW), largest area first, ties by name."""
-    labels = pan.label_map()[region]
+    return tags_of_labels(pan.label_map()[region], background_labels)
+
+
+def tags_of_labels(labels: np.ndarray, background_labels: frozenset[int] = coco.BACKGROUND_LABELS) -> list[str]:
+    """Background stuff class names among per-pixel ``labels`` (-1 = unlabelled), largest count first, ties by name."""
     labels = labels[labels >= 0]
     if labels.size == 0:
         return []

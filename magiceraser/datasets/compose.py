@@ -23,12 +23,14 @@ Pure numpy/OpenCV over arrays (method.md part 1), no I/O and no Ray:
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from magiceraser import coco
-from magiceraser.panoptic import PanopticResult, background_tags, label_lut
+from magiceraser.panoptic import PanopticResult, label_lut, tags_of_labels
 
 # Skip reasons raised by compose (stable codes, recorded in skipped.jsonl).
 NO_THING = "no_thing_object"
@@ -107,10 +109,15 @@ _BACKGROUND_LUT = label_lut(coco.BACKGROUND_LABELS)
 
 
 def eligible_objects(pan: PanopticResult, cfg: ComposeConfig) -> list[int]:
-    """Ids of thing segments with an eligible area that the border does not cut (sorted).
+    """Ids of thing segments with an eligible area that the border does not cut (sorted)."""
+    return [sid for sid in _shortlist(pan, cfg) if _eligible_mask(pan.segment_map, sid, cfg) is not None]
 
-    Areas are first estimated on the pixels the offset search samples (a shortlist with a 2x
-    margin, cheap at any size), then counted exactly for the shortlisted objects.
+
+def _shortlist(pan: PanopticResult, cfg: ComposeConfig, sampled: np.ndarray | None = None) -> list[int]:
+    """Thing ids not cut by the border whose area, estimated on the pixels the offset search
+    samples, is within 2x of the eligible range (sorted): cheap at any size, and a superset of
+    the eligible ids, whose exact areas :func:`_eligible_mask` counts. ``sampled``: the map
+    sampled on the search grid, if the caller has it.
     """
     seg = pan.segment_map
     h, w = seg.shape
@@ -119,28 +126,27 @@ def eligible_objects(pan: PanopticResult, cfg: ComposeConfig) -> list[int]:
         raise ComposeSkip(NO_THING, "the segmentation has no thing (object) segment")
     f = search_scale((h, w), cfg)
     top = max(s.id for s in things) + 1
-    sampled = seg[::f, ::f]
-    approx = np.bincount(sampled[sampled < top].ravel(), minlength=top) * float(f * f)
+    seg_s = seg[::f, ::f] if sampled is None else sampled
+    approx = np.bincount(seg_s.ravel(), minlength=top)[:top] * float(f * f)
     b = cfg.border_margin
-    border_ids: set[int] = set()
+    on_border = np.zeros(top, dtype=bool)
     if b > 0:
         ring = np.concatenate([seg[:b].ravel(), seg[-b:].ravel(), seg[:, :b].ravel(), seg[:, -b:].ravel()])
-        border_ids = set(np.unique(ring).tolist())
+        on_border = np.bincount(ring, minlength=top)[:top] > 0
     lo, hi = cfg.min_object_area * h * w, cfg.max_object_area * h * w
-    out = []
-    for s in things:
-        if s.id in border_ids or not lo / 2 <= approx[s.id] <= 2 * hi:
-            continue
-        if lo <= np.count_nonzero(seg == s.id) <= hi:
-            out.append(s.id)
-    return sorted(out)
+    return sorted(s.id for s in things if not on_border[s.id] and lo / 2 <= approx[s.id] <= 2 * hi)
+
+
+def _eligible_mask(seg: np.ndarray, seg_id: int, cfg: ComposeConfig) -> np.ndarray | None:
+    """The segment's full-resolution mask if its exact area is eligible, else None."""
+    m = seg == seg_id
+    area = np.count_nonzero(m)
+    return m if cfg.min_object_area * seg.size <= area <= cfg.max_object_area * seg.size else None
 
 
 def _correlate(image_mask: np.ndarray, template: np.ndarray) -> np.ndarray:
     """Valid-mode cross-correlation: out[y, x] = sum(template * image_mask[y:y+h, x:x+w])."""
-    import cv2
-
-    return cv2.matchTemplate(image_mask.astype(np.float32), template.astype(np.float32), cv2.TM_CCORR)
+    return cv2.matchTemplate(image_mask.astype(np.float32, copy=False), template.astype(np.float32), cv2.TM_CCORR)
 
 
 def _offsets_on_grid(
@@ -158,11 +164,12 @@ def _offsets_on_grid(
     H, W = full_shape
     if h > H or w > W or obj_s.shape[0] > bg_s.shape[0] or obj_s.shape[1] > bg_s.shape[1]:
         return np.zeros((0, 2), np.int64)
-    area = float(obj_s.sum())
-    # Correlations of 0/1 masks are integer counts; rounding removes the DFT's float error.
-    on_bg = np.rint(_correlate(bg_s, obj_s))
-    on_th = np.rint(_correlate(th_s, obj_s))
-    ok = (on_bg >= cfg.min_background_share * area) & (on_th <= cfg.max_thing_overlap * area)
+    area = float(np.count_nonzero(obj_s))
+    # Correlations of 0/1 masks are integer counts up to the DFT's float error (far below 0.5):
+    # count >= t  <=>  corr >= ceil(t) - 0.5, and count <= t  <=>  corr <= floor(t) + 0.5.
+    on_bg = _correlate(bg_s, obj_s)
+    on_th = _correlate(th_s, obj_s)
+    ok = (on_bg >= math.ceil(cfg.min_background_share * area) - 0.5) & (on_th <= math.floor(cfg.max_thing_overlap * area) + 0.5)
     ys, xs = np.nonzero(ok)
     xs, ys = xs * scale, ys * scale
     inside = (xs + w <= W) & (ys + h <= H)  # the whole full-resolution crop must fit
@@ -185,10 +192,12 @@ def valid_offsets(
 
 def placement_ok(obj: np.ndarray, window_labels: np.ndarray, cfg: ComposeConfig) -> bool:
     """Exact check of one placement from the labels under the object's crop (-1 = unlabelled)."""
-    area = int(np.count_nonzero(obj))
-    labels = window_labels[obj]
-    n_bg = int(np.count_nonzero(_BACKGROUND_LUT[labels]))
-    n_th = int(np.count_nonzero(_THING_LUT[labels]))
+    return _placement_ok(window_labels[obj], int(np.count_nonzero(obj)), cfg)
+
+
+def _placement_ok(under: np.ndarray, area: int, cfg: ComposeConfig) -> bool:
+    n_bg = int(np.count_nonzero(_BACKGROUND_LUT[under]))
+    n_th = int(np.count_nonzero(_THING_LUT[under]))
     return n_bg >= cfg.min_background_share * area and n_th <= cfg.max_thing_overlap * area
 
 
@@ -201,11 +210,26 @@ def blend(image: np.ndarray, obj: np.ndarray, x0: int, y0: int, x: int, y: int) 
     """Ĩ = m̃·õ + (1 − m̃)·I for a binary mask: copy the object's pixels from (x0, y0) to (x, y)."""
     h, w = obj.shape
     blended = image.copy()
-    region = blended[y : y + h, x : x + w]
-    region[obj] = image[y0 : y0 + h, x0 : x0 + w][obj]
+    # In place into the view (OpenCV writes through the slice's strides); many times faster than
+    # numpy's masked copy.
+    cv2.copyTo(image[y0 : y0 + h, x0 : x0 + w], obj.view(np.uint8), blended[y : y + h, x : x + w])
     mask = np.zeros(image.shape[:2], dtype=bool)
     mask[y : y + h, x : x + w] = obj
     return blended, mask
+
+
+def _segment_label_lut(pan: PanopticResult) -> np.ndarray:
+    """Segment id -> label table for ``np.take(lut, ids, mode="clip")``: -1 for unlabelled.
+
+    Sized by the segment list, not by a pass over the map: ids past the last segment clip to the
+    final slot and ids below 1 (0 = unlabelled) to slot 0, both -1.
+    """
+    lut = np.full(max((s.id for s in pan.segments), default=0) + 2, -1, np.int64)
+    for s in pan.segments:
+        if s.id < 1:
+            raise ValueError(f"segment ids must be >= 1 (0 marks unlabelled pixels), got {s.id}")
+        lut[s.id] = s.label
+    return lut
 
 
 def compose(image: np.ndarray, pan: PanopticResult, rng: np.random.Generator, cfg: ComposeConfig) -> Composed:
@@ -214,48 +238,55 @@ def compose(image: np.ndarray, pan: PanopticResult, rng: np.random.Generator, cf
         raise ValueError(f"compose needs an HxWx3 uint8 image, got {image.shape} {image.dtype}")
     if pan.shape != image.shape[:2]:
         raise ValueError(f"segmentation shape {pan.shape} differs from image shape {image.shape[:2]}")
-    candidates = eligible_objects(pan, cfg)
-    if not candidates:
-        raise ComposeSkip(NO_ELIGIBLE, "no thing segment has an eligible size away from the image border")
+    # Objects are tried in a seeded random order of the shortlist; the exact area check happens
+    # as each comes up, so only tried objects pay a full-resolution pass. The first eligible one
+    # of a uniform permutation is uniform over the eligible objects.
     seg = pan.segment_map
     H, W = seg.shape
-    # Segment id -> label lookup table (-1 = unlabelled); ids are small (COCO ids are compacted on load).
-    label_lut = np.full(int(seg.max(initial=0)) + 1, -1, np.int64)
-    for s in pan.segments:
-        if s.id < label_lut.size:
-            label_lut[s.id] = s.label
     scale = search_scale((H, W), cfg)
     # The search only ever looks at every scale-th pixel: label just those (cheap at any image size).
-    labels_s = label_lut[seg[::scale, ::scale]]
-    bg_s, th_s = _BACKGROUND_LUT[labels_s], _THING_LUT[labels_s]
-    for seg_id in rng.permutation(np.asarray(candidates)):
+    seg_s = np.ascontiguousarray(seg[::scale, ::scale])
+    shortlist = _shortlist(pan, cfg, seg_s)
+    if not shortlist:
+        raise ComposeSkip(NO_ELIGIBLE, "no thing segment has an eligible size away from the image border")
+    lut = _segment_label_lut(pan)
+    labels_s = np.take(lut, seg_s, mode="clip")
+    # As float32 once: the correlation's input type (every object tried reuses them).
+    bg_s, th_s = _BACKGROUND_LUT[labels_s].astype(np.float32), _THING_LUT[labels_s].astype(np.float32)
+    n_eligible = 0
+    for seg_id in rng.permutation(np.asarray(shortlist, dtype=np.int64)):
         seg_id = int(seg_id)
-        m = seg == seg_id
-        rows, cols = np.flatnonzero(m.any(axis=1)), np.flatnonzero(m.any(axis=0))
-        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+        m = _eligible_mask(seg, seg_id, cfg)
+        if m is None:
+            continue
+        n_eligible += 1
+        x0, y0, w, h = cv2.boundingRect(m.view(np.uint8))
+        x1, y1 = x0 + w, y0 + h
         obj = m[y0:y1, x0:x1]
-        h, w = obj.shape
+        area = int(np.count_nonzero(obj))
         offsets = _offsets_on_grid(obj[::scale, ::scale], bg_s, th_s, scale, (H, W), (h, w), cfg)
         if len(offsets) == 0:
             continue
-        for i in rng.permutation(len(offsets))[: cfg.max_verify]:
+        # Up to max_verify distinct candidates in random order (O(max_verify), not O(len(offsets))).
+        for i in rng.choice(len(offsets), size=min(cfg.max_verify, len(offsets)), replace=False):
             x, y = int(offsets[i, 0]), int(offsets[i, 1])
-            window = label_lut[seg[y : y + h, x : x + w]]
-            if not placement_ok(obj, window, cfg):  # exact, full resolution (one crop)
+            under = np.take(lut, seg[y : y + h, x : x + w], mode="clip")[obj]  # labels under m̃
+            if not _placement_ok(under, area, cfg):  # exact, full resolution
                 continue
             blended, mask = blend(image, obj, x0, y0, x, y)
-            crop = PanopticResult(seg[y : y + h, x : x + w], pan.segments)
             return Composed(
                 blended=blended,
                 mask=mask,
-                object_label=int(label_lut[seg_id]),
+                object_label=int(lut[seg_id]),
                 object_bbox=(x0, y0, x1, y1),
                 offset=(x - x0, y - y0),
                 target_bbox=(x, y, x + w, y + h),
-                tags=background_tags(crop, obj),
+                tags=tags_of_labels(under),
             )
+    if n_eligible == 0:
+        raise ComposeSkip(NO_ELIGIBLE, "no thing segment has an eligible size away from the image border")
     raise ComposeSkip(
         NO_PLACEMENT,
-        f"no offset puts any of {len(candidates)} eligible object(s) on >= {cfg.min_background_share:.0%} "
+        f"no offset puts any of {n_eligible} eligible object(s) on >= {cfg.min_background_share:.0%} "
         f"background stuff with <= {cfg.max_thing_overlap:.0%} overlap with objects",
     )
