@@ -1,9 +1,13 @@
 """``magiceraser olrd``: build OLRD shards with Ray Data (local Ray, or a cluster via ``ray job submit``).
 
-Data flow (every stage streams; Ray Data's bars show each operator)::
+Data flow (every stage streams; Ray Data's bars show each operator), by ``layout``::
 
-    listing (driver) -> read+decode (tasks) -> segment (actor pool) -> compose (tasks)
-        -> caption (actor pool) -> driver: one shard at a time, tar + sidecar, atomically
+    split:   listing (driver) -> read+decode (tasks) -> segment (actor pool) -> compose (tasks)
+                 -> caption (actor pool) -> driver: one shard at a time, tar + sidecar, atomically
+    segment: listing -> read+decode+segment+compose (actor pool) -> caption (actor pool) -> driver
+    single:  listing -> every stage in one actor pool -> driver
+
+The stage code is the same in every layout (``stages.py``), so the shards are byte-identical.
 
 Resume: the listing fixes which inputs belong to which shard (``inputs.py``); finished shards
 (sidecar present and matching its tar) are left out of the dataset, so a rerun only builds what
