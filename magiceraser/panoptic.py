@@ -111,7 +111,8 @@ def tags_of_labels(labels: np.ndarray, background_labels: frozenset[int] = coco.
     if labels.size == 0:
         return []
     counts = np.bincount(labels, minlength=coco.NUM_CLASSES)
-    present = [(int(counts[i]), coco.COCO_PANOPTIC[i].name) for i in np.nonzero(counts)[0] if i in background_labels]
+    counts[~label_lut(background_labels)[: counts.size]] = 0
+    present = [(int(counts[i]), coco.COCO_PANOPTIC[i].name) for i in np.flatnonzero(counts)]
     present.sort(key=lambda t: (-t[0], t[1]))
     return [name for _, name in present]
 

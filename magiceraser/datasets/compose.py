@@ -149,31 +149,40 @@ def _correlate(image_mask: np.ndarray, template: np.ndarray) -> np.ndarray:
     return cv2.matchTemplate(image_mask.astype(np.float32, copy=False), template.astype(np.float32), cv2.TM_CCORR)
 
 
-def _offsets_on_grid(
+def _valid_grid(
     obj_s: np.ndarray, bg_s: np.ndarray, th_s: np.ndarray, scale: int, full_shape: tuple[int, int],
     obj_shape: tuple[int, int], cfg: ComposeConfig,
 ) -> np.ndarray:
-    """Positions on the stride-``scale`` grid whose sampled pixels pass the placement criteria.
+    """Bool grid over positions on the stride-``scale`` grid: True where the placement passes.
 
     ``obj_s``/``bg_s``/``th_s`` are the object crop and the image masks sampled every ``scale``
     pixels (``[::scale, ::scale]``): template pixel (i, j) placed at grid position (u, v) is image
     pixel ((v+i)·scale, (u+j)·scale), so the correlation counts sampled pixels exactly, and with
-    scale 1 it counts every pixel (the exact set of valid offsets).
+    scale 1 it counts every pixel (the exact set of valid offsets). Entry [v, u] is the top-left
+    position (u·scale, v·scale); the grid is cut to positions where the whole full-resolution
+    crop fits in the image.
     """
     h, w = obj_shape
     H, W = full_shape
     if h > H or w > W or obj_s.shape[0] > bg_s.shape[0] or obj_s.shape[1] > bg_s.shape[1]:
-        return np.zeros((0, 2), np.int64)
+        return np.zeros((0, 0), bool)
     area = float(np.count_nonzero(obj_s))
     # Correlations of 0/1 masks are integer counts up to the DFT's float error (far below 0.5):
     # count >= t  <=>  corr >= ceil(t) - 0.5, and count <= t  <=>  corr <= floor(t) + 0.5.
-    on_bg = _correlate(bg_s, obj_s)
-    on_th = _correlate(th_s, obj_s)
-    ok = (on_bg >= math.ceil(cfg.min_background_share * area) - 0.5) & (on_th <= math.floor(cfg.max_thing_overlap * area) + 0.5)
-    ys, xs = np.nonzero(ok)
-    xs, ys = xs * scale, ys * scale
-    inside = (xs + w <= W) & (ys + h <= H)  # the whole full-resolution crop must fit
-    return np.stack([xs[inside], ys[inside]], axis=1).astype(np.int64)
+    on_bg = _correlate(bg_s, obj_s)[: (H - h) // scale + 1, : (W - w) // scale + 1]
+    on_th = _correlate(th_s, obj_s)[: on_bg.shape[0], : on_bg.shape[1]]
+    return (on_bg >= math.ceil(cfg.min_background_share * area) - 0.5) & (
+        on_th <= math.floor(cfg.max_thing_overlap * area) + 0.5
+    )
+
+
+def _offsets_on_grid(
+    obj_s: np.ndarray, bg_s: np.ndarray, th_s: np.ndarray, scale: int, full_shape: tuple[int, int],
+    obj_shape: tuple[int, int], cfg: ComposeConfig,
+) -> np.ndarray:
+    """The True positions of :func:`_valid_grid` as an (N, 2) array of (x, y), row-major."""
+    ys, xs = np.nonzero(_valid_grid(obj_s, bg_s, th_s, scale, full_shape, obj_shape, cfg))
+    return np.stack([xs * scale, ys * scale], axis=1).astype(np.int64)
 
 
 def valid_offsets(
@@ -264,12 +273,14 @@ def compose(image: np.ndarray, pan: PanopticResult, rng: np.random.Generator, cf
         x1, y1 = x0 + w, y0 + h
         obj = m[y0:y1, x0:x1]
         area = int(np.count_nonzero(obj))
-        offsets = _offsets_on_grid(obj[::scale, ::scale], bg_s, th_s, scale, (H, W), (h, w), cfg)
+        ok = _valid_grid(obj[::scale, ::scale], bg_s, th_s, scale, (H, W), (h, w), cfg)
+        offsets = np.flatnonzero(ok)  # row-major, as valid_offsets lists them
         if len(offsets) == 0:
             continue
         # Up to max_verify distinct candidates in random order (O(max_verify), not O(len(offsets))).
         for i in rng.choice(len(offsets), size=min(cfg.max_verify, len(offsets)), replace=False):
-            x, y = int(offsets[i, 0]), int(offsets[i, 1])
+            v, u = divmod(int(offsets[i]), ok.shape[1])
+            x, y = u * scale, v * scale
             under = np.take(lut, seg[y : y + h, x : x + w], mode="clip")[obj]  # labels under m̃
             if not _placement_ok(under, area, cfg):  # exact, full resolution
                 continue
