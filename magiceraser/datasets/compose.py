@@ -247,9 +247,6 @@ def compose(image: np.ndarray, pan: PanopticResult, rng: np.random.Generator, cf
         raise ValueError(f"compose needs an HxWx3 uint8 image, got {image.shape} {image.dtype}")
     if pan.shape != image.shape[:2]:
         raise ValueError(f"segmentation shape {pan.shape} differs from image shape {image.shape[:2]}")
-    # Objects are tried in a seeded random order of the shortlist; the exact area check happens
-    # as each comes up, so only tried objects pay a full-resolution pass. The first eligible one
-    # of a uniform permutation is uniform over the eligible objects.
     seg = pan.segment_map
     H, W = seg.shape
     scale = search_scale((H, W), cfg)
@@ -262,6 +259,9 @@ def compose(image: np.ndarray, pan: PanopticResult, rng: np.random.Generator, cf
     labels_s = np.take(lut, seg_s, mode="clip")
     # As float32 once: the correlation's input type (every object tried reuses them).
     bg_s, th_s = _BACKGROUND_LUT[labels_s].astype(np.float32), _THING_LUT[labels_s].astype(np.float32)
+    # Objects are tried in a seeded random order of the shortlist; the exact area check happens
+    # as each comes up, so only tried objects pay a full-resolution pass. The first eligible one
+    # of a uniform permutation is uniform over the eligible objects.
     n_eligible = 0
     for seg_id in rng.permutation(np.asarray(shortlist, dtype=np.int64)):
         seg_id = int(seg_id)
