@@ -89,14 +89,14 @@ def run_serial(cfg_dict: dict, out: Path) -> dict:
     from magiceraser.config import build_config, config_to_dict
     from magiceraser.datasets.config import OLRDConfig
     from magiceraser.datasets.inputs import list_inputs
-    from magiceraser.datasets.shards import Sample, ShardResult, Skip, write_shard
+    from magiceraser.datasets.shards import ShardResult, write_shard
     from magiceraser.datasets.stages import (
         CaptionStage,
         SegmentStage,
+        add_row,
         compose_batch,
         initial_rows,
         read_images,
-        row_to_sample_files,
     )
 
     shutil.rmtree(out, ignore_errors=True)
@@ -123,10 +123,7 @@ def run_serial(cfg_dict: dict, out: Path) -> dict:
             r = {k: batch[k][i] for k in batch}
             res = pending.setdefault(int(r["shard"]), ShardResult(int(r["shard"]), 0))
             res.inputs += 1
-            if r["reason"]:
-                res.skips.append(Skip(r["source"], r["key"], r["reason"], r["stage"], r["message"]))
-            else:
-                res.samples.append(Sample(r["key"], row_to_sample_files(r, cfg.image_format)))
+            add_row(res, r, cfg.image_format)
             if res.inputs == cfg.samples_per_shard or start + i + 1 == len(rows):
                 write_shard(out, pending.pop(res.shard))
     wall = time.perf_counter() - t0

@@ -35,9 +35,7 @@ from magiceraser.config import config_to_dict
 from magiceraser.datasets.config import OLRDConfig
 from magiceraser.datasets.inputs import InputItem, list_inputs, listing_fingerprint, num_shards
 from magiceraser.datasets.shards import (
-    Sample,
     ShardResult,
-    Skip,
     read_sidecar,
     summarize,
     write_shard,
@@ -268,7 +266,7 @@ def run_olrd(cfg: OLRDConfig) -> dict[str, Any]:
 
 def _process(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidecars: dict[int, dict]) -> list[list[float]]:
     """Run the pipeline over ``todo`` and write each shard once all its inputs are back; returns the timeline."""
-    from magiceraser.datasets.stages import row_to_sample_files
+    from magiceraser.datasets.stages import add_row
 
     expected = Counter(it.shard for it in todo)
     pending: dict[int, list[dict[str, Any]]] = defaultdict(list)
@@ -287,10 +285,7 @@ def _process(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidec
             rows = sorted(pending.pop(shard), key=lambda r: int(r["index"]))
             result = ShardResult(shard=shard, inputs=len(rows))
             for r in rows:
-                if r["reason"]:
-                    result.skips.append(Skip(r["source"], r["key"], r["reason"], r["stage"], r["message"]))
-                else:
-                    result.samples.append(Sample(r["key"], row_to_sample_files(r, cfg.image_format)))
+                add_row(result, r, cfg.image_format)
             sidecars[shard] = write_shard(out, result, job)
     print(progress.line(), file=sys.stderr, flush=True)
     if pending:  # cannot happen unless a stage broke the one-row-per-input rule

@@ -314,3 +314,13 @@ def row_to_sample_files(row: dict[str, Any], image_format: str) -> dict[str, byt
         "mask.png": bytes(row["mask"]),
         "json": json.dumps(meta, sort_keys=True).encode(),
     }
+
+
+def add_row(result, row: dict[str, Any], image_format: str) -> None:
+    """Record one finished row in its :class:`~magiceraser.datasets.shards.ShardResult`: a skip with its reason, or a sample."""
+    from magiceraser.datasets.shards import Sample, Skip
+
+    if row["reason"]:
+        result.skips.append(Skip(row["source"], row["key"], row["reason"], row["stage"], row["message"]))
+    else:
+        result.samples.append(Sample(row["key"], row_to_sample_files(row, image_format)))
