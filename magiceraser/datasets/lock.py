@@ -1,0 +1,224 @@
+"""One job per output folder: a lock file with its owner and a heartbeat.
+
+Two jobs writing one output would do all the work twice and sweep each other's temporaries, so
+a job takes ``OUT/job.lock`` before it touches anything there and keeps it until it ends. The
+lock records who holds it (host, pid, start time, a random token) and ``heartbeat_at``, which a
+background thread of the owner refreshes every ``stale_after_s / 4`` seconds. Another job that
+finds the lock refuses at once, naming the owner, unless the lock is *stale*: its heartbeat is
+older than ``stale_after_s`` (the owner died on some host: clocks must agree to well within that),
+or its pid is gone on this very host (a killed job). A stale lock is taken over with a message.
+
+The file I/O is confined to the ``_create``, ``_read``, ``_replace`` and ``_remove`` functions
+so that the same protocol can later run on object storage (conditional put / delete).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from magiceraser.atomic import TMP_PREFIX, atomic_write_json
+
+LOCK_NAME = "job.lock"
+
+
+class LockHeld(Exception):
+    """The output folder is locked by a live job; the message names it (a user error: exit code 2)."""
+
+
+class LockLost(Exception):
+    """Another job took this job's lock over (it judged ours stale): stop before writing more."""
+
+
+# --- storage: the only functions that touch the lock file --------------------------------------
+
+
+def _create(path: Path, record: dict[str, Any]) -> bool:
+    """Create ``path`` holding ``record`` only if it does not exist yet; False if it does.
+
+    The record is written to a temporary file first and hard-linked onto the lock name, which
+    fails if the name exists: the lock never exists without its content (also on NFS).
+    """
+    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{secrets.token_hex(6)}")
+    tmp.write_text(json.dumps(record) + "\n")
+    try:
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    """The lock's record; None if there is no lock; ``{}`` plus its mtime if it is unreadable."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        record = json.loads(text)
+        if isinstance(record, dict):
+            return record
+    except ValueError:
+        pass
+    try:
+        return {"heartbeat_at": path.stat().st_mtime}
+    except FileNotFoundError:
+        return None
+
+
+def _replace(path: Path, record: dict[str, Any]) -> None:
+    """Overwrite the lock with ``record`` (atomically: a reader sees the old or the new one)."""
+    atomic_write_json(path, record, indent=None)
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+# --- protocol ------------------------------------------------------------------------------------
+
+
+def _log_stderr(message: str) -> None:
+    print(f"[lock] {message}", file=sys.stderr, flush=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
+def stale_reason(record: dict[str, Any], stale_after_s: float, now: float | None = None) -> str:
+    """Why the lock ``record`` is stale ('' while its owner looks alive)."""
+    now = time.time() if now is None else now
+    if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
+        if not _pid_alive(record["pid"]):
+            return f"its process {record['pid']} is gone"
+    try:
+        age = now - float(record.get("heartbeat_at", 0.0))
+    except (TypeError, ValueError):
+        age = float("inf")
+    if age > stale_after_s:
+        return f"its last heartbeat was {age:.0f} s ago (stale after {stale_after_s:g} s)"
+    return ""
+
+
+def describe_owner(record: dict[str, Any], now: float | None = None) -> str:
+    """``host h, pid p, started <UTC time>, last heartbeat N s ago`` (what is known of it)."""
+    now = time.time() if now is None else now
+    parts = [f"host {record.get('host', '?')}", f"pid {record.get('pid', '?')}"]
+    if isinstance(record.get("started_at"), (int, float)):
+        parts.append("started " + time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(record["started_at"])))
+    if isinstance(record.get("heartbeat_at"), (int, float)):
+        parts.append(f"last heartbeat {max(now - record['heartbeat_at'], 0):.0f} s ago")
+    return ", ".join(parts)
+
+
+class OutputLock:
+    """Exclusive ownership of an output folder for one job (a context manager).
+
+    ``acquire`` raises :class:`LockHeld` when a live job holds the folder; ``check`` raises
+    :class:`LockLost` once another job has taken the lock over; ``release`` removes the lock
+    if it is still ours. The heartbeat thread is a daemon: a killed job simply stops beating.
+    """
+
+    def __init__(self, directory: str | Path, stale_after_s: float = 120.0, heartbeat_s: float | None = None,
+                 log: Callable[[str], None] | None = None):
+        self.path = Path(directory) / LOCK_NAME
+        self.log = log or _log_stderr
+        self.stale_after_s = stale_after_s
+        self.heartbeat_s = heartbeat_s if heartbeat_s is not None else stale_after_s / 4
+        self.record: dict[str, Any] = {}
+        self.lost: dict[str, Any] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _new_record(self) -> dict[str, Any]:
+        now = time.time()
+        return {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now, "heartbeat_at": now,
+                "token": secrets.token_hex(16)}
+
+    def acquire(self) -> None:
+        """Take the lock (taking a stale one over, with a message on stderr) and start beating."""
+        record = self._new_record()
+        for _ in range(3):  # a lost race against another starting job: look again
+            if _create(self.path, record):
+                break
+            current = _read(self.path)
+            if current is None:
+                continue
+            reason = stale_reason(current, self.stale_after_s)
+            if not reason:
+                raise LockHeld(
+                    f"{self.path.parent} is in use by another job ({describe_owner(current)}); wait for it to end, "
+                    f"or stop it: its lock {self.path} counts as stale {self.stale_after_s:g} s after its last "
+                    f"heartbeat (lock_stale_s)"
+                )
+            self.log(f"taking over the stale lock {self.path} of {describe_owner(current)}: {reason}")
+            if _read(self.path) == current:  # not replaced meanwhile by a job that got there first
+                _remove(self.path)
+        else:
+            current = _read(self.path) or {}
+            raise LockHeld(f"{self.path.parent} is in use by another job ({describe_owner(current)}); try again")
+        self.record = record
+        self._thread = threading.Thread(target=self._beat, name="olrd-lock-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self.refresh()
+            except OSError as exc:  # a storage hiccup: keep beating; a long outage makes the lock stale
+                self.log(f"could not refresh the lock {self.path}: {exc}")
+
+    def refresh(self) -> None:
+        """Renew the heartbeat, unless another job owns the lock now (then remember it in ``lost``)."""
+        current = _read(self.path)
+        if current is None or current.get("token") != self.record["token"]:
+            self.lost = current or {}
+            self._stop.set()
+            return
+        self.record = {**self.record, "heartbeat_at": time.time()}
+        _replace(self.path, self.record)
+
+    def check(self) -> None:
+        """Raise :class:`LockLost` if another job has taken the lock over since we took it."""
+        if self.lost is not None:
+            raise LockLost(f"lost the lock {self.path} to another job ({describe_owner(self.lost)}); "
+                           "stopped so that the two jobs do not write the same shards")
+
+    def release(self) -> None:
+        """Stop beating and remove the lock if it is still ours."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self.record and (_read(self.path) or {}).get("token") == self.record.get("token"):
+            _remove(self.path)
+        self.record = {}
+
+    def __enter__(self) -> OutputLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
