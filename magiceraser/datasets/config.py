@@ -169,6 +169,10 @@ class OLRDConfig:
     """Times Ray retries a batch whose actor crashed."""
     progress_interval_s: float = 10.0
     """Seconds between the images/s + skip-count lines."""
+    retry_failed: bool = False
+    """Also rebuild the finished shards holding retryable skips (a model raised, a read failed: see skipped.jsonl's retryable)."""
+    lock_stale_s: float = 120.0
+    """A job's output lock (OUT/job.lock) whose heartbeat is older than this is stale and taken over; keep it well above clock skew between hosts."""
 
     def __post_init__(self) -> None:
         if self.samples_per_shard < 1:
@@ -191,3 +195,5 @@ class OLRDConfig:
             raise ValueError("max_restarts and max_task_retries must be >= 0")
         if self.progress_interval_s <= 0:
             raise ValueError(f"progress_interval_s must be > 0, got {self.progress_interval_s}")
+        if self.lock_stale_s <= 0:
+            raise ValueError(f"lock_stale_s must be > 0, got {self.lock_stale_s}")

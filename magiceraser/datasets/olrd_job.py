@@ -10,9 +10,16 @@ Data flow (every stage streams; Ray Data's bars show each operator), by ``layout
 The stage code is the same in every layout (``stages.py``), so the shards are byte-identical.
 
 Resume: the listing fixes which inputs belong to which shard (``inputs.py``); finished shards
-(sidecar present and matching its tar) are left out of the dataset, so a rerun only builds what
-is missing, and a shard that is rebuilt gets the same bytes. ``skipped.jsonl`` and ``stats.json``
-are rewritten from all sidecars at the end (``stats.json`` last: it marks a complete output).
+(sidecar present, matching its tar, and carrying this job's fingerprint) are left out of the
+dataset, so a rerun only builds what is missing, and a shard that is rebuilt gets the same bytes.
+A shard of a different job (another seed, listing, compose config, ...) is refused, naming what
+changed, exactly like a different ``job.json``. ``retry_failed=true`` also rebuilds the shards
+whose skip records are retryable (a model raised, a read failed). ``skipped.jsonl`` and
+``stats.json`` are rewritten from all sidecars at the end (``stats.json`` last: it marks a
+complete output).
+
+One job per output: ``job.lock`` (``lock.py``) is taken before anything in the folder is
+touched and released at the end or on any error; a second job refuses at once.
 """
 
 from __future__ import annotations
@@ -33,14 +40,25 @@ from magiceraser import __version__
 from magiceraser.atomic import atomic_write_json, remove_stale_temporaries
 from magiceraser.config import config_to_dict
 from magiceraser.datasets.config import OLRDConfig
-from magiceraser.datasets.inputs import InputItem, list_inputs, listing_fingerprint, num_shards
+from magiceraser.datasets.inputs import InputItem, list_inputs, listing_fingerprint, num_shards, shard_name
+from magiceraser.datasets.lock import LockHeld, LockLost, OutputLock
 from magiceraser.datasets.shards import (
     ShardResult,
     read_sidecar,
+    retryable_skips,
+    sidecar_job,
     summarize,
     write_shard,
     write_skip_log,
 )
+
+
+class JobError(Exception):
+    """A user error the job refuses to start on (wrong or foreign output, no inputs): one line, exit code 2."""
+
+
+# What ``main`` reports as one line with exit code 2 instead of a traceback.
+USER_ERRORS = (JobError, LockHeld, LockLost)
 
 
 def job_fingerprint(cfg: OLRDConfig, items: list[InputItem]) -> dict[str, Any]:
@@ -61,18 +79,83 @@ def job_fingerprint(cfg: OLRDConfig, items: list[InputItem]) -> dict[str, Any]:
     return {"fingerprint": digest, "num_inputs": len(items), **deps}
 
 
-def _check_or_write_job(out: Path, job: dict[str, Any], cfg: OLRDConfig) -> None:
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested settings as dotted keys, so a change is named down to the field (``compose.seed_x``)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+_MISSING = object()
+
+
+def _short(value: Any) -> str:
+    text = "(none)" if value is _MISSING else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """``seed: 0 -> 7, compose.max_thing_overlap: 0.1 -> 0.2`` for the settings of ``new`` that differ.
+
+    'unknown' when ``old`` holds none of them (a record that kept only the digest).
+    """
+    flat_old, flat_new = _flatten({k: v for k, v in old.items() if k != "fingerprint"}), _flatten(
+        {k: v for k, v in new.items() if k != "fingerprint"})
+    if not flat_old:
+        return "unknown"
+    changed = [f"{k}: {_short(flat_old.get(k, _MISSING))} -> {_short(v)}"
+               for k, v in sorted(flat_new.items()) if flat_old.get(k, _MISSING) != v]
+    return ", ".join(changed) or "unknown"
+
+
+def _refuse_other_job(out: Path, what: str, old: dict[str, Any], job: dict[str, Any]) -> JobError:
+    return JobError(f"{what} in {out} belongs to a different job (changed: {describe_changes(old, job)}); "
+                    "use a new output directory, or delete this one to rebuild it")
+
+
+def check_job_file(out: Path, job: dict[str, Any]) -> bool:
+    """Refuse an output whose ``job.json`` is another job's; False when there is none yet."""
     path = out / "job.json"
-    if path.exists():
+    if not path.exists():
+        return False
+    try:
         old = json.loads(path.read_text())
-        if old.get("fingerprint") != job["fingerprint"]:
-            changed = sorted(k for k in job if k != "fingerprint" and old.get(k) != job[k])
-            raise SystemExit(
-                f"magiceraser olrd: {out} holds shards of a different job (changed: {', '.join(changed) or 'unknown'}); "
-                "use a new output directory, or delete this one to rebuild it"
-            )
+        old.get("fingerprint")
+    except (ValueError, AttributeError):
+        raise JobError(f"{path} is not a job record (not a JSON object): delete it to resume, the shards' "
+                       "sidecars carry their job's fingerprint") from None
+    if old.get("fingerprint") != job["fingerprint"]:
+        raise _refuse_other_job(out, "job.json", old, job)
+    return True
+
+
+def check_sidecars(out: Path, sidecars: dict[int, dict[str, Any]], job: dict[str, Any]) -> None:
+    """Refuse if any finished shard was built under another job fingerprint.
+
+    ``job.json`` cannot vouch for the shards (it can be deleted or rewritten); each sidecar
+    carries the fingerprint of the job that built it, and only those equal to ours count as done.
+    Refusing (rather than silently rebuilding) keeps another job's shards from being overwritten.
+    """
+    foreign = {s: sc for s, sc in sorted(sidecars.items()) if sidecar_job(sc).get("fingerprint") != job["fingerprint"]}
+    if not foreign:
         return
-    atomic_write_json(path, {**job, "version": __version__, "config": config_to_dict(cfg)})
+    first, sc = next(iter(foreign.items()))
+    what = f"{shard_name(first)}.json" + (f" (and {len(foreign) - 1} more of {len(sidecars)} shards)" if len(foreign) > 1 else "")
+    raise _refuse_other_job(out, what, sidecar_job(sc), job)
+
+
+def write_job_file(out: Path, job: dict[str, Any], cfg: OLRDConfig) -> None:
+    """``job.json``: the fingerprint plus the whole config (checked on resume, like every sidecar)."""
+    atomic_write_json(out / "job.json", {**job, "version": __version__, "config": config_to_dict(cfg)})
+
+
+def shards_to_build(n_shards: int, sidecars: dict[int, dict[str, Any]], retry_failed: bool) -> list[int]:
+    """Shards without a finished sidecar, plus (``retry_failed``) those holding retryable skips."""
+    return [s for s in range(n_shards) if s not in sidecars or (retry_failed and retryable_skips(sidecars[s]))]
 
 
 def _init_ray(cfg: OLRDConfig) -> bool:
@@ -218,28 +301,46 @@ class Progress:
 
 
 def run_olrd(cfg: OLRDConfig) -> dict[str, Any]:
-    """Build (or finish) the shards of ``cfg.output``; returns the stats written to stats.json."""
+    """Build (or finish) the shards of ``cfg.output``; returns the stats written to stats.json.
+
+    Raises :data:`USER_ERRORS` (one-line messages) before any expensive work when the output is
+    locked by another job or holds another job's shards, or when there are no inputs.
+    """
     if not cfg.output:
-        raise SystemExit("magiceraser olrd: output is empty: give output=DIR")
+        raise JobError("output is empty: give output=DIR")
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
+    # The lock comes first: a second job must not even sweep the running one's temporaries.
+    lock = OutputLock(out, stale_after_s=cfg.lock_stale_s, log=lambda m: print(f"[olrd] {m}", file=sys.stderr, flush=True))
+    with lock:
+        return _run_locked(cfg, out, lock)
+
+
+def _run_locked(cfg: OLRDConfig, out: Path, lock: OutputLock) -> dict[str, Any]:
     remove_stale_temporaries(out)  # leftovers of a killed writer
     items = list_inputs(cfg.input, cfg.samples_per_shard, cfg.input_root, cfg.limit)
     if not items:
-        raise SystemExit(f"magiceraser olrd: no images found in {cfg.input!r}")
+        raise JobError(f"no images found in input={cfg.input!r}")
     job = job_fingerprint(cfg, items)
-    _check_or_write_job(out, job, cfg)
+    has_job_file = check_job_file(out, job)
     n_shards = num_shards(len(items), cfg.samples_per_shard)
     sidecars = {s: sc for s in range(n_shards) if (sc := read_sidecar(out, s)) is not None}
-    todo = [it for it in items if it.shard not in sidecars]
-    print(f"[olrd] {len(items)} inputs in {n_shards} shards; {len(sidecars)} shards already done, "
-          f"{len(todo)} inputs to process -> {out}", file=sys.stderr, flush=True)
+    check_sidecars(out, sidecars, job)
+    if not has_job_file:
+        write_job_file(out, job, cfg)
+    build = shards_to_build(n_shards, sidecars, cfg.retry_failed)
+    retried = [s for s in build if s in sidecars]
+    build_set = set(build)
+    todo = [it for it in items if it.shard in build_set]
+    print(f"[olrd] {len(items)} inputs in {n_shards} shards; {n_shards - len(build)} shards already done"
+          + (f", {len(retried)} rebuilt for their retryable skips (retry_failed=true)" if retried else "")
+          + f", {len(todo)} inputs to process -> {out}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     timeline: list[list[float]] = []
     if todo:
         started = _init_ray(cfg)
         try:
-            timeline = _process(cfg, todo, out, job, sidecars)
+            timeline = _process(cfg, todo, out, job, sidecars, lock)
         finally:
             if started:
                 import ray
@@ -258,13 +359,26 @@ def run_olrd(cfg: OLRDConfig) -> dict[str, Any]:
         "version": __version__,
         "timeline": timeline,  # [seconds since the pipeline started, inputs done] (this run)
     }
+    lock.check()
     atomic_write_json(out / "stats.json", stats)  # last: marks the output complete
     print(f"[olrd] done: {stats['samples']} samples, {stats['skipped']} skipped {stats['skip_reasons']} in "
           f"{n_shards} shards under {out}", file=sys.stderr, flush=True)
+    if stats["retryable"]:
+        print(_retry_hint(ordered), file=sys.stderr, flush=True)
     return stats
 
 
-def _process(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidecars: dict[int, dict]) -> list[list[float]]:
+def _retry_hint(sidecars: list[dict[str, Any]]) -> str:
+    """The end-of-run line about skips a rerun may turn into samples."""
+    reasons = Counter(rec["reason"] for sc in sidecars for rec in retryable_skips(sc))
+    shards = sum(1 for sc in sidecars if retryable_skips(sc))
+    listed = ", ".join(f"{k} {v}" for k, v in reasons.most_common())
+    return (f"[olrd] {sum(reasons.values())} skips in {shards} shards may succeed on a rerun ({listed}): "
+            "rerun with retry_failed=true to rebuild exactly those shards")
+
+
+def _process(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidecars: dict[int, dict],
+             lock: OutputLock | None = None) -> list[list[float]]:
     """Run the pipeline over ``todo`` and write each shard once all its inputs are back; returns the timeline."""
     from magiceraser.datasets.stages import add_row
 
@@ -286,6 +400,8 @@ def _process(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidec
             result = ShardResult(shard=shard, inputs=len(rows))
             for r in rows:
                 add_row(result, r, cfg.image_format)
+            if lock is not None:
+                lock.check()  # never write over the shards of a job that took our lock over
             sidecars[shard] = write_shard(out, result, job)
     print(progress.line(), file=sys.stderr, flush=True)
     if pending:  # cannot happen unless a stage broke the one-row-per-input rule
@@ -299,5 +415,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = config_argparser("olrd", "Build OLRD training shards (segment, shift+blend, caption) on Ray.")
     args = parser.parse_args(argv)
     cfg = load_cli_config(OLRDConfig, args)
-    run_olrd(cfg)
+    try:
+        run_olrd(cfg)
+    except USER_ERRORS as exc:
+        print(f"magiceraser olrd: {exc}", file=sys.stderr)
+        return 2
     return 0

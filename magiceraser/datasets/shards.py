@@ -2,16 +2,24 @@
 
 Layout of an output directory::
 
+    job.lock             held by the running job (owner and heartbeat, see lock.py)
     job.json             what the shards were built from (a resume must match it)
     olrd-000000.tar      samples of inputs [0, n) in listing order (WebDataset: key.original.jpg, ...)
-    olrd-000000.json     sidecar: keys, counts and skip records; written after the tar is in place
+    olrd-000000.json     sidecar: the job fingerprint, keys, counts and skip records; written after the tar
     ...
-    skipped.jsonl        {source, key, reason, stage, message} of every input not turned into a sample
+    skipped.jsonl        {source, key, reason, stage, message, retryable} of every input not turned into a sample
     stats.json           counts per stage and per skip reason, images/s; written last
 
-A shard counts as finished when its sidecar exists and names the tar's exact size. Tars and
-sidecars are written under temporary names and renamed into place, so a killed job never leaves a
-partial file under a final name; a tar without a sidecar is rebuilt.
+A shard counts as finished when its sidecar exists and names the tar's exact size, and it
+belongs to the current job when the sidecar's job fingerprint is the job's (``job.json`` alone
+does not prove it: it can be deleted or rewritten). Tars and sidecars are written under
+temporary names and renamed into place, so a killed job never leaves a partial file under a
+final name; a tar without a sidecar is rebuilt.
+
+Skip records say whether a rerun may turn them into a sample (``retryable``): reasons that are
+facts about the input (an undecodable file, no eligible object) are final; an exception in a
+model stage or a failed read may be a transient fault (a CUDA error, a storage hiccup), and
+``retry_failed=true`` rebuilds exactly the shards holding such records.
 """
 
 from __future__ import annotations
@@ -30,6 +38,10 @@ from magiceraser.datasets.inputs import shard_name
 
 # Skip reason -> the stage that produced it (for the per-stage counts in stats.json).
 STAGES = ("read", "segment", "compose", "caption")
+# Skip reasons a rerun may not repeat: the source could not be read (network, permissions being
+# fixed) or a model raised (CUDA fault, out of memory, a killed backend). Every other reason is a
+# fact about the input and stays final.
+RETRYABLE_REASONS = frozenset({"unreadable", "segment_error", "caption_error"})
 
 
 @dataclass
@@ -45,9 +57,38 @@ class Skip:
     reason: str
     stage: str
     message: str = ""
+    retryable: bool | None = None
+    """Whether a rerun may succeed; None: decided by the reason (:data:`RETRYABLE_REASONS`)."""
 
-    def to_json(self) -> dict[str, str]:
-        return {"source": self.source, "key": self.key, "reason": self.reason, "stage": self.stage, "message": self.message}
+    def __post_init__(self) -> None:
+        if self.retryable is None:
+            self.retryable = self.reason in RETRYABLE_REASONS
+
+    def to_json(self) -> dict[str, Any]:
+        return {"source": self.source, "key": self.key, "reason": self.reason, "stage": self.stage,
+                "message": self.message, "retryable": bool(self.retryable)}
+
+
+def is_retryable(record: dict[str, Any]) -> bool:
+    """Whether a sidecar's skip record may succeed on a rerun (records of older versions: by reason)."""
+    return bool(record.get("retryable", record.get("reason") in RETRYABLE_REASONS))
+
+
+def retryable_skips(sidecar: dict[str, Any]) -> list[dict[str, Any]]:
+    """The skip records of a shard that ``retry_failed=true`` would try again."""
+    return [rec for rec in sidecar.get("skips", []) if is_retryable(rec)]
+
+
+def sidecar_job(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """The job fingerprint a shard was built under (``{}`` if its sidecar has none).
+
+    Sidecars of older versions hold only the digest as a string: it still matches its job, but
+    cannot say which settings changed.
+    """
+    job = sidecar.get("job")
+    if isinstance(job, str):
+        return {"fingerprint": job}
+    return dict(job) if isinstance(job, dict) else {}
 
 
 @dataclass
@@ -91,7 +132,9 @@ def write_shard(out_dir: str | Path, result: ShardResult, job: dict[str, Any] | 
         "skips": [s.to_json() for s in result.skips],
     }
     if job:
-        sidecar["job"] = job.get("fingerprint", "")
+        # The whole fingerprint (digest and the settings behind it): a resume checks it, and a
+        # mismatch can name what changed even when job.json is gone.
+        sidecar["job"] = dict(job)
     # Written only now: a sidecar always describes a complete tar that is already in place.
     atomic_write_json(out / f"{name}.json", sidecar)
     return sidecar
@@ -138,4 +181,5 @@ def summarize(sidecars: list[dict[str, Any]]) -> dict[str, Any]:
         "shards": len(sidecars),
         "stages": stages,
         "skip_reasons": dict(sorted(by_reason.items())),
+        "retryable": sum(len(retryable_skips(sc)) for sc in sidecars),
     }

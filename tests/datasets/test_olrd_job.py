@@ -99,6 +99,8 @@ def test_job_outputs_every_input_once_with_reasons(uninterrupted):
     skips = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     assert len(sample_keys) == len(set(sample_keys)) == stats["samples"] == NUM_SCENES
     assert {Path(s["source"]).name: s["reason"] for s in skips} == EXPECTED_SKIPS
+    assert not any(s["retryable"] for s in skips) and stats["retryable"] == 0  # all facts about the inputs
+    assert not (out / "job.lock").exists()  # released at the end
     assert len(sample_keys) + len(skips) == n_inputs
     assert stats["skip_reasons"] == {r: list(EXPECTED_SKIPS.values()).count(r) for r in set(EXPECTED_SKIPS.values())}
     assert stats["stages"] == {"listed": 12, "read": 7, "segment": 6, "compose": 6, "caption": 6}
@@ -270,6 +272,7 @@ def test_killed_run_resumes_to_the_same_shards(uninterrupted, job_config, tmp_pa
         assert (out / name).read_bytes() == (full / name).read_bytes(), name
     assert (out / "skipped.jsonl").read_text() == (full / "skipped.jsonl").read_text()
     assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")]
+    assert not (out / "job.lock").exists()  # the killed job's lock was taken over, then released
 
 
 def test_preview_renders_a_grid_of_the_shard(uninterrupted, tmp_path):
