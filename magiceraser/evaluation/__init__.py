@@ -7,5 +7,6 @@
     methods.py     Telea, LaMa, SD inpainting, MagicEraser ablations as configurations of one pipeline
     report.py      the paper's table, CSV, best/worst grids
     config.py      EvalConfig and its parts
+    cache.py       cache keys: what each cached pair, image, score and FID feature set depends on
     run.py         ``magiceraser evaluate``: materialise pairs, erase, score, cache, tabulate
 """

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from magiceraser.evaluation.datasets import safe_key
 from magiceraser.evaluation.methods import MethodConfig
 
 
@@ -117,7 +118,41 @@ class EvalConfig:
         names = [m.name for m in self.methods]
         if len(set(names)) != len(names):
             raise ValueError(f"methods: names must be unique, got {names}")
+        _check_one_folder_each("datasets", [d.name for d in self.datasets])
+        _check_one_folder_each("methods", [m.name for m in self.methods])
+        _check_grid_names([d.name for d in self.datasets], [m.name for m in self.methods])
         if self.dtype and self.dtype not in ("float16", "bfloat16", "float32"):
             raise ValueError(f"dtype: {self.dtype!r} is not one of float16, bfloat16, float32")
         if self.grid_cases < 0:
             raise ValueError(f"grid_cases: must be >= 0, got {self.grid_cases}")
+
+
+def _check_one_folder_each(field_name: str, names: list[str]) -> None:
+    """Labels become folder names through ``safe_key``; two labels on one folder would share one
+    cache (each run discarding the other's) and mix their grids. Case is ignored, as it is on
+    macOS and Windows file systems."""
+    seen: dict[str, str] = {}
+    for name in names:
+        folder = safe_key(name)
+        other = seen.setdefault(folder.casefold(), name)
+        if other != name:
+            raise ValueError(f"{field_name}: names {other!r} and {name!r} both map to the output folder "
+                             f"{folder!r}; rename one of them")
+
+
+def _check_grid_names(datasets: list[str], methods: list[str]) -> None:
+    """Grid files are ``<dataset>__<method>__{best,worst}.png``; ``__`` inside a label could make
+    two (dataset, method) pairs write one file."""
+    seen: dict[str, tuple[str, str]] = {}
+    for ds in datasets:
+        for m in methods:
+            stem = grid_stem(ds, m)
+            other = seen.setdefault(stem.casefold(), (ds, m))
+            if other != (ds, m):
+                raise ValueError(f"methods: ({other[0]!r}, {other[1]!r}) and ({ds!r}, {m!r}) both write the grids "
+                                 f"{stem}__*.png; rename a dataset or method so no label holds '__'")
+
+
+def grid_stem(dataset: str, method: str) -> str:
+    """File-name stem of a (dataset, method) pair's grids."""
+    return f"{safe_key(dataset)}__{safe_key(method)}"

@@ -67,6 +67,10 @@ class MethodConfig:
     """Pixels the mask is grown by before erasing (paper: 0; the eraser's interactive default is 8)."""
     enabled: bool = True
     """Set false to keep an entry in a config without running it."""
+    optional: bool = False
+    """True: when its weights are not on this machine the method is skipped and the run still exits 0;
+    false (default): the other methods still run, but the run exits 2 naming what is missing, so a
+    scheduled job cannot publish a table that silently lacks this row."""
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "/\\"):

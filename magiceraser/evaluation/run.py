@@ -5,15 +5,20 @@ Data flow (everything under ``out_dir``, every file written atomically):
     pairs/<dataset>/<key>/{input,mask,target}.png   letterboxed pairs, built once (manifest.json last)
                                                     (folder names: labels with only [A-Za-z0-9_-])
     methods/<dataset>/<method>/images/<key>.png     erased images
-    methods/<dataset>/<method>/metrics/<key>.json   per-image metrics: the resume cache
+    methods/<dataset>/<method>/metrics/<key>.json   per-image metrics + their cache key: the resume cache
+    methods/<dataset>/<method>/method.json          method deps and metric settings of the last run (for the log)
+    methods/<dataset>/<method>/inception_*.npz      FID features, keyed on the images they came from
     per_image.jsonl                                 all per-image records
     results.md, results.csv                         the table in the paper's layout
     grids/<dataset>__<method>__{best,worst}.png     best / worst cases by PSNR
     skipped.jsonl                                   pairs and images that could not be used, with reasons
 
-A rerun skips every (dataset, method, image) whose metrics file holds all requested metrics; a
-cached image with missing metrics (e.g. LPIPS switched on later) is scored without erasing again.
-Changing a method's config under the same name discards that method's cache.
+Every cached file carries a key of what it depends on (``magiceraser.evaluation.cache``): pairs
+the dataset config, size and source files; erased images and per-image metrics the pair's bytes,
+the method's config and, per metric, the metric settings; FID features the images they came from.
+A rerun reuses what still matches and recomputes the rest, logging how many were invalidated and
+why: a cached image with missing or stale metrics (e.g. LPIPS switched on later) is scored without
+erasing again; a changed pair or method config erases again. A resume never reports a stale score.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +35,9 @@ import numpy as np
 
 from magiceraser.atomic import atomic_open, atomic_write_bytes, atomic_write_json, atomic_write_text
 from magiceraser.config import config_to_dict, save_config
+from magiceraser.evaluation import cache as C
 from magiceraser.evaluation import metrics as M
-from magiceraser.evaluation.config import DatasetConfig, EvalConfig, MetricsConfig
+from magiceraser.evaluation.config import DatasetConfig, EvalConfig, MetricsConfig, grid_stem
 from magiceraser.evaluation.datasets import EvalPair, PairSkip, safe_key
 from magiceraser.evaluation.letterbox import letterbox_image, letterbox_mask
 from magiceraser.evaluation.methods import MethodConfig, MethodUnavailable, build_method, load_segmenter
@@ -38,6 +45,7 @@ from magiceraser.evaluation.report import aggregate, best_and_worst, grid_image,
 from magiceraser.imageio import decode_image, decode_mask, encode_image
 
 MANIFEST = "manifest.json"
+STAMP = "method.json"  # per method folder: the method deps and metric settings of the last run
 
 
 def log(msg: str) -> None:
@@ -75,15 +83,19 @@ def iter_source(ds: DatasetConfig) -> Iterator[EvalPair | PairSkip]:
 def materialise_pairs(ds: DatasetConfig, root: Path, size: int) -> tuple[list[str], list[dict]]:
     """Letterbox the dataset's pairs into ``root`` once; returns (keys, skip records).
 
-    The manifest (written last) records the dataset config; a matching manifest means done.
+    The manifest (written last) records what the pairs are built from (:func:`cache.pairs_deps`); a
+    matching manifest means done. On a mismatch it is removed before rebuilding, so a rebuild killed
+    half-way leaves no manifest that would vouch for a mix of old and new pairs.
     """
     manifest = root / MANIFEST
-    wanted = {"dataset": config_to_dict(ds), "size": size}
+    wanted = C.pairs_deps(ds, size)
     if manifest.is_file():
         doc = json.loads(manifest.read_text())
         if doc.get("config") == wanted:
             return doc["keys"], doc["skipped"]
-        log(f"{ds.name}: dataset config changed since the pairs were built; rebuilding them")
+        log(f"{ds.name}: the pairs in {root} were built from something else "
+            f"({C.changed_keys(doc.get('config') or {}, wanted)}); rebuilding them")
+        manifest.unlink()
     keys: list[str] = []
     skipped: list[dict] = []
     t0 = time.time()
@@ -180,64 +192,93 @@ def pairs_dir(out: Path, ds: str) -> Path:
     return out / "pairs" / safe_key(ds)
 
 
-def _check_method_cache(mdir: Path, mcfg: MethodConfig) -> None:
-    """Drop a method's cache when its config changed under the same name."""
-    import shutil
+def _read_record(path: Path) -> dict | None:
+    """A cached per-image record, or None when absent."""
+    return json.loads(path.read_text()) if path.is_file() else None
 
-    stamp = mdir / "method.json"
-    current = config_to_dict(mcfg)
-    if stamp.is_file() and json.loads(stamp.read_text()) != current:
-        log(f"method {mcfg.name!r} changed since its cached results; discarding {mdir}")
-        shutil.rmtree(mdir)
-    if not stamp.is_file():
-        atomic_write_json(stamp, current)
+
+def _stamp_changes(mdir: Path, current: dict[str, Any]) -> str:
+    """What changed since the method folder's last run (for the invalidation log line); records the
+    current state. The per-image keys, not this stamp, decide what is reused."""
+    path = mdir / STAMP
+    old = _read_record(path)
+    if old == current:
+        return ""
+    atomic_write_json(path, current)
+    return C.changed_keys(old, current) if isinstance(old, dict) and "method" in old else ""
+
+
+def _log_invalidated(label: str, reasons: Counter, changes: str) -> None:
+    """One line: how many cached results were discarded, and why."""
+    if not reasons:
+        return
+    why = ", ".join(f"{reason}: {n}" for reason, n in reasons.most_common())
+    log(f"{label}: {sum(reasons.values())} cached results invalidated ({why}"
+        + (f"; since the last run: {changes}" if changes else "") + "); recomputing them")
 
 
 def run_method(
-    cfg: EvalConfig, ds: DatasetConfig, mcfg: MethodConfig, keys: Sequence[str], scorer: Scorer, device: str,
+    cfg: EvalConfig, ds: DatasetConfig, mcfg: MethodConfig, keys: Sequence[str], digests: Mapping[str, str],
+    scorer: Scorer, device: str,
 ) -> tuple[list[dict], str | None]:
-    """Erase and score every pair not yet cached; returns (records, reason the method was skipped)."""
+    """Erase and score every pair without a valid cached result; returns (records, reason the method was skipped).
+
+    ``digests`` are the pairs' content digests; a cached record is reused only under the same pair
+    content, method deps and metric settings (:func:`cache.check_record`).
+    """
     out = Path(cfg.out_dir)
     pairs_root = pairs_dir(out, ds.name)
     mdir = method_dir(out, ds.name, mcfg.name)
-    _check_method_cache(mdir, mcfg)
+    deps = C.method_deps(mcfg, cfg.size, cfg.dtype, device)
+    changes = _stamp_changes(mdir, {"method": deps, "metrics": C.metric_settings(cfg.metrics)})
+    method_key, metric_keys = C.digest(deps), C.metric_keys(cfg.metrics)
     required = scorer.required()
     eraser = None
     records: list[dict] = []
+    invalidated: Counter = Counter()
     done = failed = 0
     t0 = time.time()
     for index, key in enumerate(keys):
         mpath, ipath = mdir / "metrics" / f"{key}.json", mdir / "images" / f"{key}.png"
-        rec = json.loads(mpath.read_text()) if mpath.is_file() else None
-        if rec is not None and "error" not in rec and ipath.is_file() and all(k in rec for k in required):
-            records.append(rec)
+        rkey = C.RecordKey(digests[key], method_key, C.noise_index(mcfg.kind, index), metric_keys)
+        rec = _read_record(mpath)
+        reuse = C.check_record(rec, rkey)
+        if reuse.invalidated:
+            invalidated[reuse.invalidated] += 1
+        image_ok = reuse.image and ipath.is_file()
+        if image_ok and all(k in reuse.metrics for k in required):
+            records.append(C.public_record(rec, required))
             continue
         image, mask, target = load_pair(pairs_root, key)
         base = {"dataset": ds.name, "method": mcfg.name, "key": key}
         try:
-            if ipath.is_file() and rec is not None and "error" not in rec:
+            if image_ok:
                 erased, info = decode_image(ipath), {k: rec[k] for k in ("prompt", "tag", "seconds") if k in rec}
+                have = reuse.metrics
             else:
                 if eraser is None:
                     try:
                         eraser = build_method(mcfg, device=device, dtype=cfg.dtype or None, size=cfg.size)
                     except MethodUnavailable as exc:
                         return records, str(exc)
+                ipath.unlink(missing_ok=True)  # a stale image must not outlive a failed erase (FID, grids)
                 t = time.time()
                 erased, info = eraser(image, mask, index, key)
                 info = {**{k: v for k, v in info.items() if v is not None}, "seconds": round(time.time() - t, 3)}
                 if erased.shape != image.shape:
                     raise ValueError(f"method returned shape {erased.shape}, expected {image.shape}")
                 atomic_write_bytes(ipath, encode_image(erased, "png"))
-            have = {k: rec[k] for k in required if rec and k in rec} if rec and "error" not in rec else {}
-            rec = {**base, **info, **have, **scorer.score(erased, mask, target, have)}
+                have = {}
+            scores = {**have, **scorer.score(erased, mask, target, have)}
+            rec = {**base, **info, **scores, "cache": rkey.as_json(k for k in C.METRIC_DEPS if k in scores)}
             done += 1
         except Exception as exc:  # one bad image must not end a multi-hour run; the record keeps why
             rec = {**base, "error": f"{type(exc).__name__}: {exc}"}
             failed += 1
             log(f"{ds.name}/{mcfg.name}/{key}: failed ({rec['error']})")
         atomic_write_json(mpath, rec)
-        records.append(rec)
+        records.append(C.public_record(rec, required))
+    _log_invalidated(f"{ds.name}/{mcfg.name}", invalidated, changes)
     if done or failed:
         log(f"{ds.name}/{mcfg.name}: {done} images scored, {failed} failed, {len(keys) - done - failed} cached "
             f"({time.time() - t0:.1f} s)")
@@ -247,8 +288,23 @@ def run_method(
 # ---------------------------------------------------------------- FID
 
 
+def cached_features(cache: Path, paths: list[Path], weights: str, inception) -> np.ndarray:
+    """Inception features of ``paths``, reused only when the cache was made from the same bytes (in
+    order) with the same weights setting: a re-erased image or rebuilt pair recomputes them."""
+    key = C.digest({"images": C.files_digest(paths), "weights": weights})
+    if cache.is_file():
+        with np.load(cache, allow_pickle=False) as doc:
+            if "key" in doc and str(doc["key"]) == key:
+                return doc["features"]
+        log(f"{cache}: cached Inception features are of other images or weights; recomputing them")
+    feats = inception([decode_image(p) for p in paths])
+    with atomic_open(cache, "wb") as fh:
+        np.savez(fh, key=np.array(key), features=feats)
+    return feats
+
+
 def compute_fid(cfg: EvalConfig, ds: str, method: str, keys: Sequence[str], device: str, inception) -> float | None:
-    """FID of the method's erased images against the dataset's ground truths (features cached)."""
+    """FID of the method's erased images of ``keys`` (its scored pairs) against their ground truths."""
     from magiceraser.evaluation.perceptual import fid_from_features
 
     out = Path(cfg.out_dir)
@@ -256,19 +312,9 @@ def compute_fid(cfg: EvalConfig, ds: str, method: str, keys: Sequence[str], devi
     ok = [k for k in keys if (mdir / "images" / f"{k}.png").is_file()]
     if len(ok) < 2:
         return None
-
-    def features(cache: Path, paths: list[Path]) -> np.ndarray:
-        if cache.is_file():
-            doc = np.load(cache, allow_pickle=False)
-            if list(doc["keys"]) == ok:
-                return doc["features"]
-        feats = inception([decode_image(p) for p in paths])
-        with atomic_open(cache, "wb") as fh:
-            np.savez(fh, keys=np.array(ok), features=feats)
-        return feats
-
-    real = features(mdir / "inception_real.npz", [pairs_dir(out, ds) / k / "target.png" for k in ok])
-    fake = features(mdir / "inception_fake.npz", [mdir / "images" / f"{k}.png" for k in ok])
+    weights = cfg.metrics.fid_inception_weights
+    real = cached_features(mdir / "inception_real.npz", [pairs_dir(out, ds) / k / "target.png" for k in ok], weights, inception)
+    fake = cached_features(mdir / "inception_fake.npz", [mdir / "images" / f"{k}.png" for k in ok], weights, inception)
     return fid_from_features(real, fake)
 
 
@@ -291,7 +337,7 @@ def write_grids(cfg: EvalConfig, records: Sequence[dict]) -> list[Path]:
                 image, mask, target = load_pair(pairs_dir(out, ds), r["key"])
                 erased = decode_image(method_dir(out, ds, method) / "images" / f"{r['key']}.png")
                 rows.append((image, mask, erased, target, f"{r['key']} {r['psnr']:.2f} dB"))
-            path = out / "grids" / f"{safe_key(ds)}__{safe_key(method)}__{name}.png"
+            path = out / "grids" / f"{grid_stem(ds, method)}__{name}.png"
             atomic_write_bytes(path, encode_image(grid_image(rows), "png"))
             written.append(path)
     return written
@@ -341,26 +387,32 @@ def evaluate(cfg: EvalConfig) -> int:
     fid: dict[tuple[str, str], float] = {}
     order: list[tuple[str, str]] = []
     unavailable: list[str] = []
+    missing: dict[str, str] = {}  # required (non-optional) method -> why it could not run
     for ds in cfg.datasets:
-        keys, ds_skipped = materialise_pairs(ds, pairs_dir(out, ds.name), cfg.size)
+        root = pairs_dir(out, ds.name)
+        keys, ds_skipped = materialise_pairs(ds, root, cfg.size)
         skipped += ds_skipped
         if not keys:
             log(f"{ds.name}: no usable pairs; see skipped.jsonl")
             continue
+        digests = {k: C.pair_digest(root, k) for k in keys}
         for mcfg in cfg.methods:
             if not mcfg.enabled:
                 continue
-            recs, reason = run_method(cfg, ds, mcfg, keys, scorer, device)
+            recs, reason = run_method(cfg, ds, mcfg, keys, digests, scorer, device)
             if reason is not None:
-                log(f"skipping method {mcfg.name!r} on {ds.name}: {reason}")
+                log(f"skipping {'optional ' if mcfg.optional else ''}method {mcfg.name!r} on {ds.name}: {reason}")
                 unavailable.append(f"{ds.name}/{mcfg.name}: {reason}")
+                if not mcfg.optional:
+                    missing.setdefault(mcfg.name, reason)
                 continue
             order.append((ds.name, mcfg.name))
             records += recs
             skipped += [{"dataset": ds.name, "method": mcfg.name, "key": r["key"], "reason": "method_failed",
                          "detail": r["error"]} for r in recs if "error" in r]
             if inception is not None:
-                value = compute_fid(cfg, ds.name, mcfg.name, keys, device, inception)
+                scored = [r["key"] for r in recs if "error" not in r]
+                value = compute_fid(cfg, ds.name, mcfg.name, scored, device, inception)
                 if value is not None:
                     fid[(ds.name, mcfg.name)] = value
     rows = aggregate(records, fid, order)
@@ -377,7 +429,17 @@ def evaluate(cfg: EvalConfig) -> int:
     for line in unavailable:
         log(f"not evaluated: {line}")
     log(f"results in {out}/results.md, results.csv, per_image.jsonl, grids/")
+    if missing:
+        report_missing_methods(missing)
+        return 2
     return 0 if rows else 1
+
+
+def report_missing_methods(missing: Mapping[str, str]) -> None:
+    """One line per required method that could not run: the table lacks its row, so the run fails."""
+    for name, reason in missing.items():
+        print(f"magiceraser evaluate: method {name!r} was not evaluated: {reason}; provide it, "
+              f"or set optional: true on that method to allow a table without it", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,6 @@
-"""``magiceraser evaluate`` end to end: outputs, numbers checked against scikit-image, resume from cache.
+"""``magiceraser evaluate`` end to end: outputs, numbers checked against scikit-image, resume from cache,
+cache keys (a changed size, source, metric or method recomputes instead of reporting stale scores),
+config-time refusal of labels sharing a folder, and required vs optional methods.
 
 The methods here are simple array functions standing in for erasers (the real methods are exercised
 in test_methods.py); what is under test is the run: letterbox, caching, tables, grids.
@@ -15,6 +17,9 @@ import yaml
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from magiceraser.cli import main as cli_main
+from magiceraser.evaluation import cache as C
+from magiceraser.evaluation import perceptual
 from magiceraser.evaluation import run as R
 
 from .test_datasets import write_shard
@@ -27,16 +32,20 @@ def _scene(rng, h, w):
     return img, mask
 
 
-@pytest.fixture()
-def shards(tmp_path):
-    rng = np.random.default_rng(0)
+def _write_shards(folder, seed=0, reverse=False):
+    rng = np.random.default_rng(seed)
     samples = []
     for i, (h, w) in enumerate([(45, 67), (70, 51), (64, 64)]):
         target, mask = _scene(rng, h, w)
         inp = target.copy()
         inp[mask] = (250, 10, 10)
         samples.append((f"s{i}", inp, mask, target, {"object_class": "cat"}))
-    write_shard(tmp_path / "olrd-000000.tar", samples)
+    write_shard(folder / "olrd-000000.tar", samples[::-1] if reverse else samples)
+
+
+@pytest.fixture()
+def shards(tmp_path):
+    _write_shards(tmp_path)
     return tmp_path
 
 
@@ -146,7 +155,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path, shards, monkeypatch
 
 def test_unavailable_method_is_skipped_with_its_reason(tmp_path, shards, capsys):
     cfg_path = _config(tmp_path, shards, methods=[
-        {"name": "lama", "kind": "lama", "lama_path": str(tmp_path / "missing-big-lama.pt")},
+        {"name": "lama", "kind": "lama", "lama_path": str(tmp_path / "missing-big-lama.pt"), "optional": True},
     ])
     assert R.main(["--config", str(cfg_path)]) == 1  # nothing could be evaluated
     assert "missing-big-lama.pt" in capsys.readouterr().out
@@ -190,3 +199,200 @@ def test_wandb_tables(tmp_path, shards, monkeypatch):
     assert results["data"][0][2] == pytest.approx(float(rows[0]["psnr"]))
     per_image = _wandb_table(out, "per_image")
     assert len(per_image["data"]) == 6 and "psnr" in per_image["columns"]
+
+
+# ---------------------------------------------------------------- cache keys
+
+
+def _records(out):
+    return [json.loads(line) for line in (out / "per_image.jsonl").read_text().splitlines()]
+
+
+def _assert_scores_match_stored_images(out, size):
+    """Every reported PSNR is that of the erased image and target now on disk, at ``size``."""
+    for r in _records(out):
+        target = np.asarray(Image.open(out / "pairs" / "shards" / r["key"] / "target.png"))
+        erased = np.asarray(Image.open(out / "methods" / "shards" / r["method"] / "images" / f"{r['key']}.png"))
+        assert target.shape == erased.shape == (size, size, 3)
+        assert r["psnr"] == pytest.approx(peak_signal_noise_ratio(target, erased, data_range=255), abs=1e-9)
+
+
+class SideRecordingInception:
+    """Stand-in Inception: features are the mean colour and the side of each image it is given."""
+
+    sides: list[int] = []
+
+    def __init__(self, weights=None, device="cpu"):
+        pass
+
+    def __call__(self, images):
+        SideRecordingInception.sides += [im.shape[0] for im in images]
+        return np.array([[*im.reshape(-1, 3).mean(0), im.shape[0]] for im in images], np.float64)
+
+
+def test_changed_size_recomputes_cached_scores_and_features(tmp_path, shards, monkeypatch, capsys):
+    """Issue 9: ``size=64`` on a 128-px out_dir rebuilt the pairs and reported the 128-px scores."""
+    fake = CountingErasers()
+    monkeypatch.setattr(R, "build_method", fake)
+    monkeypatch.setattr(perceptual, "InceptionFeatures", SideRecordingInception)
+    monkeypatch.setattr(SideRecordingInception, "sides", [])
+    cfg_path = _config(tmp_path, shards, metrics={"fid": True}, grid_cases=0)
+    out = tmp_path / "eval"
+    assert R.main(["--config", str(cfg_path), "size=128"]) == 0
+    assert fake.calls == {"meanfill": 3, "identity": 3} and set(SideRecordingInception.sides) == {128}
+    _assert_scores_match_stored_images(out, 128)
+    SideRecordingInception.sides.clear()
+    capsys.readouterr()
+
+    assert R.main(["--config", str(cfg_path), "size=64"]) == 0
+    log = capsys.readouterr().out
+    assert fake.calls == {"meanfill": 6, "identity": 6}  # every image erased again at 64 px
+    _assert_scores_match_stored_images(out, 64)
+    assert set(SideRecordingInception.sides) == {64}  # FID features of the new images, not the cached ones
+    assert "size: 128 -> 64" in log
+    assert "shards/identity: 3 cached results invalidated (pair content changed: 3" in log
+
+    SideRecordingInception.sides.clear()
+    assert R.main(["--config", str(cfg_path), "size=64"]) == 0  # and the new results are a valid cache
+    assert fake.calls == {"meanfill": 6, "identity": 6} and SideRecordingInception.sides == []
+    assert "invalidated" not in capsys.readouterr().out
+
+
+def test_replaced_source_files_rebuild_the_pairs(tmp_path, shards, monkeypatch):
+    """The pairs are keyed on their source files, not only on the dataset config (same path, new shards)."""
+    fake = CountingErasers()
+    monkeypatch.setattr(R, "build_method", fake)
+    cfg_path = _config(tmp_path, shards, grid_cases=0)
+    out = tmp_path / "eval"
+    assert R.main(["--config", str(cfg_path)]) == 0
+    before = (out / "pairs" / "shards" / "s0" / "target.png").read_bytes()
+    _write_shards(shards, seed=1)  # regenerated into the same folder
+    assert R.main(["--config", str(cfg_path)]) == 0
+    assert (out / "pairs" / "shards" / "s0" / "target.png").read_bytes() != before
+    assert fake.calls == {"meanfill": 6, "identity": 6}
+    _assert_scores_match_stored_images(out, 64)
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL: nothing after it runs (not an Exception, so no handler catches it)."""
+
+
+def test_rebuild_killed_half_way_does_not_vouch_for_mixed_pairs(tmp_path, shards, monkeypatch):
+    fake = CountingErasers()
+    monkeypatch.setattr(R, "build_method", fake)
+    cfg_path = _config(tmp_path, shards, grid_cases=0)
+    out = tmp_path / "eval"
+    assert R.main(["--config", str(cfg_path), "size=128"]) == 0
+    real_letterbox = R.letterbox_mask
+    built = []
+
+    def dies_on_the_second_pair(mask, size):
+        if built:
+            raise Killed
+        built.append(size)
+        return real_letterbox(mask, size)
+
+    monkeypatch.setattr(R, "letterbox_mask", dies_on_the_second_pair)
+    with pytest.raises(Killed):  # the 64-px rebuild dies after rewriting s0
+        R.main(["--config", str(cfg_path), "size=64"])
+    monkeypatch.setattr(R, "letterbox_mask", real_letterbox)
+    assert R.main(["--config", str(cfg_path), "size=128"]) == 0  # back to the first config
+    sides = {np.asarray(Image.open(p)).shape[0] for p in (out / "pairs" / "shards").glob("*/target.png")}
+    assert sides == {128}
+    _assert_scores_match_stored_images(out, 128)
+    assert fake.calls == {"meanfill": 3, "identity": 3}  # same pixels again: the cached scores stand
+
+
+def test_changed_metric_settings_rescore_without_erasing(tmp_path, shards, monkeypatch, capsys):
+    fake = CountingErasers()
+    monkeypatch.setattr(R, "build_method", fake)
+    cfg_path = _config(tmp_path, shards, grid_cases=0)
+    out = tmp_path / "eval"
+    assert R.main(["--config", str(cfg_path)]) == 0
+    path = out / "methods" / "shards" / "identity" / "metrics" / "s1.json"
+    rec = json.loads(path.read_text())
+    path.write_text(json.dumps({**rec, "psnr": 999.0}))  # what an older metric implementation might have said
+    monkeypatch.setattr(C, "SCORE_VERSION", C.SCORE_VERSION + 1)
+    capsys.readouterr()
+    assert R.main(["--config", str(cfg_path)]) == 0
+    assert fake.calls == {"meanfill": 3, "identity": 3}  # scored again from the cached images
+    assert "metric settings changed: 3" in capsys.readouterr().out
+    assert all(r["psnr"] < 200 for r in _records(out))
+    _assert_scores_match_stored_images(out, 64)
+
+
+def test_reordered_pairs_erase_again_only_where_the_noise_seed_moved(tmp_path, shards, monkeypatch):
+    """Diffusion methods draw their noise from seed + the pair's position; classical ones do not."""
+    fake = CountingErasers()
+    monkeypatch.setattr(R, "build_method", fake)
+    methods = [{"name": "meanfill", "kind": "telea"}, {"name": "identity", "kind": "sd"}]
+    cfg_path = _config(tmp_path, shards, methods=methods, grid_cases=0)
+    assert R.main(["--config", str(cfg_path)]) == 0
+    _write_shards(shards, reverse=True)  # same pairs, s0 and s2 swap places
+    assert R.main(["--config", str(cfg_path)]) == 0
+    assert fake.calls == {"meanfill": 3, "identity": 3 + 2}
+
+
+def test_edited_prompts_file_erases_again(tmp_path, shards, monkeypatch):
+    """The per-image prompts are part of the method: editing the file must not keep the old images."""
+    fake = CountingErasers()
+    monkeypatch.setattr(R, "build_method", fake)
+    prompts = tmp_path / "captions.json"
+    prompts.write_text(json.dumps({"s0": "a lawn"}))
+    methods = [{"name": "identity", "kind": "sd", "prompts": str(prompts)}]
+    cfg_path = _config(tmp_path, shards, methods=methods, grid_cases=0)
+    assert R.main(["--config", str(cfg_path)]) == 0
+    assert R.main(["--config", str(cfg_path)]) == 0
+    assert fake.calls == {"identity": 3}
+    prompts.write_text(json.dumps({"s0": "a lawn at dusk"}))
+    assert R.main(["--config", str(cfg_path)]) == 0
+    assert fake.calls == {"identity": 6}
+
+
+# ---------------------------------------------------------------- labels sharing a folder
+
+
+@pytest.mark.parametrize("field,names", [
+    ("methods", ["T.1", "T_1"]),
+    ("methods", ["SD 1.5", "SD_1.5"]),
+    ("methods", ["Telea", "telea"]),  # one folder on case-insensitive file systems
+    ("datasets", ["Open Images", "Open_Images"]),
+])
+def test_labels_sharing_a_folder_are_refused_at_load(tmp_path, shards, capsys, field, names):
+    """Issue 9: two labels on one folder each discarded the other's cache and mixed the grids."""
+    if field == "methods":
+        extra = {"methods": [{"name": n, "kind": "telea"} for n in names]}
+    else:
+        extra = {"datasets": [{"name": n, "kind": "olrd_shards", "path": str(shards)} for n in names]}
+    cfg_path = _config(tmp_path, shards, **extra)
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["evaluate", "--config", str(cfg_path)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert f"{field}:" in err and all(repr(n) in err for n in names) and "rename" in err
+    assert not (tmp_path / "eval").exists()  # refused before any work
+
+
+# ---------------------------------------------------------------- required vs optional methods
+
+
+@pytest.mark.parametrize("optional,code", [(False, 2), (True, 0)])
+def test_a_missing_method_fails_the_run_unless_optional(tmp_path, shards, monkeypatch, capsys, optional, code):
+    """Issue 9: a method skipped for missing weights left a table without its row and exit 0."""
+    real_build, fake = R.build_method, CountingErasers()
+    monkeypatch.setattr(R, "build_method", lambda cfg, **kw: real_build(cfg, **kw) if cfg.kind == "lama" else fake(cfg, **kw))
+    cfg_path = _config(tmp_path, shards, grid_cases=0, methods=[
+        {"name": "meanfill", "kind": "telea"},
+        {"name": "LaMa", "kind": "lama", "lama_path": str(tmp_path / "missing-big-lama.pt"),
+         **({"optional": True} if optional else {})},  # required is the default
+    ])
+    assert cli_main(["evaluate", "--config", str(cfg_path)]) == code
+    rows = list(csv.DictReader((tmp_path / "eval" / "results.csv").open()))
+    assert [r["method"] for r in rows] == ["meanfill"]  # the other methods still ran
+    err = capsys.readouterr().err.strip()
+    if optional:
+        assert err == ""
+    else:
+        assert "\n" not in err and "'LaMa'" in err and "missing-big-lama.pt" in err and "optional: true" in err
+
