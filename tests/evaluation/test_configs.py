@@ -42,3 +42,14 @@ def test_demo_is_tiny_and_offline():
     assert not cfg.metrics.lpips and not cfg.metrics.fid
     assert {m.kind for m in cfg.methods} >= {"telea", "magiceraser"}
     assert next(m for m in cfg.methods if m.kind == "magiceraser").trained_dir == "demo/train"
+
+
+def test_labels_writing_one_grid_file_are_refused():
+    """``<dataset>__<method>`` must name one (dataset, method) pair: 'a' x 'b__c' and 'a__b' x 'c' would not."""
+    from magiceraser.config import ConfigError
+
+    datasets = [f"{{name: {n}, kind: olrd_shards, path: x}}" for n in ("a", "a__b")]
+    methods = [f"{{name: {n}, kind: telea}}" for n in ("b__c", "c")]
+    with pytest.raises(ConfigError, match="both write the grids a__b__c"):
+        load_config(EvalConfig, None, [f"datasets=[{', '.join(datasets)}]", f"methods=[{', '.join(methods)}]"])
+    load_config(EvalConfig, None, [f"datasets=[{datasets[0]}]", f"methods=[{', '.join(methods)}]"])  # no clash: fine
