@@ -1,0 +1,22 @@
+"""Exceptions that mean "the user made a mistake", as opposed to a bug in magiceraser.
+
+This is a leaf module (it imports nothing from the project) so that every subcommand can raise
+:class:`UserError` without import cycles. ``magiceraser.cli.main`` catches it and prints one line,
+``magiceraser <command>: <message>``, with exit code 2; anything else keeps its traceback because
+it is a bug. ``--debug`` or ``MAGICERASER_DEBUG=1`` re-raise user errors too, with the traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["UserError", "USER_ERROR_EXIT_CODE"]
+
+#: Exit status for a user mistake (the same code argparse uses for bad arguments).
+USER_ERROR_EXIT_CODE = 2
+
+
+class UserError(Exception):
+    """A mistake the user can fix (bad value, missing input file, ...).
+
+    The message must stand on its own as one line: say what is wrong, name the key, file or
+    option involved, and, where it is not obvious, what to do instead.
+    """
