@@ -10,6 +10,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from magiceraser.evaluation import metrics as M
 
+pytestmark = pytest.mark.numeric
+
 
 def _pair(rng, h, w, noise):
     a = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)

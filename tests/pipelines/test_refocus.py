@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from magiceraser.pipelines.erase import refocus
 from magiceraser.pipelines.erase.refocus import refocused_attention
 
+pytestmark = pytest.mark.numeric
+
 
 def direct_eq5_9(q, k, v, labels, lambda_pos=0.8, lambda_neg=1.0):
     """Eq. 5-9 written out with full N×N matrices in float64, label tests spelled out."""

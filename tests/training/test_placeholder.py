@@ -9,6 +9,8 @@ from magiceraser.prompts import DEFAULT_TOKEN, learned_prompt
 from magiceraser.tiny_models.sd_inpaint import build_sd_inpaint
 from magiceraser.training.placeholder import PlaceholderEmbedding, add_placeholder
 
+pytestmark = pytest.mark.numeric
+
 
 @pytest.fixture()
 def parts():

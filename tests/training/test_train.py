@@ -26,8 +26,11 @@ from magiceraser.training.model import diffusion_loss, draw_step_noise, load_bas
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _fixed_loss(model, batch, seed=123, draws=8):
-    """Loss of ``batch`` averaged over fixed noise/timestep draws (independent of training randomness)."""
+def _fixed_loss(model, batch, seed=123, draws=32):
+    """Loss of ``batch`` averaged over fixed noise/timestep draws (independent of training randomness).
+
+    32 draws: the diffusion loss varies several-fold across timesteps, and 8 draws left the
+    before/after comparison at the mercy of which timesteps came up."""
     g = torch.Generator().manual_seed(seed)
     b = batch["pixel_values"].shape[0]
     with torch.no_grad():
@@ -39,14 +42,19 @@ def _fixed_loss(model, batch, seed=123, draws=8):
 
 @pytest.fixture(scope="module")
 def overfit_run(tiny_sd, tmp_path_factory):
-    """40 steps on 4 samples (5 textual-inversion steps, then v* + LoRA), with a held-out batch evaluated before/after."""
+    """80 steps on 4 samples (5 textual-inversion steps, then v* + LoRA), the same batch evaluated before/after.
+
+    The learning rates are the largest that train smoothly: at 2e-2 the run was chaotic enough
+    that the float rounding of one CPU kernel set against another (AVX-512 vs AVX2 vs default)
+    decided whether the loss fell by 11% or 15%. Here it falls by ~25% under every kernel set.
+    """
     data = tmp_path_factory.mktemp("few")
     write_olrd_shards(data, num_shards=1, per_shard=4, seed=3)
     out = tmp_path_factory.mktemp("overfit")
     cfg = tiny_train_config(
         tiny_sd, [data / "olrd-000000.tar"], out,
-        **{"phases.total_steps": 40, "phases.textual_inversion_steps": 5, "optim.lr": 2e-2, "optim.embedding_lr": 2e-2,
-           "data.batch_size": 4, "data.prompt_learned_prob": 1.0, "model.lora.alpha": 8.0, "log_every": 40},
+        **{"phases.total_steps": 80, "phases.textual_inversion_steps": 5, "optim.lr": 3e-3, "optim.embedding_lr": 5e-3,
+           "data.batch_size": 4, "data.prompt_learned_prob": 1.0, "model.lora.alpha": 8.0, "log_every": 80},
     )
     trainer = Trainer(cfg)
     trainer.model.set_phase(2)
@@ -58,10 +66,14 @@ def overfit_run(tiny_sd, tmp_path_factory):
     return dict(result=result, before=before, after=_fixed_loss(result.model, batch), initial=initial, out=out, cfg=cfg)
 
 
+@pytest.mark.numeric
 def test_overfitting_a_handful_of_samples_lowers_the_loss_clearly(overfit_run):
-    assert overfit_run["after"] < 0.85 * overfit_run["before"], (overfit_run["before"], overfit_run["after"])
+    # Measured: after/before = 0.75 under ATEN_CPU_CAPABILITY=default and avx2; 0.9 leaves a wide margin
+    # for kernel rounding while a trainer that does not learn (or learns a wrong target) stays near 1.
+    assert overfit_run["after"] < 0.9 * overfit_run["before"], (overfit_run["before"], overfit_run["after"])
 
 
+@pytest.mark.numeric
 def test_only_v_star_and_lora_changed_base_weights_bit_identical(overfit_run, tiny_sd):
     model = overfit_run["result"].model
     fresh = load_base_components(str(tiny_sd))
@@ -81,6 +93,7 @@ def test_only_v_star_and_lora_changed_base_weights_bit_identical(overfit_run, ti
     assert sum("lora_B" in k for k in changed) == sum("lora_B" in k for k in after)  # every LoRA B left zero-init
 
 
+@pytest.mark.numeric
 def test_export_loads_in_stock_diffusers_and_changes_the_output(overfit_run, tiny_sd):
     from diffusers import StableDiffusionInpaintPipeline
     from PIL import Image
@@ -88,7 +101,7 @@ def test_export_loads_in_stock_diffusers_and_changes_the_output(overfit_run, tin
     out = overfit_run["out"]
     trained = read_trained_output(out)
     assert trained.token == DEFAULT_TOKEN and trained.base_model == str(tiny_sd)
-    assert trained.meta["lora"] == {"rank": 4, "alpha": 8.0} and trained.meta["training_config"]["phases"]["total_steps"] == 40
+    assert trained.meta["lora"] == {"rank": 4, "alpha": 8.0} and trained.meta["training_config"]["phases"]["total_steps"] == 80
 
     def erase(pipe):
         rng = np.random.default_rng(0)
@@ -115,6 +128,7 @@ def test_export_loads_in_stock_diffusers_and_changes_the_output(overfit_run, tin
         torch.testing.assert_close(pipe.unet(x, 500, h).sample, model.unet(x, 500, h).sample, atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.numeric
 def test_resume_from_mid_run_checkpoint_gives_the_same_final_weights(tiny_sd, olrd_shards, tmp_path):
     over = {"phases.total_steps": 5, "phases.textual_inversion_steps": 2, "checkpoint.every": 2, "checkpoint.keep_last": 2,
             "optim.grad_accumulation": 2, "data.num_workers": 2, "optim.warmup_steps": 2, "optim.scheduler": "cosine"}
@@ -160,6 +174,7 @@ def test_checkpoint_save_interrupted_leaves_previous_loadable(tiny_sd, olrd_shar
     assert ckpt.sweep_temporaries(root) and not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
 
 
+@pytest.mark.numeric
 def test_two_process_data_parallel_matches_one_process_with_doubled_batch(tiny_sd, tmp_path):
     data = tmp_path / "data"
     write_olrd_shards(data, num_shards=2, per_shard=3, size=(72, 72), repeat_one=True)
@@ -203,6 +218,7 @@ def test_latent_cache_skips_and_records_corrupt_samples(tiny_sd, olrd_shards, tm
                                          base_model=str(tiny_sd), resolution=64, device="cpu"))["encoded_shards"] == 0
 
 
+@pytest.mark.numeric
 def test_training_on_cached_latents_equals_on_the_fly_encoding(tiny_sd, tmp_path):
     from magiceraser.training.latent_cache import LatentCacheConfig, build_cache
 
