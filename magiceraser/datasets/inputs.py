@@ -1,9 +1,18 @@
 """Input listing, sample keys and shard assignment: pure, deterministic functions of the input list.
 
 Inputs are a directory tree of images (Places365-Standard's ``places365_standard/{train,val}/<category>/*.jpg``
-included) or a list file with one path per line (Places365's ``places365_train_standard.txt``:
-``/a/airfield/00000001.jpg 0``; anything after the first whitespace is ignored), on a local disk or
-any fsspec filesystem (``s3://``, ``gs://``, ...).
+included) or a list file (:func:`parse_list_line`), on a local disk or any fsspec filesystem
+(``s3://``, ``gs://``, ...).
+
+List files: one image per line, ``path`` or ``path label`` where ``label`` is an integer after
+whitespace (Places365's ``places365_train_standard.txt``: ``/a/airfield/00000001.jpg 0``). The
+path is the rest of the line, spaces included; a path that itself ends in a blank and digits must
+therefore be given with a label. Blank lines and lines starting with ``#`` are ignored. Paths are
+relative to ``input_root`` (default: the list file's folder), a leading ``/`` included (Places365
+lists are relative to their data folder), and are normalised (``./x.png``, ``d/../x.png`` and
+``x.png`` are one image). A list naming one image twice is refused (:class:`InputError`, naming
+the lines), since the second line can only be a mistake and silently dropping or keeping it would
+change the counts the user expects.
 
 Shard ``i`` holds the inputs at positions ``[i*n, (i+1)*n)`` of the listing (``n`` =
 ``samples_per_shard``), so any shard can be rebuilt on its own and rebuilding it gives the same
@@ -13,11 +22,16 @@ bytes: that is what makes resume idempotent.
 from __future__ import annotations
 
 import hashlib
+import posixpath
 import re
 from dataclasses import dataclass
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 LIST_EXTENSIONS = (".txt", ".lst", ".list", ".csv")
+
+
+class InputError(ValueError):
+    """The ``input`` setting names nothing usable (missing, not a list file, repeated lines): one line."""
 
 
 @dataclass(frozen=True)
@@ -60,15 +74,15 @@ def shard_name(shard: int) -> str:
 def make_items(sources: list[tuple[str, str]], samples_per_shard: int) -> list[InputItem]:
     """``(source, rel)`` pairs in listing order -> items with keys and shard indices.
 
-    A path listed twice keeps its first position (the duplicate is dropped: it would be the same
-    sample under the same key).
+    A path given twice is an error: it would be the same sample under the same key, and listings
+    (:func:`list_sources`) never hold one.
     """
     items: list[InputItem] = []
     seen: set[str] = set()
     for source, rel in sources:
         key = sample_key(rel)
         if key in seen:
-            continue
+            raise ValueError(f"{rel!r} is listed twice (key {key})")
         seen.add(key)
         i = len(items)
         items.append(InputItem(source, rel, key, i, shard_of(i, samples_per_shard)))
@@ -79,39 +93,98 @@ def _is_image(path: str) -> bool:
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
 
+def _protocol_prefix(fs) -> str:
+    """``''`` for the local filesystem, else ``'<protocol>://'`` (what makes a path a URL again)."""
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
+    return "" if protocol in ("file", "local") else f"{protocol}://"
+
+
+_LABELLED = re.compile(r"(?P<path>.*?\S)\s+[-+]?\d+")
+
+
+def parse_list_line(line: str) -> str | None:
+    """The path a list-file line names (None for a blank or ``#`` line); see the module docstring.
+
+    Only a trailing integer after whitespace is a label, so ``my photo 2.jpg`` is one path and
+    ``a b/c.jpg 17`` is the path ``a b/c.jpg``: cutting at the first blank (the old rule) turned
+    such paths into unreadable ones without a word.
+    """
+    line = line.strip()
+    if not line or line.startswith("#"):
+        return None
+    labelled = _LABELLED.fullmatch(line)
+    return labelled.group("path") if labelled else line
+
+
+def normalise_entry(base: str, entry: str) -> tuple[str, str]:
+    """``(path, rel)`` of a list entry under ``base``: ``.``/``..`` resolved, so one image has one key.
+
+    ``rel`` is relative to ``base`` (``../other/x.png`` for a path outside it, still one per image).
+    """
+    path = posixpath.normpath(f"{base}/{entry.lstrip('/')}")
+    return path, posixpath.relpath(path, base)
+
+
 def list_sources(input_path: str, input_root: str = "") -> list[tuple[str, str]]:
-    """``(source, rel)`` for every image of a directory tree (sorted) or a list file (file order)."""
+    """``(source, rel)`` for every image of a directory tree (sorted) or a list file (file order).
+
+    Raises :class:`InputError` (one line naming ``input=``) when the input is empty, missing, a
+    file that is not a list file, unreadable, or a list naming one image twice.
+    """
     import fsspec
 
     if not input_path:
-        raise ValueError("input is empty: give a directory of images or a list file (input=...)")
+        raise InputError("input is empty: give a directory of images or a list file (input=...)")
     fs, root = fsspec.core.url_to_fs(input_path)
-    protocol = fs.protocol[0] if isinstance(fs.protocol, (tuple, list)) else fs.protocol
-    prefix = "" if protocol in ("file", "local") else f"{protocol}://"
+    prefix = _protocol_prefix(fs)
     if fs.isdir(root):
         root = root.rstrip("/")
         files = sorted(p for p in fs.find(root) if _is_image(p))
         return [(prefix + p, p[len(root) + 1 :]) for p in files]
     if not fs.exists(root):
-        raise FileNotFoundError(f"input {input_path!r} does not exist: give a directory of images or a list file")
+        raise InputError(f"input={input_path!r} does not exist: give a directory of images or a list file")
     if not root.lower().endswith(LIST_EXTENSIONS):
-        raise ValueError(f"input {input_path!r} is a file but not a list file ({', '.join(LIST_EXTENSIONS)})")
+        raise InputError(f"input={input_path!r} is a file but not a list file ({', '.join(LIST_EXTENSIONS)}): "
+                         "give a directory of images or a list with one image path per line")
     base = root.rsplit("/", 1)[0] if "/" in root else "."
     if input_root:
         base_fs, base = fsspec.core.url_to_fs(input_root)
-        bp = base_fs.protocol[0] if isinstance(base_fs.protocol, (tuple, list)) else base_fs.protocol
-        prefix = "" if bp in ("file", "local") else f"{bp}://"
+        prefix = _protocol_prefix(base_fs)
         base = base.rstrip("/")
-    out = []
-    with fs.open(root, "rt") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            entry = line.split()[0]
-            # Places365 lists paths like "/a/airfield/00000001.jpg" relative to the data folder.
-            rel = entry.lstrip("/")
-            out.append((f"{prefix}{base}/{rel}", rel))
+    lines = _read_list(fs, root, input_path)
+    return _list_entries(lines, base, prefix, input_path)
+
+
+def _read_list(fs, root: str, input_path: str) -> list[str]:
+    """The list file's lines; unreadable or binary files are an :class:`InputError`, not a traceback."""
+    try:
+        with fs.open(root, "rt", encoding="utf-8") as fh:
+            return list(fh)  # universal newlines: \n and \r\n lists read the same
+    except OSError as exc:
+        raise InputError(f"input={input_path!r}: cannot read the list file ({exc.strerror or exc})") from None
+    except UnicodeDecodeError:
+        raise InputError(f"input={input_path!r} is not a UTF-8 text list file (one image path per line)") from None
+
+
+def _list_entries(lines: list[str], base: str, prefix: str, input_path: str) -> list[tuple[str, str]]:
+    """``(source, rel)`` per path line, in file order; repeated images are refused with their line numbers."""
+    out: list[tuple[str, str]] = []
+    first_line: dict[str, int] = {}
+    repeats: list[str] = []
+    for number, line in enumerate(lines, start=1):
+        entry = parse_list_line(line)
+        if entry is None:
+            continue
+        path, rel = normalise_entry(base, entry)
+        if path in first_line:
+            repeats.append(f"line {number} repeats line {first_line[path]} ({rel})")
+            continue
+        first_line[path] = number
+        out.append((prefix + path, rel))
+    if repeats:
+        shown = "; ".join(repeats[:3]) + (f"; and {len(repeats) - 3} more" if len(repeats) > 3 else "")
+        raise InputError(f"input={input_path!r} names {len(repeats)} image(s) more than once after normalising "
+                         f"the paths: {shown}; remove the repeated lines")
     return out
 
 

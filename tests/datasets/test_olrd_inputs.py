@@ -64,10 +64,39 @@ def test_places365_list_file_with_input_root(tmp_path):
     _img(data / "a" / "airfield" / "00000001.jpg")
     _img(data / "b" / "beach" / "00000002.jpg")
     lst = tmp_path / "places365_train_standard.txt"
-    lst.write_text("/a/airfield/00000001.jpg 0\n/b/beach/00000002.jpg 48\n/a/airfield/00000001.jpg 0\n\n")
+    lst.write_text("/a/airfield/00000001.jpg 0\n/b/beach/00000002.jpg 48\n\n# a comment\n")
     items = list_inputs(str(lst), samples_per_shard=10, input_root=str(data))
     assert [it.source for it in items] == [str(data / "a/airfield/00000001.jpg"), str(data / "b/beach/00000002.jpg")]
-    assert all(__import__("os").path.exists(it.source) for it in items)  # duplicate line dropped, paths resolve
+    assert all(__import__("os").path.exists(it.source) for it in items)  # labels dropped, paths resolve
+    assert items[0].key == sample_key("a/airfield/00000001.jpg")  # keys of Places365 lists are unchanged
+
+
+def test_list_file_names_one_image_once_whatever_the_spelling(tmp_path):
+    """``./x.png`` and ``../dir/x.png`` are one image: one key, and a list repeating it is refused by line."""
+    data = tmp_path / "dir"
+    _img(data / "x.png")
+    _img(data / "sub" / "y.png")
+    lst = data / "list.txt"
+    lst.write_text("./x.png\nsub/./../sub/y.png 3\n")
+    items = list_inputs(str(lst), 10)
+    assert [(it.source, it.rel) for it in items] == [(str(data / "x.png"), "x.png"), (str(data / "sub/y.png"), "sub/y.png")]
+    assert items[0].key == sample_key("x.png")
+    lst.write_text("./x.png\n../dir/x.png\nsub/y.png 1\nx.png 0\n")
+    with pytest.raises(ValueError, match=r"names 2 image\(s\) more than once.*line 2 repeats line 1 \(x\.png\); "
+                                         r"line 4 repeats line 1 \(x\.png\); remove the repeated lines"):
+        list_inputs(str(lst), 10)
+
+
+def test_list_file_paths_with_spaces_are_kept_whole(tmp_path):
+    """Only a trailing integer is a label: ``a b/c d.jpg 17`` names ``a b/c d.jpg`` (was cut at the first blank)."""
+    _img(tmp_path / "a b" / "c d.jpg")
+    _img(tmp_path / "my photo 2.jpg")
+    _img(tmp_path / "12")  # a bare name that is all digits is a path, not a label
+    lst = tmp_path / "list.txt"
+    lst.write_text("a b/c d.jpg 17\r\n  my photo 2.jpg  \n12\n")
+    items = list_inputs(str(lst), 10)
+    assert [it.rel for it in items] == ["a b/c d.jpg", "my photo 2.jpg", "12"]
+    assert all(__import__("os").path.exists(it.source) for it in items)
 
 
 def test_list_file_relative_to_its_folder_and_fsspec_memory(tmp_path):
@@ -88,8 +117,13 @@ def test_list_file_relative_to_its_folder_and_fsspec_memory(tmp_path):
 
 
 def test_missing_input_fails_with_a_clear_message(tmp_path):
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    from magiceraser.datasets.inputs import InputError
+
+    with pytest.raises(InputError, match="input=.* does not exist"):
         list_inputs(str(tmp_path / "nope"), 10)
     (tmp_path / "img.jpg").write_bytes(b"x")
-    with pytest.raises(ValueError, match="not a list file"):
+    with pytest.raises(InputError, match="not a list file"):
         list_inputs(str(tmp_path / "img.jpg"), 10)
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00x")
+    with pytest.raises(InputError, match="not a UTF-8 text list file"):
+        list_inputs(str(tmp_path / "binary.txt"), 10)
