@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 import warnings
 from pathlib import Path
 
@@ -18,6 +19,23 @@ from PIL import Image, ImageOps
 DEFAULT_MAX_PIXELS = 64_000_000  # decompression-bomb guard (~8000x8000)
 DEFAULT_MIN_SIDE = 32
 MASK_THRESHOLD = 128  # a mask pixel >= 128 (of 0..255) is "erase"
+
+
+_PIL_LIMIT_LOCK = threading.Lock()
+
+
+def _allow_pixels(max_pixels: int) -> None:
+    """Make ``max_pixels`` the limit that applies to a decode.
+
+    PIL has a guard of its own (``Image.MAX_IMAGE_PIXELS``, about 89.5 MP: a warning above it,
+    which the decoder turns into ``too_large``, and an error above twice that), so a larger
+    ``max_pixels`` had no effect and "raise max_pixels" could not work. The guard is raised to
+    ``max_pixels``, never lowered (it is process-wide and another caller may need more), under a
+    lock; ``max_pixels`` itself is checked from the header before any pixel is decoded.
+    """
+    with _PIL_LIMIT_LOCK:
+        if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+            Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 class ImageDecodeError(ValueError):
@@ -62,6 +80,7 @@ def decode_image(
             raise ImageDecodeError("unreadable", f"cannot read {data}: {exc}") from exc
     if len(data) == 0:
         raise ImageDecodeError("empty_file", "the file is empty (0 bytes): re-download or remove it")
+    _allow_pixels(max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -80,3 +80,39 @@ def test_mask_threshold(tmp_path):
     p = tmp_path / "m.png"
     Image.fromarray(m).save(p)
     assert decode_mask(p).tolist() == [[False, False, True, True]]
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A grayscale PNG claiming ``width`` x ``height`` with almost no pixel data (its header is all PIL checks)."""
+    import struct
+    import zlib
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def test_max_pixels_above_pils_own_limit_takes_effect(monkeypatch):
+    """``max_pixels`` is the limit that applies, also above PIL's ~89.5 MP guard (which used to win)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's guard, scaled down: warns > 1000, errors > 2000
+    arr = np.random.default_rng(2).integers(0, 256, (50, 60, 3), dtype=np.uint8)  # 3000 pixels
+    np.testing.assert_array_equal(decode_image(encode_image(arr, "png"), max_pixels=3000), arr)
+    with pytest.raises(ImageDecodeError, match="above the limit of 2999: raise max_pixels") as exc:
+        decode_image(encode_image(arr, "png"), max_pixels=2999)
+    assert exc.value.reason == "too_large"
+    decode_image(encode_image(arr[:10, :10], "png"), max_pixels=100, min_side=1)
+    assert Image.MAX_IMAGE_PIXELS == 3000  # raised for a larger max_pixels, never lowered for a smaller one
+
+
+def test_max_pixels_above_89_megapixels_with_pils_real_limit(monkeypatch):
+    """A 90 MP header (over PIL's default guard) passes the pixel checks when max_pixels allows it."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after the test
+    header = _png_header(10_000, 9_000)
+    with pytest.raises(ImageDecodeError) as exc:
+        decode_image(header)  # default max_pixels: 64 MP
+    assert exc.value.reason == "too_large"
+    with pytest.raises(ImageDecodeError) as exc:
+        decode_image(header, max_pixels=100_000_000)
+    assert exc.value.reason != "too_large", exc.value  # it got past both limits; its pixel data is missing
