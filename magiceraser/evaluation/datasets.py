@@ -21,8 +21,10 @@ reports items it cannot use as :class:`PairSkip` records (key + reason) instead 
   (``*-annotations-object-segmentation.csv`` + the mask PNGs). OpenImages labels objects only, not
   background stuff, so the panoptic input of ``compose`` is built from the annotations: every
   annotated instance is a thing segment (COCO label when the class name is a COCO thing, else a
-  stand-in thing label; the OpenImages class goes to the pair's metadata) and every pixel no
-  instance covers is one background segment. The shifted object therefore lands on a region free
+  stand-in thing label) and every pixel no instance covers is one background segment. The pair's
+  metadata names the OpenImages class of the moved object: ``object_class`` (its name from
+  ``class_descriptions`` when given, else the label id such as ``/m/04h7h``), ``object_label_id``,
+  and ``compose_class``, the COCO label compose placed it as. The shifted object therefore lands on a region free
   of other annotated objects. With ``segmenter`` set, background stuff labels come from that
   panoptic segmenter instead (annotated instances still override it).
 """
@@ -36,7 +38,7 @@ from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from glob import glob
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -221,7 +223,16 @@ def iter_olrd_shards(pattern: str | list[str]) -> Iterator[PairOrSkip]:
 # ---------------------------------------------------------------- OLRD pairs via compose
 
 
-def _compose_pair(key: str, image: np.ndarray, pan, seed: int, compose_cfg, extra_meta: dict) -> PairOrSkip:
+def moved_segment_id(pan, composed) -> int:
+    """The id of the segment ``compose`` moved: its pixels are the pasted mask shifted back by the offset."""
+    ys, xs = np.nonzero(composed.mask)
+    dx, dy = composed.offset
+    return int(pan.segment_map[ys[0] - dy, xs[0] - dx])
+
+
+def _compose_pair(key: str, image: np.ndarray, pan, seed: int, compose_cfg, extra_meta: dict,
+                  object_meta: dict[int, dict[str, Any]] | None = None) -> PairOrSkip:
+    """Compose one OLRD pair; ``object_meta``: segment id -> metadata of that object (overrides the COCO class)."""
     from magiceraser.datasets.compose import ComposeSkip, compose, rng_for
 
     try:
@@ -231,6 +242,8 @@ def _compose_pair(key: str, image: np.ndarray, pan, seed: int, compose_cfg, extr
     from magiceraser import coco
 
     meta = {"object_class": coco.COCO_PANOPTIC[c.object_label].name, "offset": list(c.offset), "tags": list(c.tags)}
+    if object_meta is not None:
+        meta.update(object_meta.get(moved_segment_id(pan, c), {}))
     meta.update(extra_meta)
     # The blended copy is the input, the untouched scene the ground truth (method.md, OLRD).
     return check_pair(key, np.asarray(c.blended, np.uint8), np.asarray(c.mask, bool), image, meta)
@@ -258,7 +271,8 @@ def iter_coco_panoptic(
     for file_name in seeded_order(ann.file_names(), seed):
         if num_pairs and produced >= num_pairs:
             return
-        key = safe_key(Path(file_name).stem)
+        # The path without its extension: Places365-style trees repeat base names across folders.
+        key = safe_key(str(PurePosixPath(file_name).with_suffix("")))
         try:
             image = decode_image(images_dir / file_name)
         except ImageDecodeError as exc:
@@ -285,7 +299,9 @@ def openimages_panoptic(
     """PanopticResult for ``compose`` from OpenImages instance masks (see the module docstring).
 
     ``instance_masks``: (bool HxW, OpenImages class name) per instance. Returns the result and the
-    segment id -> class name map. ``base``: an optional segmenter result supplying background stuff.
+    segment id -> class name map, in instance order (instance ``i`` has the ``i``-th id; an
+    instance hidden by later ones keeps its entry). ``base``: an optional segmenter result
+    supplying background stuff.
     """
     from magiceraser import coco
     from magiceraser.panoptic import PanopticResult, Segment
@@ -321,6 +337,15 @@ def openimages_panoptic(
     segments = [Segment(s.id, s.label, int(counts[s.id]) if s.id < len(counts) else 0, s.score) for s in segments]
     segments = [s for s in segments if s.area > 0]
     return PanopticResult(seg, segments), names
+
+
+def _openimages_object_meta(pan, classes: dict[int, str], label_ids: list[str]) -> dict[int, dict[str, Any]]:
+    """Segment id -> the metadata of its OpenImages object (``classes`` lists the ids in instance order)."""
+    from magiceraser import coco
+
+    compose_class = {s.id: coco.COCO_PANOPTIC[s.label].name for s in pan.segments}
+    return {sid: {"object_class": name, "object_label_id": label_id, "compose_class": compose_class.get(sid, "")}
+            for (sid, name), label_id in zip(classes.items(), label_ids, strict=True)}
 
 
 def _openimages_background_label() -> int:
@@ -390,6 +415,7 @@ def iter_openimages(
             continue
         h, w = image.shape[:2]
         instances = []
+        label_ids = []
         missing = []
         for row in rows[image_id]:
             mp = masks_dir / row["MaskPath"]
@@ -401,11 +427,13 @@ def iter_openimages(
             if m.size != (w, h):
                 m = m.resize((w, h), Image.NEAREST)
             instances.append((np.asarray(m) >= 128, names.get(row["LabelName"], row["LabelName"])))
+            label_ids.append(row["LabelName"])
         if not instances:
             yield PairSkip(key, "missing_file", f"no mask PNG found for {image_id} (e.g. {missing[:1]}) under {masks_dir}")
             continue
         base = segmenter.segment([image])[0] if segmenter is not None else None
-        pan, _ = openimages_panoptic(instances, (h, w), base)
-        yield (item := _compose_pair(key, image, pan, seed, cfg, {"source": img_path.name}))
+        pan, classes = openimages_panoptic(instances, (h, w), base)
+        yield (item := _compose_pair(key, image, pan, seed, cfg, {"source": img_path.name},
+                                     _openimages_object_meta(pan, classes, label_ids)))
         produced += isinstance(item, EvalPair)
 

@@ -114,3 +114,51 @@ def test_vllm_captioner_on_gpu(tiny_llava):
     cap = VllmCaptioner(str(tiny_llava), max_new_tokens=8, gpu_memory_utilization=0.3, max_model_len=256)
     captions = cap.caption(_images(4, 64, 80), ["Describe the grass in the image."] * 4)
     assert len(captions) == 4 and all(isinstance(c, str) for c in captions)
+
+
+
+
+
+def test_coco_panoptic_matches_places365_trees_by_path_not_base_name(tmp_path):
+    """``airfield/00000001.jpg`` and ``beach/00000001.jpg`` keep their own segments (the second used to win)."""
+    from magiceraser.datasets.coco_panoptic import write_coco_panoptic
+    from magiceraser.datasets.segment import CocoPanopticAnnotations
+
+    dog, sky = coco.BY_NAME["dog"].label, coco.BY_NAME["sky-other-merged"].label
+    a = np.full((30, 40), 3, np.int32)
+    b = np.full((30, 40), 9, np.int32)
+    path = write_coco_panoptic(tmp_path / "ann", [("airfield/00000001.jpg", a, [Segment(3, dog)]),
+                                                  ("beach/00000001.jpg", b, [Segment(9, sky)])])
+    ann = CocoPanopticAnnotations(path)
+    for source, label in (("/data/places365/airfield/00000001.jpg", dog), ("s3://bucket/places/beach/00000001.jpg", sky)):
+        pan = ann.lookup(source)
+        assert {s.label for s in pan.segments} == {label}, source
+        assert (pan.label_map() == label).all()
+    assert ann.file_names() == ["airfield/00000001.jpg", "beach/00000001.jpg"]
+    assert (tmp_path / "ann" / "panoptic" / "airfield" / "00000001.png").is_file()  # one PNG per image
+
+
+def test_coco_panoptic_base_name_fallback_only_where_unique(tmp_path):
+    from magiceraser.datasets.coco_panoptic import AnnotationError, CocoPanopticAnnotations, match_inputs
+
+    ann_dir = tmp_path / "ann"
+    (ann_dir / "panoptic").mkdir(parents=True)
+    data = {"images": [{"id": i, "file_name": name} for i, name in
+                       enumerate(["train/airfield/1.jpg", "val/airfield/1.jpg", "train/beach/2.jpg", "3.jpg"], 1)],
+            "annotations": [{"image_id": i, "file_name": f"{i}.png", "segments_info": []} for i in range(1, 5)]}
+    (ann_dir / "panoptic.json").write_text(json.dumps(data))
+    ann = CocoPanopticAnnotations(ann_dir / "panoptic.json")
+    assert ann.match("/d/places/train/airfield/1.jpg") == "train/airfield/1.jpg"  # by the path the JSON names
+    assert ann.match("/elsewhere/2.jpg") == "train/beach/2.jpg"  # base name, unique in the JSON
+    with pytest.raises(AnnotationError, match=r"matches 2 entries .*train/airfield/1\.jpg, val/airfield/1\.jpg") as exc:
+        ann.match("/d/airfield/1.jpg")
+    assert exc.value.reason == "ambiguous_annotation"
+    matched, missing = match_inputs(ann, ["/d/train/beach/2.jpg", "/d/x/3.jpg", "/d/nope.jpg"])
+    assert matched == {"/d/train/beach/2.jpg": "train/beach/2.jpg", "/d/x/3.jpg": "3.jpg"} and missing == ["/d/nope.jpg"]
+    with pytest.raises(AnnotationError, match=r"3\.jpg is claimed by 2 inputs \(/d/a/3\.jpg, /d/b/3\.jpg\)"):
+        match_inputs(ann, ["/d/a/3.jpg", "/d/b/3.jpg"])  # one entry for two images: one would get the other's segments
+    data["images"].append({"id": 5, "file_name": "./3.jpg"})
+    data["annotations"].append({"image_id": 5, "file_name": "5.png", "segments_info": []})
+    (ann_dir / "panoptic.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"annotates 3\.jpg twice \(image ids 4 and 5\)"):
+        CocoPanopticAnnotations(ann_dir / "panoptic.json")

@@ -175,7 +175,36 @@ def test_openimages_pairs_via_compose(tmp_path):
         # input = target except under the pasted copy; the copy is the red object, away from the original
         assert (p.image[~p.mask] == p.target[~p.mask]).all()
         assert (p.image[p.mask][:, 0] > 150).mean() > 0.9
-        assert p.meta["object_class"] == "cat"
+        assert (p.meta["object_class"], p.meta["object_label_id"], p.meta["compose_class"]) == ("Cat", "/m/01yrx", "cat")
+
+
+def _openimages_split(tmp_path, label_id: str, n: int = 2):
+    """``n`` downloaded images with one annotated object each, of OpenImages class ``label_id``."""
+    rng = np.random.default_rng(7)
+    rows = []
+    for i in range(n):
+        img, obj = _scene_with_object(rng)
+        image_id = f"{i:016x}"
+        _png(tmp_path / "images" / f"{image_id}.png", img)
+        _png(tmp_path / "masks" / f"{image_id}_{i}.png", obj.astype(np.uint8) * 255)
+        rows.append({"MaskPath": f"{image_id}_{i}.png", "ImageID": image_id, "LabelName": label_id})
+    with open(tmp_path / "seg.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return tmp_path / "images", tmp_path / "seg.csv", tmp_path / "masks"
+
+
+def test_openimages_pairs_carry_the_openimages_class_not_a_stand_in(tmp_path):
+    """A lighthouse is no COCO class: its pairs said "person" (the stand-in label) and the class was lost."""
+    pytest.importorskip("magiceraser.datasets.compose")
+    split = _openimages_split(tmp_path, "/m/04h7h")
+    (tmp_path / "classes.csv").write_text("/m/04h7h,Lighthouse\n/m/01yrx,Cat\n")
+    named = [i for i in D.iter_openimages(*split, 2, 0, class_descriptions=tmp_path / "classes.csv") if isinstance(i, D.EvalPair)]
+    assert len(named) == 2 and {p.meta["object_class"] for p in named} == {"Lighthouse"}
+    assert {p.meta["object_label_id"] for p in named} == {"/m/04h7h"}
+    bare = [i for i in D.iter_openimages(*split, 2, 0) if isinstance(i, D.EvalPair)]
+    assert len(bare) == 2 and {p.meta["object_class"] for p in bare} == {"/m/04h7h"}  # no class map: the label id
 
 
 def test_coco_panoptic_pairs_from_demo_scenes(tmp_path):
@@ -189,3 +218,24 @@ def test_coco_panoptic_pairs_from_demo_scenes(tmp_path):
         assert p.mask.any() and (p.image[~p.mask] == p.target[~p.mask]).all()
         assert not (p.image[p.mask] == p.target[p.mask]).all()
         assert p.key.startswith("scene-")
+
+
+def test_coco_panoptic_pairs_in_a_places365_style_tree(tmp_path):
+    """``airfield/00000001.jpg`` and ``beach/00000001.jpg``: two pairs, two keys, each with its own objects."""
+    pytest.importorskip("magiceraser.datasets.compose")
+    from magiceraser import coco
+    from magiceraser.datasets.coco_panoptic import write_coco_panoptic
+    from magiceraser.panoptic import Segment
+
+    rng = np.random.default_rng(11)
+    entries = []
+    for folder, thing in (("airfield", "cat"), ("beach", "dog")):
+        img, obj = _scene_with_object(rng)
+        _png(tmp_path / "images" / folder / "00000001.png", img)
+        seg = np.where(obj, 1, 2).astype(np.int32)
+        entries.append((f"{folder}/00000001.png", seg, [Segment(1, coco.BY_NAME[thing].label),
+                                                       Segment(2, coco.BY_NAME["grass-merged"].label)]))
+    path = write_coco_panoptic(tmp_path / "ann", entries)
+    items = list(D.iter_coco_panoptic(tmp_path / "images", path, tmp_path / "ann" / "panoptic", 0, seed=0))
+    assert all(isinstance(i, D.EvalPair) for i in items), items
+    assert {i.key: i.meta["object_class"] for i in items} == {"airfield_00000001": "cat", "beach_00000001": "dog"}
