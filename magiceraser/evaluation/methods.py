@@ -50,7 +50,8 @@ class MethodConfig:
     """Optional JSON file {pair key: prompt} overriding ``prompt`` per image (e.g. LLaVA captions,
     as the paper prompts SD Inpainting); keys it lacks use ``prompt``."""
     refocus: bool = True
-    """Semantics-aware attention refocus (needs ``segmenter`` for its positive/negative labels)."""
+    """Semantics-aware attention refocus (kind=magiceraser); needs ``segmenter`` for its positive/negative
+    labels, so refocus: true without one is refused at config load (set refocus: false for a row without it)."""
     segmenter: str = ""
     """Panoptic segmenter (Mask2Former id or directory) for the tag and refocus; empty: none."""
     num_inference_steps: int = 50
@@ -81,6 +82,12 @@ class MethodConfig:
             raise ValueError("lama_path: content_init=lama needs the Big-LaMa TorchScript file (or content_init=telea)")
         if self.kind in ("sd", "magiceraser") and not self.base_model:
             raise ValueError("base_model: the diffusion methods need SD 1.5 inpainting weights")
+        if self.kind == "magiceraser" and self.refocus and not self.segmenter:
+            # Without a segmentation the refocus only keeps the hole from attending to itself (every
+            # other pixel counts as background): a different method from the paper's, and the table
+            # row would not say so. No config means that, so it is refused rather than run.
+            raise ValueError("refocus: true needs segmenter (a Mask2Former id or directory) for its background/object "
+                             "labels; set segmenter, or refocus: false")
         if self.kind == "sd" and self.trained_dir:
             raise ValueError("trained_dir: kind=sd is the plain base model; use kind=magiceraser for a trained directory")
         if self.num_inference_steps < 1:

@@ -81,11 +81,12 @@ def test_diffusion_methods_are_configurations_of_one_pipeline(tiny_sd, trained_d
                                      segmenter=str(tiny_mask2former), **common), size=64)
     out, info = full(img, mask, 0)
     assert out.shape == img.shape and info["prompt"].startswith("A photo of <magiceraser-bg>")
-    no_pt = build_method(MethodConfig(name="iv", kind="magiceraser", trained_dir=str(trained_dir), content_init="telea",
-                                      learned_prompt=False, prompt="background", **common), size=64)
+    no_pt = build_method(MethodConfig(name="iii", kind="magiceraser", trained_dir=str(trained_dir), content_init="telea",
+                                      learned_prompt=False, prompt="background", refocus=False, **common), size=64)
     assert no_pt(img, mask, 0)[1]["prompt"] == "background"
     with pytest.raises(MethodUnavailable, match="trained_dir"):
-        build_method(MethodConfig(name="x", kind="magiceraser", trained_dir="/nonexistent/run", content_init="telea", **common))
+        build_method(MethodConfig(name="x", kind="magiceraser", trained_dir="/nonexistent/run", content_init="telea",
+                                  refocus=False, **common))
     with pytest.raises(MethodUnavailable, match="cannot load"):
         build_method(MethodConfig(name="y", kind="sd", base_model="/nonexistent/sd-inpaint"))
 
@@ -136,3 +137,20 @@ def test_evaluate_with_tiny_models(tmp_path, tiny_sd, trained_dir, tiny_mask2for
         assert r["regrowth"] == pytest.approx(regrowth_fraction(mask, seg.segment([erased])[0]))
     assert "| pairs | Telea |" in (out / "results.md").read_text()
     assert "Regrowth↓" in (out / "results.md").read_text()
+
+
+def test_refocus_without_a_segmenter_is_refused_at_config_load(tmp_path, capsys):
+    """``refocus: true`` with no segmenter used to run a mask-only refocus under the MagicEraser row's name."""
+    row = {"name": "MagicEraser", "kind": "magiceraser", "trained_dir": "runs/x", "content_init": "telea"}
+    cfg = {"out_dir": str(tmp_path / "eval"), "datasets": [{"name": "pairs", "kind": "olrd_shards", "path": str(tmp_path)}],
+           "methods": [{**row, "refocus": True}]}
+    path = tmp_path / "eval.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit) as exc:
+        R.main(["--config", str(path)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "refocus: true needs segmenter" in err[0], err
+    assert not (tmp_path / "eval").exists()
+    MethodConfig(**row, refocus=False)  # an ablation row without refocus needs no segmenter
+    MethodConfig(**row, segmenter="facebook/mask2former-swin-large-coco-panoptic")
+    MethodConfig(name="sd", kind="sd")  # plain SD never refocuses: its default refocus=true is moot
