@@ -30,15 +30,19 @@ N_INPUTS, PER_SHARD = 6, 2  # 3 shards
 
 @pytest.fixture
 def setup(tmp_path):
-    """An input folder (files are never read here), a config file and an output path."""
+    """An input folder (files are never decoded here), its annotations, a config file and an output path."""
     images = tmp_path / "images"
     images.mkdir()
     for i in range(N_INPUTS):
         (images / f"img{i}.png").write_bytes(b"never decoded in these tests")
+    (tmp_path / "panoptic").mkdir()  # annotations are checked before a job starts, never read here
+    (tmp_path / "panoptic.json").write_text(json.dumps({
+        "images": [{"id": i, "file_name": f"img{i}.png"} for i in range(N_INPUTS)],
+        "annotations": [{"image_id": i, "file_name": f"img{i}.png", "segments_info": []} for i in range(N_INPUTS)]}))
     config = tmp_path / "olrd.yaml"
     config.write_text(json.dumps({
         "input": str(images), "samples_per_shard": PER_SHARD, "image_format": "png", "progress_interval_s": 1000,
-        "segmenter": {"backend": "coco_panoptic", "annotations": str(tmp_path / "unused.json")},
+        "segmenter": {"backend": "coco_panoptic", "annotations": str(tmp_path / "panoptic.json")},
         "captioner": {"backend": "transformers", "model": "unused"},
     }))
     return config, tmp_path / "out"
