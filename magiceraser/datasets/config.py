@@ -35,7 +35,7 @@ class SegmenterConfig:
     model: str = "facebook/mask2former-swin-large-coco-panoptic"
     """Mask2Former checkpoint: Hugging Face id or local directory (mask2former backend)."""
     annotations: str = ""
-    """COCO panoptic JSON file (coco_panoptic backend); images are matched by file name."""
+    """COCO panoptic JSON file (coco_panoptic backend); images are matched by the path its file_name names, by base name only where unique."""
     png_dir: str = ""
     """Folder of the panoptic PNGs; empty: the folder next to the JSON named like its stem."""
     device: str = "auto"
@@ -122,7 +122,7 @@ class OLRDConfig:
     """The whole OLRD job: inputs -> segment -> compose -> caption -> WebDataset shards."""
 
     input: str = ""
-    """Directory tree of images, or a list file (one path per line, e.g. places365_train_standard.txt); local or fsspec URL."""
+    """Directory tree of images, or a list file ('path' or 'path label' per line, e.g. places365_train_standard.txt); local or fsspec URL."""
     input_root: str = ""
     """Base for relative paths in a list file (Places365: the data_256/ or data_large/ folder); empty: the list file's folder."""
     output: str = ""
@@ -140,7 +140,7 @@ class OLRDConfig:
     min_side: int = 64
     """Skip images whose short side is smaller (reason too_small)."""
     max_pixels: int = 64_000_000
-    """Skip images with more pixels (decompression-bomb guard, reason too_large)."""
+    """Skip images with more pixels (decompression-bomb guard, reason too_large; may exceed PIL's own 89.5 MP limit)."""
     compose: ComposeConfig = field(default_factory=ComposeConfig)
     """Object selection, placement search and blending."""
     segmenter: SegmenterConfig = field(default_factory=SegmenterConfig)
