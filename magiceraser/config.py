@@ -594,8 +594,8 @@ def config_help(cls: type) -> str:
     rows = config_keys(cls)
     width = max((len(key) for key, *_ in rows), default=0)
     lines = [
-        f"config keys of {cls.__name__} (set them in --config FILE.yaml or as key=value; "
-        "list items as [a,b] or a,b; quote values with spaces or {..} for the shell):"
+        f"config keys of {cls.__name__}: set them in --config FILE.yaml or as key=value (lists as [a,b]",
+        "or a,b; quote a value holding spaces, # or {...} for the shell):",
     ]
     for key, tp, default, doc in rows:
         lines.append(f"  {key:<{width}}  {tp} = {default}" + (f"  {doc}" if doc else ""))
