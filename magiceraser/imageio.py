@@ -2,13 +2,16 @@
 
 Every image becomes HxWx3 uint8 RGB, EXIF orientation applied. Inputs that cannot be used raise
 :class:`ImageDecodeError` whose ``reason`` is a short stable code (for skip records) and whose
-message says what is wrong and what to do.
+message says what is wrong and what to do; given a path, the message starts with that path (never
+with the repr of an in-memory buffer). :func:`encode_image` writes PNG, JPEG, WebP and TIFF; the
+format of an output file follows its extension (:func:`format_for_suffix`).
 """
 
 from __future__ import annotations
 
 import io
 import os
+import re
 import threading
 import warnings
 from pathlib import Path
@@ -44,6 +47,42 @@ class ImageDecodeError(ValueError):
         self.reason = reason
 
 
+def _read_source(data: bytes | str | os.PathLike, what: str) -> tuple[bytes, str | None]:
+    """(bytes, file name or None): read a path, naming it in the error, so every message says which file."""
+    if isinstance(data, (str, os.PathLike)):
+        try:
+            return Path(data).read_bytes(), str(data)
+        except OSError as exc:
+            raise ImageDecodeError("unreadable", f"{data}: cannot read the {what} file ({exc.strerror or exc})") from exc
+    return data, None
+
+
+def _named(exc: ImageDecodeError, name: str | None) -> ImageDecodeError:
+    """``exc`` with the file name in front of its message (unchanged for bytes input)."""
+    return exc if name is None else ImageDecodeError(exc.reason, f"{name}: {exc}")
+
+
+def _pil_message(exc: BaseException) -> str:
+    """PIL's message without the in-memory buffer's repr (``<_io.BytesIO object at 0x...>`` tells a user nothing)."""
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(exc)).strip() or type(exc).__name__
+
+
+def _open_mask(data: bytes) -> Image.Image:
+    """Open and load mask bytes; ImageDecodeError with a reason code and a message without buffer reprs."""
+    if len(data) == 0:
+        raise ImageDecodeError("empty_file", "the mask file is empty (0 bytes)")
+    try:
+        img = Image.open(io.BytesIO(data))
+        img.load()
+    except Image.UnidentifiedImageError as exc:
+        raise ImageDecodeError("not_an_image", "the mask is not a decodable image (wrong extension or corrupt header)") from exc
+    except Exception as exc:
+        raise ImageDecodeError(
+            "not_an_image", f"the mask could not be decoded ({_pil_message(exc)}); the file is probably cut short or corrupt"
+        ) from exc
+    return img
+
+
 def _to_uint8_rgb(img: Image.Image) -> np.ndarray:
     mode = img.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
@@ -73,11 +112,15 @@ def decode_image(
 
     Reasons: ``empty_file``, ``not_an_image``, ``truncated``, ``too_large``, ``too_small``, ``unreadable``.
     """
-    if isinstance(data, (str, os.PathLike)):
-        try:
-            data = Path(data).read_bytes()
-        except OSError as exc:
-            raise ImageDecodeError("unreadable", f"cannot read {data}: {exc}") from exc
+    data, name = _read_source(data, "image")
+    try:
+        return _decode_image_bytes(data, max_pixels, min_side)
+    except ImageDecodeError as exc:
+        raise _named(exc, name) from exc.__cause__
+
+
+def _decode_image_bytes(data: bytes, max_pixels: int, min_side: int) -> np.ndarray:
+    """:func:`decode_image` on bytes; messages never name the source (the caller adds the file name)."""
     if len(data) == 0:
         raise ImageDecodeError("empty_file", "the file is empty (0 bytes): re-download or remove it")
     _allow_pixels(max_pixels)
@@ -94,11 +137,11 @@ def decode_image(
     except ImageDecodeError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageDecodeError("too_large", f"image exceeds the decompression-bomb limit: {exc}") from exc
+        raise ImageDecodeError("too_large", f"image exceeds the decompression-bomb limit: {_pil_message(exc)}") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageDecodeError("not_an_image", "the file is not a decodable image (wrong extension or corrupt header)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        msg = str(exc)
+        msg = _pil_message(exc)
         reason = "truncated" if "truncated" in msg.lower() or "premature" in msg.lower() else "unreadable"
         raise ImageDecodeError(reason, f"the image could not be decoded ({msg}); the file is probably cut short or corrupt") from exc
     try:
@@ -117,18 +160,11 @@ def decode_mask(data: bytes | str | os.PathLike, threshold: int = MASK_THRESHOLD
 
     Colour masks are converted to gray first; an alpha channel, if present, is ignored.
     """
-    if isinstance(data, (str, os.PathLike)):
-        try:
-            data = Path(data).read_bytes()
-        except OSError as exc:
-            raise ImageDecodeError("unreadable", f"cannot read mask {data}: {exc}") from exc
-    if len(data) == 0:
-        raise ImageDecodeError("empty_file", "the mask file is empty (0 bytes)")
+    data, name = _read_source(data, "mask")
     try:
-        img = Image.open(io.BytesIO(data))
-        img.load()
-    except Exception as exc:
-        raise ImageDecodeError("not_an_image", f"the mask could not be decoded: {exc}") from exc
+        img = _open_mask(data)
+    except ImageDecodeError as exc:
+        raise _named(exc, name) from exc.__cause__
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64) / 257.0
     else:
@@ -136,14 +172,29 @@ def decode_mask(data: bytes | str | os.PathLike, threshold: int = MASK_THRESHOLD
     return arr >= threshold
 
 
+# Output formats by file extension, as PIL writes them. WebP is written lossless and TIFF
+# uncompressed, so like PNG they keep every pixel (the eraser leaves pixels outside the mask untouched).
+OUTPUT_FORMATS: dict[str, str] = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff"}
+
+
+def format_for_suffix(suffix: str) -> str | None:
+    """The :func:`encode_image` format a file extension (``.webp``, case-insensitive) asks for; None if not writable."""
+    return OUTPUT_FORMATS.get(suffix.lower())
+
+
 def encode_image(arr: np.ndarray, fmt: str = "jpg", quality: int = 95) -> bytes:
-    """Encode HxWx3 (or HxW) uint8 to JPEG or PNG bytes (deterministic for the same input)."""
+    """Encode HxWx3 (or HxW) uint8 to JPEG, PNG, WebP (lossless) or TIFF bytes (deterministic for the same input)."""
     img = Image.fromarray(np.ascontiguousarray(arr))
     buf = io.BytesIO()
+    fmt = fmt.lower()
     if fmt in ("jpg", "jpeg"):
         img.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
     elif fmt == "png":
         img.save(buf, format="PNG", compress_level=1)
+    elif fmt == "webp":
+        img.save(buf, format="WEBP", lossless=True)
+    elif fmt in ("tif", "tiff"):
+        img.save(buf, format="TIFF")
     else:
-        raise ValueError(f"unknown image format {fmt!r}: use 'jpg' or 'png'")
+        raise ValueError(f"unknown image format {fmt!r}: use 'png', 'jpg', 'webp' or 'tiff'")
     return buf.getvalue()

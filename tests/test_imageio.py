@@ -116,3 +116,31 @@ def test_max_pixels_above_89_megapixels_with_pils_real_limit(monkeypatch):
     with pytest.raises(ImageDecodeError) as exc:
         decode_image(header, max_pixels=100_000_000)
     assert exc.value.reason != "too_large", exc.value  # it got past both limits; its pixel data is missing
+
+
+def test_mask_decode_errors_name_the_file_not_a_buffer(tmp_path):
+    bad = tmp_path / "speckle_mask.png"
+    bad.write_bytes(b"not a png at all" * 8)
+    with pytest.raises(ImageDecodeError) as exc:
+        decode_mask(bad)
+    assert exc.value.reason == "not_an_image"
+    assert str(bad) in str(exc.value) and "BytesIO" not in str(exc.value) and "0x" not in str(exc.value)
+    with pytest.raises(ImageDecodeError) as exc:
+        decode_mask(b"not a png at all" * 8)
+    assert "BytesIO" not in str(exc.value)
+    with pytest.raises(ImageDecodeError) as exc:
+        decode_image(bad)
+    assert str(bad) in str(exc.value) and "BytesIO" not in str(exc.value)
+
+
+@pytest.mark.parametrize("fmt, pil_format", [("png", "PNG"), ("jpg", "JPEG"), ("webp", "WEBP"), ("tiff", "TIFF")])
+def test_encode_formats(fmt, pil_format):
+    from magiceraser.imageio import format_for_suffix
+
+    arr = np.random.default_rng(2).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    data = encode_image(arr, fmt)
+    assert Image.open(io.BytesIO(data)).format == pil_format
+    if fmt != "jpg":  # lossless formats keep every pixel
+        np.testing.assert_array_equal(decode_image(data), arr)
+    assert format_for_suffix("." + fmt.upper()) in (fmt, "jpg")
+    assert format_for_suffix(".gif") is None
