@@ -196,3 +196,25 @@ def test_geometry_regions_crops_and_paste():
     base = np.full((30, 30, 3), 10, np.uint8)
     out = geometry.paste(base, np.full((20, 20, 3), 200, np.uint8), geometry.Box(5, 5, 25, 25), alpha)
     assert out[15, 15, 0] == 200 and (out[:5] == 10).all() and out[6, 6, 0] == 10 and 10 < out[10, 10, 0] < 200
+
+
+def test_geometry_drops_specks_and_caps_crops():
+    mask = np.zeros((120, 300), bool)
+    mask[10:30, 10:30] = True  # 400 px: kept
+    mask[100, 200] = mask[5, 290] = True  # specks
+    mask[60:63, 150:153] = True  # 9 px speck
+    kept, dropped = geometry.drop_small_regions(mask, 16)
+    assert (dropped.count, dropped.pixels) == (3, 11)
+    assert kept.sum() == 400 and not (kept & ~mask).any()
+    assert geometry.drop_small_regions(mask, 0)[1].count == 0
+    blobs = np.zeros((120, 300), bool)
+    for x in range(5, 295, 29):  # 10 far-apart blobs: 10 crops without a cap
+        blobs[50:55, x : x + 5] = True
+    assert len(geometry.plan_regions(blobs, margin=0.0).crops) == 10
+    plan = geometry.plan_regions(blobs, margin=0.0, max_regions=3)
+    assert len(plan.crops) <= 3 and plan.components == 10 and plan.merged_for_cap >= 7
+    parts = [p for _, p in plan.crops]
+    assert (sum(p.astype(int) for p in parts) == blobs.astype(int)).all()  # every pixel in exactly one crop
+    for box, part in plan.crops:
+        ys, xs = np.nonzero(part)
+        assert box.x0 <= xs.min() and xs.max() < box.x1 and box.y0 <= ys.min() and ys.max() < box.y1

@@ -9,7 +9,9 @@ pixel outside the dilated mask is returned bit-identical.
 Several masked regions: the dilated mask's connected components are grouped so that components
 whose crops overlap share one crop; each group is erased in its own crop, one after the other on
 the evolving image (a far-apart region keeps the detail of its own crop instead of being shrunk
-into one crop covering everything).
+into one crop covering everything). Components smaller than ``min_region_area`` px can be dropped
+first (:func:`drop_small_regions`) and the number of crops capped at ``max_regions``
+(:func:`plan_regions`): each crop costs a full diffusion run, so a speckled mask must not cost hundreds.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-__all__ = ["Box", "region_boxes", "crop_box", "model_shape", "resize_image", "resize_mask", "feather_alpha", "paste"]
+__all__ = ["Box", "region_boxes", "plan_regions", "RegionPlan", "drop_small_regions", "SmallRegions", "crop_box", "model_shape", "resize_image", "resize_mask", "feather_alpha", "paste"]
 
 SIZE_MULTIPLE = 64  # 8x VAE downsampling times 8x UNet downsampling (SD 1.5)
 
@@ -72,34 +74,114 @@ def crop_box(bbox: Box, image_shape: tuple[int, int], margin: float, min_size: i
     return Box(x0, y0, x0 + cw, y0 + ch)
 
 
-def region_boxes(mask: np.ndarray, margin: float, min_size: int = 0) -> list[tuple[Box, np.ndarray]]:
+@dataclass(frozen=True)
+class SmallRegions:
+    """What :func:`drop_small_regions` removed: how many components and how many pixels."""
+
+    count: int
+    pixels: int
+
+
+def drop_small_regions(mask: np.ndarray, min_area: int) -> tuple[np.ndarray, SmallRegions]:
+    """``mask`` without its 8-connected components of fewer than ``min_area`` px, and what was dropped.
+
+    Specks (mask noise, JPEG ringing of a thresholded mask) would otherwise each cost a full
+    diffusion run in a crop of their own; they are counted so that the drop is never silent.
+    """
+    mask = mask.astype(bool)
+    if min_area <= 1 or not mask.any():
+        return mask, SmallRegions(0, 0)
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    areas = stats[1:, cv2.CC_STAT_AREA]
+    small = np.flatnonzero(areas < min_area) + 1
+    if small.size == 0:
+        return mask, SmallRegions(0, 0)
+    keep = mask & ~np.isin(comp, small)
+    return keep, SmallRegions(int(small.size), int(areas[small - 1].sum()))
+
+
+@dataclass
+class RegionPlan:
+    """The crops one image is erased in, with how the grouping came about (for reports and warnings)."""
+
+    crops: list[tuple[Box, np.ndarray]]  # (crop box, the part of the mask it erases), top-left first
+    components: int  # connected components of the mask
+    merged_for_cap: int  # groups folded into a neighbour to stay within max_regions
+
+
+@dataclass
+class _Group:
+    box: Box  # bounding box of the group's pixels
+    labels: list[int]  # component labels (a full-size mask per group would cost H×W bytes each)
+    area: int
+
+
+def _merge_overlapping(groups: list[_Group], shape: tuple[int, int], margin: float, min_size: int) -> list[_Group]:
+    """Merge groups whose crops overlap until no two do (each masked pixel then lies in one crop only)."""
+    changed = True
+    while changed:
+        changed = False
+        i = 0
+        while i < len(groups):
+            crop_i = crop_box(groups[i].box, shape, margin, min_size)
+            j = i + 1
+            while j < len(groups):
+                if crop_i.overlaps(crop_box(groups[j].box, shape, margin, min_size)):
+                    groups[i] = _union(groups[i], groups.pop(j))
+                    crop_i = crop_box(groups[i].box, shape, margin, min_size)
+                    changed = True
+                    j = i + 1  # the crop grew: earlier non-overlapping groups may overlap now
+                else:
+                    j += 1
+            i += 1
+    return groups
+
+
+def _union(a: _Group, b: _Group) -> _Group:
+    return _Group(a.box.union(b.box), a.labels + b.labels, a.area + b.area)
+
+
+def _box_area(box: Box) -> int:
+    return box.width * box.height
+
+
+def _fold_smallest(groups: list[_Group]) -> list[_Group]:
+    """Merge the group with the fewest pixels into the neighbour whose joint box grows least."""
+    small = min(range(len(groups)), key=lambda k: groups[k].area)
+    g = groups.pop(small)
+    best = min(range(len(groups)), key=lambda k: _box_area(groups[k].box.union(g.box)) - _box_area(groups[k].box))
+    groups[best] = _union(groups[best], g)
+    return groups
+
+
+def plan_regions(mask: np.ndarray, margin: float, min_size: int = 0, max_regions: int | None = None) -> RegionPlan:
     """Crops (with the part of ``mask`` each one erases) for the mask's separate regions.
 
     Connected components whose crops overlap are merged into one group until no two crops overlap,
-    so each masked pixel belongs to exactly one crop. Ordered top-left first.
+    so each masked pixel belongs to exactly one crop. With ``max_regions``, while there are more
+    groups than that the smallest one is merged into its nearest neighbour (the one whose box grows
+    least), so the cost per image is bounded: every crop is a full diffusion run. Ordered top-left first.
     """
-    n, comp = cv2.connectedComponents(mask.astype(np.uint8), connectivity=8)
-    groups: list[tuple[Box, np.ndarray]] = []
-    for i in range(1, n):
-        part = comp == i
-        groups.append((bbox_of(part), part))
-    merged = True
-    while merged:
-        merged = False
-        crops = [crop_box(b, mask.shape, margin, min_size) for b, _ in groups]
-        for a in range(len(groups)):
-            for b in range(a + 1, len(groups)):
-                if crops[a].overlaps(crops[b]):
-                    (ba, ma), (bb, mb) = groups[a], groups[b]
-                    groups[a] = (ba.union(bb), ma | mb)
-                    del groups[b]
-                    merged = True
-                    break
-            if merged:
-                break
-    out = [(crop_box(b, mask.shape, margin, min_size), m) for b, m in groups]
-    out.sort(key=lambda t: (t[0].y0, t[0].x0))
-    return out
+    if max_regions is not None and max_regions < 1:
+        raise ValueError(f"max_regions must be >= 1 or None, got {max_regions}")
+    n, comp, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), connectivity=8)
+    groups = [
+        _Group(Box(int(x), int(y), int(x + w), int(y + h)), [i], int(a))
+        for i, (x, y, w, h, a) in enumerate(stats[1:], start=1)
+    ]
+    groups = _merge_overlapping(groups, mask.shape, margin, min_size)
+    folded = 0
+    while max_regions is not None and len(groups) > max_regions:
+        groups = _merge_overlapping(_fold_smallest(groups), mask.shape, margin, min_size)
+        folded += 1
+    crops = [(crop_box(g.box, mask.shape, margin, min_size), np.isin(comp, g.labels)) for g in groups]
+    crops.sort(key=lambda t: (t[0].y0, t[0].x0))
+    return RegionPlan(crops, n - 1, folded)
+
+
+def region_boxes(mask: np.ndarray, margin: float, min_size: int = 0, max_regions: int | None = None) -> list[tuple[Box, np.ndarray]]:
+    """The crops of :func:`plan_regions` (kept for callers that need only the crops)."""
+    return plan_regions(mask, margin, min_size, max_regions).crops
 
 
 def model_shape(crop_h: int, crop_w: int, model_size: int) -> tuple[int, int]:

@@ -18,6 +18,7 @@ this class only owns the steps method.md changes (content init, start step, refo
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from magiceraser.pipelines.erase.content_init import ContentInitializer, make_co
 from magiceraser.prompts import learned_prompt
 
 __all__ = ["MagicEraserPipeline", "MagicEraserOutput", "RegionResult", "prepare_inputs", "choose_prompt"]
+
+MANY_REGIONS = 16  # without max_regions, more crops than this per call draw a warning
 
 
 @dataclass
@@ -50,6 +53,10 @@ class MagicEraserOutput:
     tag: str | None  # background tag of the first region (None: no segmenter / no stuff around it)
     regions: list[RegionResult] = field(default_factory=list)
     erase_mask: np.ndarray | None = None  # bool HxW, the dilated mask that was regenerated
+    dropped_regions: int = 0  # mask components below min_region_area, left unerased
+    dropped_pixels: int = 0  # their pixels
+    mask_components: int = 0  # connected components of the dilated mask
+    merged_for_cap: int = 0  # groups merged into a neighbouring crop to stay within max_regions
 
 
 def prepare_inputs(image: Any, mask: Any, threshold: int = MASK_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
@@ -206,6 +213,8 @@ class MagicEraserPipeline:
         crop_margin: float = 0.5,
         feather: int = 4,
         pan: PanopticResult | None = None,
+        min_region_area: int = 0,
+        max_regions: int | None = None,
     ) -> MagicEraserOutput:
         """Erase ``mask`` (bool HxW, or 0..255 thresholded at 128) from ``image`` (HxWx3 uint8).
 
@@ -220,6 +229,11 @@ class MagicEraserPipeline:
             crop_margin: context around each region's box, as a fraction of its long side.
             feather: width in px of the soft seam, inside the dilated mask.
             pan: a full-image panoptic segmentation to use instead of the segmenter.
+            min_region_area: mask components of fewer px are left unerased (counted in the output);
+                0 keeps all. ``magiceraser erase`` defaults to 16 (EraseConfig).
+            max_regions: at most this many crops (each a full diffusion run); further regions are
+                merged into neighbouring crops. None: no cap, with a warning above
+                ``MANY_REGIONS`` crops. ``magiceraser erase`` defaults to 8.
         """
         image, mask = prepare_inputs(image, mask)
         if not 0.0 < strength <= 1.0:
@@ -228,12 +242,26 @@ class MagicEraserPipeline:
             raise ValueError(f"num_inference_steps × strength must give at least one step, got {num_inference_steps} × {strength}")
         if mask_dilation < 0 or feather < 0 or crop_margin < 0:
             raise ValueError("mask_dilation, feather and crop_margin must be >= 0")
+        if min_region_area < 0:
+            raise ValueError(f"min_region_area must be >= 0, got {min_region_area}")
         if pan is not None and pan.shape != mask.shape:
             raise ValueError(f"pan has shape {pan.shape}, the image {mask.shape}")
+        mask, dropped = geometry.drop_small_regions(mask, min_region_area)
+        if not mask.any():
+            raise ValueError(
+                f"every masked region is smaller than min_region_area={min_region_area} px "
+                f"({dropped.count} region(s), {dropped.pixels} px): nothing left to erase; lower min_region_area"
+            )
         erase = dilate(mask, mask_dilation)
+        plan = geometry.plan_regions(erase, crop_margin, max_regions=max_regions)
+        if max_regions is None and len(plan.crops) > MANY_REGIONS:
+            warnings.warn(
+                f"the mask has {len(plan.crops)} separate regions, each erased in its own crop (a full diffusion "
+                "run): pass max_regions (and min_region_area for specks) to bound the cost", stacklevel=2,
+            )
         result = image.copy()
         regions: list[RegionResult] = []
-        for i, (box, part) in enumerate(geometry.region_boxes(erase, crop_margin)):
+        for i, (box, part) in enumerate(plan.crops):
             sl = box.slices()
             crop_erase, crop_core = part[sl], (part & mask)[sl]
             shape = geometry.model_shape(box.height, box.width, self.model_size)
@@ -259,7 +287,11 @@ class MagicEraserPipeline:
             alpha = geometry.feather_alpha(crop_erase, crop_core, feather)
             result = geometry.paste(result, out_crop, box, alpha)
             regions.append(RegionResult((box.x0, box.y0, box.x1, box.y1), shape, region_tag, region_prompt))
-        return MagicEraserOutput(image=result, prompt=regions[0].prompt, tag=regions[0].tag, regions=regions, erase_mask=erase)
+        return MagicEraserOutput(
+            image=result, prompt=regions[0].prompt, tag=regions[0].tag, regions=regions, erase_mask=erase,
+            dropped_regions=dropped.count, dropped_pixels=dropped.pixels, mask_components=plan.components,
+            merged_for_cap=plan.merged_for_cap,
+        )
 
     # ------------------------------------------------------------------ diffusion
     def start_timesteps(self, num_inference_steps: int, strength: float):
