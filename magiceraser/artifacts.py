@@ -7,6 +7,7 @@ Both weight files are in the formats stock diffusers loads:
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +34,20 @@ class TrainedOutput:
         return self.path / EMBEDS_NAME
 
 
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def read_trained_output(path: str | Path) -> TrainedOutput:
-    """Read and check a trained output directory; raise FileNotFoundError naming what is missing."""
+    """Read and check a trained output directory; raise FileNotFoundError naming what is missing.
+
+    ``magiceraser.json`` records the sha256 of both weight files (exports since the digests were
+    added): a weight file that does not match is a mixed or damaged export and is refused.
+    """
     path = Path(path)
     missing = [n for n in (META_NAME, EMBEDS_NAME, LORA_WEIGHTS_NAME) if not (path / n).is_file()]
     if missing:
@@ -46,4 +59,10 @@ def read_trained_output(path: str | Path) -> TrainedOutput:
     for key in ("token", "base_model"):
         if key not in meta:
             raise ValueError(f"{path / META_NAME} lacks the key {key!r}")
+    for name, expected in (meta.get("files") or {}).items():
+        if file_sha256(path / name) != expected:
+            raise ValueError(
+                f"{path / name} is not the file {path / META_NAME} was written with (its sha256 differs): "
+                "the export is damaged or mixed with another run's; export it again"
+            )
     return TrainedOutput(path=path, token=meta["token"], base_model=meta["base_model"], meta=meta)

@@ -25,6 +25,15 @@ def _umask() -> int:
     return mask
 
 
+def make_shareable(path: str | os.PathLike) -> None:
+    """Give a file the permissions ``open()`` would have given it (0666 less the umask).
+
+    Writers that go through temporary files (``mkstemp``, safetensors' ``save_file``) leave 0600
+    files; on shared cluster storage the rest of the team could not read them.
+    """
+    os.chmod(path, 0o666 & ~_umask())
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary sibling of ``path`` for writing; rename it onto ``path`` on success."""

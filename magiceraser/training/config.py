@@ -105,7 +105,8 @@ class ModelConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     """LoRA adapters on the UNet (phase 2)."""
     gradient_checkpointing: bool = False
-    """Recompute UNet/text-encoder activations in the backward pass (less memory, ~30% slower)."""
+    """Recompute UNet and text-encoder activations in the backward pass (less memory, ~30% slower);
+    the frozen text encoder then runs in train mode, which computes the same while its dropouts are 0."""
 
     def __post_init__(self) -> None:
         if not self.base_model:
@@ -273,7 +274,14 @@ class TrainConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     """Ray Train launcher."""
     resume: bool = False
-    """Continue from the newest checkpoint in ``{out_dir}/checkpoints`` (a fresh start if there is none)."""
+    """Continue from the newest checkpoint in ``{out_dir}/checkpoints`` (a fresh start if there is none);
+    refused if the checkpoint was trained with other settings (see ``resume_allow_changes``)."""
+    resume_allow_changes: list[str] = field(default_factory=list)
+    """Settings (dotted keys, or a prefix such as ``data``) that may differ from the checkpoint's on
+    resume, beyond those always allowed (phases.total_steps, log_every, num_threads, wandb,
+    checkpoint, validation); ``--allow-change world_size`` continues on another number of GPUs."""
+    overwrite: bool = False
+    """Start afresh in an ``out_dir`` that holds another run, deleting its checkpoints and export first."""
     seed: int = 0
     """Seed of noise, timesteps and LoRA initialisation."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -288,5 +296,9 @@ class TrainConfig:
             raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
         if not self.out_dir:
             raise ValueError("out_dir must be set")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: --resume continues the run in out_dir, --overwrite replaces it")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+        if self.resume and self.overwrite:
+            raise ValueError("resume and overwrite exclude each other: --resume continues the run in out_dir, --overwrite replaces it")

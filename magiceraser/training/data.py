@@ -4,14 +4,16 @@ Per DataLoader worker of each training process:
 
 1. ``assign_shards``: the shard list is split by (rank, worker); with fewer shards than streams
    every stream samples from all shards (with its own seed), so every rank always sees data.
-2. ``resample_shards``: shards are drawn with replacement forever (a resampled stream: no epochs,
-   no rank ever runs dry, no end-of-epoch barrier).
+2. ``shard_draw``: shards are drawn with replacement forever (a resampled stream: no epochs, no
+   rank ever runs dry, no end-of-epoch barrier); draw i is a pure function of (stream seed, i).
 3. ``read_tar_samples``: each shard is opened with fsspec (local, s3://, gs://, ...) and expanded
    into samples by webdataset; unreadable shards/members are logged and skipped.
 4. optional phase-1 subset: keep a sample iff a hash of (seed, key) falls below the fraction.
-5. ``shuffle_buffer``: a seeded shuffle buffer.
-6. position counter: the number of samples taken from 5 is the data position saved in checkpoints;
-   a resumed run fast-forwards stage 5 by that count without decoding anything.
+5. ``shuffled_windows``: the samples of consecutive draws are gathered into windows of at least
+   ``shuffle_buffer`` samples, each shuffled by a generator seeded with its first draw.
+6. position: (first draw of the window, samples taken from it) is the data position saved in
+   checkpoints; a resumed run reads that one window again and skips into it, so the cost of a
+   resume does not grow with the step (shard and offset arithmetic, as mosaicml/streaming does).
 7. ``make_example``: decode, crop containing the whole mask, resize, build the stock diffusers
    inpainting inputs, pick the prompt, tokenize. A corrupt sample is logged and skipped.
 8. batching inside the worker, so each batch carries (worker, position) for checkpoints.
@@ -26,6 +28,7 @@ import hashlib
 import io
 import json
 import logging
+import posixpath
 import random
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -56,21 +59,65 @@ class CorruptSample(ValueError):
 # ----------------------------------------------------------------------------------------------
 
 
-def expand_urls(urls: Sequence[str]) -> list[str]:
-    """Expand brace patterns and globs (local or fsspec) into a sorted list of shard URLs."""
+def expand_urls(urls: Sequence[str], key: str = "urls") -> list[str]:
+    """Expand brace patterns and globs (local or fsspec) into a sorted list of shard URLs.
+
+    Refused (UserError naming ``key``): patterns that match nothing, and named shards that do not
+    exist. A training run that silently read half of the shards it was given would be worse than
+    one that does not start. Existence is checked with one listing per folder, so a brace
+    pattern of 10,000 shards on object storage costs a few requests, not 10,000.
+    """
     import braceexpand
     import fsspec
 
+    from magiceraser.errors import UserError
+
     out: list[str] = []
+    named: list[str] = []
+    empty: list[str] = []
     for pattern in urls:
-        for url in braceexpand.braceexpand(pattern):
+        for url in braceexpand.braceexpand(str(pattern)):
             if any(c in url for c in "*?["):
                 fs, _, paths = fsspec.get_fs_token_paths(url)
                 local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
-                out.extend(sorted(p if local else fs.unstrip_protocol(p) for p in paths))
+                matched = sorted(p if local else fs.unstrip_protocol(p) for p in paths)
+                if not matched:
+                    empty.append(url)
+                out.extend(matched)
             else:
                 out.append(url)
+                named.append(url)
+    if empty:
+        raise UserError(f"{key}: {', '.join(empty[:3])} matched no shard; give OLRD .tar shards (paths, globs, "
+                        "brace patterns or s3://... URLs)")
+    if not out:
+        raise UserError(f"{key} is empty; give OLRD .tar shards (paths, globs, brace patterns or s3://... URLs)")
+    missing = missing_urls(named)
+    if missing:
+        raise UserError(f"{key}: {len(missing)} of {len(out)} shards do not exist (first: {', '.join(missing[:3])}); "
+                        "fix the pattern or build the missing shards")
     return out
+
+
+def missing_urls(urls: Sequence[str]) -> list[str]:
+    """The URLs of ``urls`` that do not exist, found with one listing per parent folder."""
+    import fsspec
+
+    by_parent: dict[str, list[str]] = {}
+    for url in urls:
+        by_parent.setdefault(url.rpartition("/")[0], []).append(url)
+    missing = []
+    for members in by_parent.values():
+        fs, _, (root,) = fsspec.get_fs_token_paths(members[0])
+        try:
+            present = {p.rstrip("/") for p in fs.ls(posixpath.dirname(root.rstrip("/")), detail=False)}
+        except (FileNotFoundError, NotADirectoryError):
+            present = set()
+        for url in members:
+            _, _, (path,) = fsspec.get_fs_token_paths(url)
+            if path.rstrip("/") not in present:
+                missing.append(url)
+    return missing
 
 
 def assign_shards(urls: Sequence[str], rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
@@ -169,12 +216,13 @@ def choose_prompt(
 # ----------------------------------------------------------------------------------------------
 
 
-def resample_shards(urls: Sequence[str], rng: random.Random) -> Iterator[str]:
-    """Shards drawn with replacement, forever."""
-    if not urls:
-        raise ValueError("no shards to read")
-    while True:
-        yield urls[rng.randrange(len(urls))]
+def shard_draw(shards: Sequence[str], stream_seed: int, draw: int) -> str:
+    """The shard of draw number ``draw`` of a resampled stream (with replacement, forever).
+
+    A pure function of (stream seed, draw), as in mosaicml/streaming: a resumed stream jumps to
+    any draw without replaying the ones before it.
+    """
+    return shards[stable_seed("shard-draw", stream_seed, draw) % len(shards)]
 
 
 def _log_and_continue(exn: Exception) -> bool:
@@ -182,53 +230,82 @@ def _log_and_continue(exn: Exception) -> bool:
     return True
 
 
-def read_tar_samples(urls: Iterable[str], max_empty_shards: int | None = None) -> Iterator[dict[str, Any]]:
+def _reraise(exn: Exception) -> bool:
+    raise exn
+
+
+def read_tar_samples(urls: Iterable[str], strict: bool = False) -> Iterator[dict[str, Any]]:
     """Open each URL with fsspec and yield webdataset samples ({"__key__", "__url__", ext: bytes}).
 
-    With ``max_empty_shards``, that many shards in a row without a sample raise RuntimeError (an
-    endless resampled stream over empty or unreadable shards would otherwise hang).
+    By default a shard that cannot be opened, or a damaged tar member, is logged and skipped (a
+    multi-day training run outlives a flaky shard). ``strict=True`` raises ``OSError`` naming the
+    URL instead, for jobs whose output would silently lack the shard (the latent cache).
     """
     import fsspec
     from webdataset.tariterators import group_by_keys, tar_file_expander
 
-    empty = [0]
-
     def opened() -> Iterator[dict[str, Any]]:
         for url in urls:
-            empty[0] += 1
-            if max_empty_shards is not None and empty[0] > max_empty_shards:
-                raise RuntimeError(f"{empty[0] - 1} shards in a row gave no sample (last: {url}); check data.urls")
             try:
                 fh = fsspec.open(url, "rb").open()
-            except Exception as exn:  # a missing/unreachable shard is skipped, not fatal
+            except Exception as exn:
+                if strict:
+                    raise OSError(f"cannot open shard {url}: {exn}") from exn
                 log.warning("skipping shard %s: cannot open it (%r)", url, exn)
-                yield {"url": url, "stream": io.BytesIO(b"")}
                 continue
             try:
                 yield {"url": url, "stream": fh}
             finally:
                 fh.close()
 
-    files = tar_file_expander(opened(), handler=_log_and_continue)
-    for sample in group_by_keys(files, handler=_log_and_continue):
-        empty[0] = 0
-        yield sample
+    handler = _reraise if strict else _log_and_continue
+    try:
+        yield from group_by_keys(tar_file_expander(opened(), handler=handler), handler=handler)
+    except OSError:
+        raise
+    except Exception as exn:  # only reached in strict mode: tarfile/webdataset errors of a damaged shard
+        raise OSError(f"cannot read shard data ({exn})") from exn
 
 
-def shuffle_buffer(samples: Iterable[Any], size: int, rng: random.Random) -> Iterator[Any]:
-    """Seeded reservoir shuffle: emit a random element of a buffer of ``size`` (passthrough if size <= 1)."""
-    if size <= 1:
-        yield from samples
-        return
-    buf: list[Any] = []
-    for sample in samples:
-        buf.append(sample)
-        if len(buf) >= size:
-            i = rng.randrange(len(buf))
-            buf[i], buf[-1] = buf[-1], buf[i]
-            yield buf.pop()
-    rng.shuffle(buf)
-    yield from buf
+def shuffled_windows(
+    shards: Sequence[str],
+    stream_seed: int,
+    window_size: int,
+    start: tuple[int, int] = (0, 0),
+    keep: Any = None,
+    max_empty_shards: int = 10,
+) -> Iterator[tuple[tuple[int, int], dict[str, Any]]]:
+    """The samples of a resampled stream, shuffled in windows, each with its position.
+
+    A window starting at draw ``w`` holds the samples of draws w, w+1, ... (each shard read in
+    full, ``keep(sample)`` filtering them) until it has at least ``window_size``; it is shuffled
+    by a generator seeded with (stream seed, w). The position after the j-th sample of window w is
+    (w, j). A stream started at (w, j) reads window w again and skips j samples, so a resume
+    costs one window of reading, whatever the step (the shuffle quality is that of a
+    ``window_size`` buffer; ``window_size`` <= 1 keeps the shards' order).
+
+    ``max_empty_shards`` shards in a row without a single sample raise RuntimeError (a stream over
+    empty or unreadable shards would otherwise spin forever).
+    """
+    if not shards:
+        raise ValueError("no shards to read")
+    draw, skip = start
+    empty_run = 0
+    while True:
+        window_start, window = draw, []
+        while len(window) < max(1, window_size):
+            url = shard_draw(shards, stream_seed, draw)
+            draw += 1
+            samples = list(read_tar_samples([url]))
+            empty_run = 0 if samples else empty_run + 1
+            if empty_run > max_empty_shards:
+                raise RuntimeError(f"{empty_run} shards in a row gave no sample (last: {url}); check data.urls")
+            window.extend(s for s in samples if keep is None or keep(s))
+        if window_size > 1:
+            random.Random(stable_seed("window", stream_seed, window_start)).shuffle(window)
+        for j in range(skip, len(window)):
+            yield (window_start, j + 1), window[j]
+        skip = 0
 
 
 # ----------------------------------------------------------------------------------------------
@@ -378,7 +455,8 @@ class StreamSpec:
     subset_fraction: float = 1.0
     cached: bool = False
     stream_name: str = "train"
-    start_positions: dict[int, int] = field(default_factory=dict)
+    start_positions: dict[int, Sequence[int]] = field(default_factory=dict)
+    """Per logical worker, the (window, offset) position to continue from (see ``shuffled_windows``)."""
     worker_offset: int = 0
 
 
@@ -399,19 +477,13 @@ class TrainStream(torch.utils.data.IterableDataset):
         worker = (physical + spec.worker_offset) % num_workers
         seed = spec.example.seed
         shards = assign_shards(spec.urls, spec.rank, spec.world_size, worker, num_workers)
-        shard_rng = random.Random(stable_seed("shards", seed, spec.stream_name, spec.rank, worker))
-        samples = read_tar_samples(resample_shards(shards, shard_rng), max_empty_shards=10 + 2 * len(shards))
-        if spec.subset_fraction < 1.0:
-            samples = _subset(samples, seed, spec.subset_fraction)
-        shuffle_rng = random.Random(stable_seed("shuffle", seed, spec.stream_name, spec.rank, worker))
-        samples = shuffle_buffer(samples, spec.shuffle_buffer, shuffle_rng)
+        stream_seed = stable_seed("stream", seed, spec.stream_name, spec.rank, worker)
+        start = tuple(spec.start_positions.get(worker, (0, 0)))
+        keep = _SubsetFilter(seed, spec.subset_fraction) if spec.subset_fraction < 1.0 else None
+        samples = shuffled_windows(shards, stream_seed, spec.shuffle_buffer, start, keep, max_empty_shards=10 + 2 * len(shards))
 
-        skip = spec.start_positions.get(worker, 0)
-        position, failures, batch = 0, 0, []
-        for sample in samples:
-            position += 1
-            if position <= skip:  # fast-forward on resume: nothing decoded
-                continue
+        failures, batch = 0, []
+        for position, sample in samples:
             try:
                 example = self._example(sample, worker, position)
             except CorruptSample as exc:
@@ -423,10 +495,10 @@ class TrainStream(torch.utils.data.IterableDataset):
             failures = 0
             batch.append(example)
             if len(batch) == spec.batch_size:
-                yield collate(batch, worker=worker, position=position)
+                yield collate(batch, worker=worker, position=list(position))
                 batch = []
 
-    def _example(self, sample: dict[str, Any], worker: int, position: int) -> dict[str, Any]:
+    def _example(self, sample: dict[str, Any], worker: int, position: tuple[int, int]) -> dict[str, Any]:
         spec = self.spec
         if spec.cached:
             example = decode_cached(sample)
@@ -434,7 +506,7 @@ class TrainStream(torch.utils.data.IterableDataset):
             if self._inputs is None:
                 self._inputs = InpaintingInputs(spec.example.vae_scale_factor)
             example = make_pixel_example(decode_olrd(sample), spec.example, self._inputs)
-        rng = np.random.default_rng(stable_seed("prompt", spec.example.seed, spec.stream_name, spec.rank, worker, position))
+        rng = np.random.default_rng(stable_seed("prompt", spec.example.seed, spec.stream_name, spec.rank, worker, *position))
         prompt, learned = choose_prompt(example["tags"], example["caption"], spec.token, spec.learned_prob, rng, spec.tag_choice)
         ids = spec.tokenizer(
             prompt, padding="max_length", max_length=spec.tokenizer.model_max_length, truncation=True, return_tensors="pt"
@@ -453,24 +525,29 @@ TENSOR_KEYS = (
 )
 
 
-def _subset(samples: Iterable[dict[str, Any]], seed: int, fraction: float) -> Iterator[dict[str, Any]]:
-    # Give up when far more samples were rejected in a row than the fraction explains (empty subset).
-    limit = max(10_000, int(50 / fraction))
-    rejected = 0
-    for sample in samples:
-        if in_subset(sample["__key__"], seed, fraction):
-            rejected = 0
-            yield sample
-        else:
-            rejected += 1
-            if rejected > limit:
-                raise RuntimeError(
-                    f"no sample in {rejected} fell into the phase-1 subset (phases.textual_inversion_subset={fraction}); "
-                    "raise the fraction or add data"
-                )
+class _SubsetFilter:
+    """Phase-1 subset membership of samples; gives up when far more were rejected in a row than
+    the fraction explains (an empty subset would otherwise read shards forever)."""
+
+    def __init__(self, seed: int, fraction: float):
+        self.seed, self.fraction = seed, fraction
+        self.limit = max(10_000, int(50 / fraction))
+        self.rejected = 0
+
+    def __call__(self, sample: dict[str, Any]) -> bool:
+        if in_subset(sample["__key__"], self.seed, self.fraction):
+            self.rejected = 0
+            return True
+        self.rejected += 1
+        if self.rejected > self.limit:
+            raise RuntimeError(
+                f"no sample in {self.rejected} fell into the phase-1 subset (phases.textual_inversion_subset={self.fraction}); "
+                "raise the fraction or add data"
+            )
+        return False
 
 
-def collate(examples: list[dict[str, Any]], worker: int = 0, position: int = 0) -> dict[str, Any]:
+def collate(examples: list[dict[str, Any]], worker: int = 0, position: Sequence[int] = (0, 0)) -> dict[str, Any]:
     """Stack example tensors; keep keys, prompts and the learned-prompt flags as lists/tensors."""
     batch: dict[str, Any] = {k: torch.stack([e[k] for e in examples]) for k in TENSOR_KEYS if k in examples[0]}
     batch["learned"] = torch.tensor([bool(e["learned"]) for e in examples])
@@ -496,7 +573,7 @@ def make_loader(spec: StreamSpec, num_workers: int) -> torch.utils.data.DataLoad
 def read_first_samples(urls: Sequence[str], n: int) -> list[dict[str, Any]]:
     """The first ``n`` decodable OLRD samples of the shards in order (validation), corrupt ones skipped."""
     out = []
-    for sample in read_tar_samples(expand_urls(urls)):
+    for sample in read_tar_samples(expand_urls(urls, key="validation.urls")):
         try:
             out.append(decode_olrd(sample))
         except CorruptSample as exc:

@@ -4,12 +4,18 @@
     pipe.load_textual_inversion(out_dir / "learned_embeds.safetensors", token=meta["token"])
 
 The LoRA file carries the adapter config (rank, alpha, target modules) as diffusers'
-``lora_adapter_metadata``, so stock loaders apply the trained scale alpha / rank. Files are
-written atomically and ``magiceraser.json`` last: its presence marks a complete export.
+``lora_adapter_metadata``, so stock loaders apply the trained scale alpha / rank.
+
+The export is one unit: both weight files are written under temporary names, the old
+``magiceraser.json`` (the completion marker) is removed before either replaces its predecessor,
+and the new marker, holding the sha256 of both files, is written last. So a marker always
+vouches for the weight files beside it (``read_trained_output`` checks the digests), and a
+killed export leaves no marker: :func:`sweep_incomplete_export` removes what it left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -17,8 +23,8 @@ from typing import Any
 
 import torch
 
-from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME
-from magiceraser.atomic import TMP_PREFIX, atomic_write_json
+from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME, file_sha256
+from magiceraser.atomic import TMP_PREFIX, atomic_write_json, make_shareable, remove_stale_temporaries
 
 
 def unet_lora_state_dict(unet) -> dict[str, torch.Tensor]:
@@ -42,10 +48,30 @@ def export_trained(out_dir: str | Path, unet, vector: torch.Tensor, token: str, 
         StableDiffusionInpaintPipeline.save_lora_weights(
             tmp, unet_lora_layers=unet_lora_state_dict(unet), unet_lora_adapter_metadata=metadata, safe_serialization=True
         )
-        os.replace(Path(tmp) / LORA_WEIGHTS_NAME, out / LORA_WEIGHTS_NAME)
         save_file({token: vector.detach().float().cpu().reshape(1, -1).contiguous()}, str(Path(tmp) / EMBEDS_NAME))
-        os.replace(Path(tmp) / EMBEDS_NAME, out / EMBEDS_NAME)
+        digests = {}
+        for name in (LORA_WEIGHTS_NAME, EMBEDS_NAME):
+            make_shareable(Path(tmp) / name)
+            digests[name] = file_sha256(Path(tmp) / name)
+        # From here until the new marker is written the folder holds no complete export.
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(out / META_NAME)
+        for name in (LORA_WEIGHTS_NAME, EMBEDS_NAME):
+            os.replace(Path(tmp) / name, out / name)
     meta = {"token": token, "base_model": base_model, "lora": {"rank": metadata.get("r"), "alpha": metadata.get("lora_alpha")}}
     meta.update(extra)
+    meta["files"] = digests
     atomic_write_json(out / META_NAME, meta)
     return out
+
+
+def sweep_incomplete_export(out_dir: str | Path) -> list[Path]:
+    """Remove what a killed export left in ``out_dir``: temporaries, and weight files without a marker."""
+    out = Path(out_dir)
+    removed = remove_stale_temporaries(out)
+    if not (out / META_NAME).exists():
+        for name in (LORA_WEIGHTS_NAME, EMBEDS_NAME):
+            if (out / name).exists():
+                (out / name).unlink()
+                removed.append(out / name)
+    return removed

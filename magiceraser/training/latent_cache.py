@@ -13,8 +13,16 @@ so training on the cache equals training with encoding every step. Storing the p
 parameters rather than one sample keeps the VAE's sampling noise fresh at every visit.
 
 Shards are independent jobs (locally in a loop, or one Ray task each with ``executor=ray``).
-A shard is done when its ``.stats.json`` (counts and skip reasons) exists; reruns skip done shards.
-``cache.json`` records the preprocessing parameters that the trainer checks against its config.
+Each cache shard's ``.stats.json`` (counts, skip reasons, written after its tar) records what the
+shard was encoded from (:func:`shard_dependencies`: the source shard's URL, size and
+modification stamp, the base model and a digest of its VAE config, resolution, crop seed and
+scale, mask jitter, storage dtype) and its fingerprint. A rerun reuses a shard only when that
+record equals the current one and re-encodes it otherwise, saying which keys changed.
+
+``cache.json`` is the completion marker: removed before any shard is (re)encoded, written last,
+it lists the shards with their fingerprints and the settings the trainer checks against its
+config (and the base model's VAE). The trainer reads exactly the shards it lists. A source shard
+that cannot be read fails the build with its URL: it is never an empty cache shard marked done.
 """
 
 from __future__ import annotations
@@ -31,9 +39,12 @@ import numpy as np
 import torch
 
 from magiceraser.atomic import atomic_open, atomic_write_json
+from magiceraser.errors import UserError
+from magiceraser.fingerprint import changed, config_digest, describe_changes, digest
 
 log = logging.getLogger(__name__)
 CACHE_META = "cache.json"
+CACHE_FORMAT = 2
 MATCHED_FIELDS = ("resolution", "crop_scale_min", "mask_dilate_max", "seed")
 
 
@@ -85,10 +96,59 @@ def _npy(arr: torch.Tensor, dtype: str) -> bytes:
     return buf.getvalue()
 
 
-def encode_shard(url: str, out_path: str, cfg: LatentCacheConfig, vae=None) -> dict[str, Any]:
-    """Encode one shard into ``out_path`` (atomically) and write its stats sidecar; returns the stats."""
-    import webdataset as wds
+def vae_digest(vae_config: Any) -> str:
+    """Digest of a VAE's config (a loaded model's ``.config`` or the init dict of its config file)."""
+    return config_digest(vae_config)
+
+
+def stored_vae_digest(cfg: LatentCacheConfig) -> str:
+    """:func:`vae_digest` of ``cfg.base_model``'s VAE from its config file alone (no weights loaded)."""
     from diffusers import AutoencoderKL
+
+    try:
+        raw = AutoencoderKL.load_config(cfg.base_model, subfolder="vae", revision=cfg.revision)
+    except OSError as exc:
+        raise UserError(f"base_model={cfg.base_model!r} has no loadable VAE config ({exc}); give a diffusers directory or Hub id") from exc
+    return vae_digest(AutoencoderKL.extract_init_dict(raw)[0])
+
+
+def source_identity(url: str) -> dict[str, Any]:
+    """URL, size and modification stamp (ETag / mtime / LastModified) of a source shard.
+
+    Read from the file system's metadata (one request on object storage): a rebuilt or replaced
+    source shard under the same name has another identity.
+    """
+    import fsspec
+
+    fs, _, (path,) = fsspec.get_fs_token_paths(url)
+    try:
+        info = fs.info(path)
+    except (FileNotFoundError, OSError) as exc:
+        raise UserError(f"source shard {url} cannot be read ({exc}); fix urls or restore the shard") from exc
+    stamp = next((info[k] for k in ("ETag", "etag", "mtime", "LastModified", "updated", "md5Hash") if info.get(k) is not None), None)
+    return {"url": url, "size": info.get("size"), "modified": str(stamp) if stamp is not None else None}
+
+
+def shard_dependencies(url: str, cfg: LatentCacheConfig, vae_config_digest: str) -> dict[str, Any]:
+    """What one cache shard's bytes depend on."""
+    return {
+        "format": CACHE_FORMAT,
+        "source": source_identity(url),
+        "base_model": cfg.base_model,
+        "revision": cfg.revision,
+        "vae_config": vae_config_digest,
+        "storage_dtype": cfg.storage_dtype,
+        **{k: getattr(cfg, k) for k in MATCHED_FIELDS},
+    }
+
+
+def encode_shard(url: str, out_path: str, cfg: LatentCacheConfig, deps: dict[str, Any], vae=None) -> dict[str, Any]:
+    """Encode one shard into ``out_path`` (atomically) and write its stats sidecar; returns the stats.
+
+    A source shard that cannot be opened or is damaged raises OSError naming ``url``; nothing is
+    marked done for it.
+    """
+    import webdataset as wds
 
     from magiceraser.training.data import (
         CorruptSample,
@@ -99,14 +159,13 @@ def encode_shard(url: str, out_path: str, cfg: LatentCacheConfig, vae=None) -> d
         read_tar_samples,
     )
 
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
-    if vae is None:
-        vae = AutoencoderKL.from_pretrained(cfg.base_model, subfolder="vae", revision=cfg.revision).to(device).eval()
+    vae = vae if vae is not None else _load_vae(cfg)
+    device = vae.device
     scale = 2 ** (len(vae.config.block_out_channels) - 1)
     spec = ExampleSpec(resolution=cfg.resolution, vae_scale_factor=scale, crop_scale_min=cfg.crop_scale_min,
                        mask_dilate_max=cfg.mask_dilate_max, seed=cfg.seed)
     inputs = InpaintingInputs(scale)
-    stats: dict[str, Any] = {"url": url, "written": 0, "skipped": {}}
+    stats: dict[str, Any] = {"url": url, "written": 0, "skipped": {}, "dependencies": deps, "fingerprint": digest(deps)}
     pending: list[dict[str, Any]] = []
 
     def flush(sink) -> None:
@@ -130,7 +189,11 @@ def encode_shard(url: str, out_path: str, cfg: LatentCacheConfig, vae=None) -> d
 
     with atomic_open(out_path, "wb") as fh:
         sink = wds.TarWriter(fh)
-        for sample in read_tar_samples([url]):
+        try:
+            samples = list(read_tar_samples([url], strict=True))
+        except OSError as exc:
+            raise OSError(f"source shard {url} cannot be read: {exc}") from exc
+        for sample in samples:
             try:
                 pending.append(make_pixel_example(decode_olrd(sample), spec, inputs))
             except CorruptSample as exc:
@@ -145,41 +208,96 @@ def encode_shard(url: str, out_path: str, cfg: LatentCacheConfig, vae=None) -> d
     return stats
 
 
+def _stats_path(out: Path, name: str) -> Path:
+    return out / (name[: -len(".tar")] + ".stats.json")
+
+
+def _reusable(stats_path: Path, deps: dict[str, Any]) -> tuple[bool, str]:
+    """Whether a cache shard's stats record ``deps``; else why not (for the log)."""
+    if not stats_path.is_file():
+        return False, "not built"
+    try:
+        old = json.loads(stats_path.read_text())
+    except ValueError:
+        return False, "unreadable stats"
+    if old.get("fingerprint") == digest(deps) and stats_path.with_name(stats_path.name[: -len(".stats.json")] + ".tar").is_file():
+        return True, ""
+    return False, describe_changes(changed(old.get("dependencies") or {}, deps))
+
+
 def build_cache(cfg: LatentCacheConfig) -> dict[str, Any]:
-    """Encode every shard not yet done; write ``cache.json`` last. Returns the summary."""
+    """Encode every shard whose cache is missing or stale; write ``cache.json`` last. Returns the summary."""
     from magiceraser.atomic import remove_stale_temporaries
     from magiceraser.config import config_to_dict
     from magiceraser.training.data import expand_urls
 
-    urls = expand_urls(cfg.urls)
-    if not urls:
-        raise ValueError(f"urls {cfg.urls} matched no shards")
+    urls = expand_urls(cfg.urls, key="urls")
     names = [Path(u.rstrip("/").split("/")[-1]).name for u in urls]
     if len(set(names)) != len(names):
-        raise ValueError("shard file names must be unique across urls (cache shards are named after them)")
+        raise UserError("urls: shard file names must be unique across urls (cache shards are named after them)")
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(out)
-    todo = [(u, str(out / n)) for u, n in zip(urls, names) if not (out / (n[: -len(".tar")] + ".stats.json")).is_file()]
-    log.info("latent cache: %d of %d shards to encode into %s", len(todo), len(urls), out)
+    vae_config = stored_vae_digest(cfg)
+    deps = {n: shard_dependencies(u, cfg, vae_config) for u, n in zip(urls, names)}
+    todo, reasons = [], {}
+    for u, n in zip(urls, names):
+        ok, why = _reusable(_stats_path(out, n), deps[n])
+        if not ok:
+            todo.append((u, str(out / n), deps[n]))
+            reasons[why] = reasons.get(why, 0) + 1
+    log.info("latent cache: %d of %d shards to encode into %s%s", len(todo), len(urls), out,
+             "".join(f"; {k} x{v}" for k, v in reasons.items()))
+    if todo:
+        # The marker goes first: a build killed half-way must not leave a cache.json vouching for it.
+        (out / CACHE_META).unlink(missing_ok=True)
+    results, failures = _run_encodes(cfg, todo)
+    if failures:
+        raise UserError(f"latent cache: {len(failures)} source shard(s) could not be encoded; "
+                        f"first: {failures[0]}; fix or remove them from urls and rerun (finished shards are kept)")
+    written = sum(r["written"] for r in results)
+    meta = {k: getattr(cfg, k) for k in MATCHED_FIELDS}
+    meta.update(format=CACHE_FORMAT, base_model=cfg.base_model, revision=cfg.revision, vae_config=vae_config,
+                storage_dtype=cfg.storage_dtype, shards={n: digest(deps[n]) for n in names}, config=config_to_dict(cfg))
+    atomic_write_json(out / CACHE_META, meta)
+    return {"encoded_shards": len(results), "written": written, "out_dir": str(out)}
+
+
+def _run_encodes(cfg: LatentCacheConfig, todo: list[tuple[str, str, dict[str, Any]]]) -> tuple[list[dict[str, Any]], list[str]]:
+    """Encode ``todo`` here or as Ray tasks; every shard is tried, failures are returned as messages."""
+    results, failures = [], []
     if cfg.executor == "ray" and todo:
         import ray
 
         if not ray.is_initialized():
             ray.init(address=cfg.ray_address, ignore_reinit_error=True)
         task = ray.remote(num_gpus=cfg.gpus_per_task, num_cpus=1)(encode_shard)
-        results = ray.get([task.remote(u, o, cfg) for u, o in todo])
-    else:
-        results = [encode_shard(u, o, cfg) for u, o in todo]
-    written = sum(r["written"] for r in results)
-    meta = {k: getattr(cfg, k) for k in MATCHED_FIELDS}
-    meta.update(base_model=cfg.base_model, shards=names, config=config_to_dict(cfg))
-    atomic_write_json(out / CACHE_META, meta)
-    return {"encoded_shards": len(results), "written": written, "out_dir": str(out)}
+        refs = {task.remote(u, o, cfg, d): u for u, o, d in todo}
+        for ref, url in refs.items():
+            try:
+                results.append(ray.get(ref))
+            except Exception as exc:  # a task's OSError arrives wrapped in a RayTaskError
+                failures.append(f"{url}: {getattr(exc, 'cause', None) or exc}")
+        return results, failures
+    vae = None
+    for u, o, d in todo:
+        try:
+            vae = vae or _load_vae(cfg)
+            results.append(encode_shard(u, o, cfg, d, vae=vae))
+        except OSError as exc:
+            log.error("latent cache: %s", exc)
+            failures.append(str(exc))
+    return results, failures
 
 
-def check_cache_matches(cache_dir: str, train_cfg) -> None:
-    """Raise ValueError if the cache was made with other preprocessing than ``train_cfg.data``."""
+def _load_vae(cfg: LatentCacheConfig):
+    from diffusers import AutoencoderKL
+
+    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    return AutoencoderKL.from_pretrained(cfg.base_model, subfolder="vae", revision=cfg.revision).to(device).eval()
+
+
+def _read_cache_meta(cache_dir: str) -> dict[str, Any]:
     import fsspec
 
     path = f"{cache_dir.rstrip('/')}/{CACHE_META}"
@@ -187,13 +305,40 @@ def check_cache_matches(cache_dir: str, train_cfg) -> None:
         with fsspec.open(path, "r") as fh:
             meta = json.load(fh)
     except FileNotFoundError as exc:
-        raise ValueError(f"data.latent_cache={cache_dir!r} has no {CACHE_META}; build it with `magiceraser cache-latents`") from exc
-    for name in MATCHED_FIELDS:
-        if meta.get(name) != getattr(train_cfg.data, name):
-            raise ValueError(
-                f"data.{name}={getattr(train_cfg.data, name)!r} but the latent cache was built with {name}={meta.get(name)!r}; "
-                "rebuild the cache or set the same value"
-            )
+        raise UserError(f"data.latent_cache={cache_dir!r} has no {CACHE_META} (not built, or its build did not finish); "
+                        "build it with `magiceraser cache-latents`") from exc
+    if meta.get("format") != CACHE_FORMAT:
+        raise UserError(f"data.latent_cache={cache_dir!r} was built by an older version (format {meta.get('format')}); "
+                        "rebuild it with `magiceraser cache-latents`")
+    return meta
+
+
+def cache_shard_urls(cache_dir: str) -> list[str]:
+    """The cache shards ``cache.json`` lists (never a glob: stale shards beside them are not read)."""
+    from magiceraser.training.data import missing_urls
+
+    meta = _read_cache_meta(cache_dir)
+    urls = [f"{cache_dir.rstrip('/')}/{name}" for name in meta["shards"]]
+    missing = missing_urls(urls)
+    if missing:
+        raise UserError(f"data.latent_cache={cache_dir!r}: {len(missing)} of the {len(urls)} shards {CACHE_META} lists are missing "
+                        f"(first: {missing[0]}); rebuild it with `magiceraser cache-latents`")
+    return urls
+
+
+def check_cache_matches(cache_dir: str, train_cfg, train_vae_digest: str) -> None:
+    """Refuse (UserError) a cache made with other preprocessing than ``train_cfg.data`` or another VAE."""
+    meta = _read_cache_meta(cache_dir)
+    want = {name: getattr(train_cfg.data, name) for name in MATCHED_FIELDS}
+    have = {name: meta.get(name) for name in MATCHED_FIELDS}
+    diff = {f"data.{k}": v for k, v in changed(have, want).items()}
+    if meta.get("vae_config") != train_vae_digest:
+        diff["model.base_model (VAE config)"] = (meta.get("base_model"), train_cfg.model.base_model)
+    if diff:
+        raise UserError(
+            f"data.latent_cache={cache_dir!r} was built with other settings than this run ({describe_changes(diff)}); "
+            "rebuild the cache with the run's settings or set the same values"
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

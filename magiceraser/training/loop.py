@@ -11,15 +11,22 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import shutil
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME
 from magiceraser.config import config_to_dict, save_config
+from magiceraser.errors import UserError
+from magiceraser.fingerprint import digest
 from magiceraser.training import checkpoint as ckpt
+from magiceraser.training import resume as resume_checks
 from magiceraser.training.config import TrainConfig
 from magiceraser.training.data import ExampleSpec, StreamSpec, expand_urls, make_loader, stable_seed
 from magiceraser.training.distributed import (
@@ -31,6 +38,7 @@ from magiceraser.training.distributed import (
     gather_objects,
     init_distributed,
 )
+from magiceraser.training.export import sweep_incomplete_export
 from magiceraser.training.model import (
     DTYPES,
     PromptTuner,
@@ -56,6 +64,25 @@ class TrainResult:
     learned_share: float = float("nan")
 
 
+def _on_all_ranks(check: Callable[[], Any], ctx: DistContext) -> Any:
+    """Run a check of shared state on rank 0; its result, or its UserError, reaches every rank.
+
+    Raising on rank 0 alone would leave the other ranks waiting in the next collective forever.
+    """
+    outcome: tuple[str, Any]
+    if ctx.is_main:
+        try:
+            outcome = ("ok", check())
+        except UserError as exc:
+            outcome = ("error", str(exc))
+    else:
+        outcome = ("ok", None)
+    kind, value = broadcast_object(outcome, ctx)
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, ctx: DistContext | None = None, components: dict[str, Any] | None = None):
         self.cfg = cfg
@@ -68,18 +95,25 @@ class Trainer:
         if mp == "fp16" and self.ctx.device.type != "cuda":
             raise ValueError("optim.mixed_precision=fp16 needs a CUDA device; use bf16 or no on CPU")
         self.weight_dtype = DTYPES[mp]
-        self.urls = expand_urls(cfg.data.latent_cache and [f"{cfg.data.latent_cache.rstrip('/')}/*.tar"] or cfg.data.urls)
-        if not self.urls:
-            where = "data.latent_cache" if cfg.data.latent_cache else "data.urls"
-            raise ValueError(f"{where} matched no shards; give OLRD .tar shards (paths, globs or s3://... URLs)")
+        # Refuse what would mix or destroy another run before any model is loaded.
+        self.replaced = _on_all_ranks(lambda: resume_checks.check_out_dir(self.out_dir, cfg.resume, cfg.overwrite), self.ctx)
         if cfg.data.latent_cache:
-            from magiceraser.training.latent_cache import check_cache_matches
+            from magiceraser.training.latent_cache import cache_shard_urls
 
-            check_cache_matches(cfg.data.latent_cache, cfg)
+            self.urls = cache_shard_urls(cfg.data.latent_cache)
+        else:
+            self.urls = expand_urls(cfg.data.urls, key="data.urls")
 
         # LoRA initialisation must be identical on every process: seed before building the model.
         torch.manual_seed(cfg.seed)
         comps = components or load_base_components(cfg.model.base_model, cfg.model.revision)
+        model_digest = resume_checks.base_model_digest(comps)
+        if cfg.data.latent_cache:
+            from magiceraser.training.latent_cache import check_cache_matches, vae_digest
+
+            check_cache_matches(cfg.data.latent_cache, cfg, vae_digest(comps["vae"].config))
+        self.dependencies = resume_checks.training_dependencies(cfg, self.ctx.world_size, self.ctx.device.type, model_digest)
+        self.run_id = broadcast_object(uuid.uuid4().hex, self.ctx)
         self.model = PromptTuner(comps, cfg.model, self.weight_dtype).to(self.ctx.device)
         self.base_scheduler_config = dict(self.model.noise_scheduler.config)
         # From here on each process has its own global RNG stream (LoRA dropout).
@@ -122,7 +156,15 @@ class Trainer:
             if self.ctx.is_main:
                 log.info("resume requested but %s holds no checkpoint: starting fresh", self.ckpt_root)
             return {}
+        accepted = _on_all_ranks(
+            lambda: resume_checks.check_resume(ckpt.read_state(path).get("dependencies"), self.dependencies, Path(path),
+                                               self.cfg.resume_allow_changes),
+            self.ctx,
+        )
+        if accepted and self.ctx.is_main:
+            log.warning("resuming %s with changed settings: %s", path, "; ".join(accepted))
         state = ckpt.load_checkpoint(path)
+        self.run_id = state["state"].get("run_id") or self.run_id
         self.model.load_trainable_state(state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["scheduler"])
@@ -132,7 +174,7 @@ class Trainer:
         if saved_world == self.ctx.world_size:
             ckpt.set_rng_state(state["rng"]["per_rank"][self.ctx.rank])
             data = state["state"]["data"][self.ctx.rank]
-            data["positions"] = {int(k): int(v) for k, v in data["positions"].items()}
+            data["positions"] = {int(k): [int(v[0]), int(v[1])] for k, v in data["positions"].items()}
             self.data_state = data
         else:
             # Streams are defined per (rank, worker): with another world size they cannot be continued,
@@ -184,7 +226,13 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         resumed_state = self._resume() if cfg.resume else {}
         if ctx.is_main:
+            if cfg.overwrite and self.replaced:
+                log.warning("--overwrite: deleting the previous run in %s (%s)", self.out_dir, ", ".join(self.replaced))
+                shutil.rmtree(self.ckpt_root, ignore_errors=True)
+                for name in (META_NAME, LORA_WEIGHTS_NAME, EMBEDS_NAME):
+                    (self.out_dir / name).unlink(missing_ok=True)
             ckpt.sweep_temporaries(self.ckpt_root)
+            sweep_incomplete_export(self.out_dir)
             save_config(cfg, self.out_dir / "train_config.yaml")
             self.logger = RunLogger(cfg.wandb, self.out_dir, config_to_dict(cfg), resume_id=resumed_state.get("wandb_run_id"))
         total, ti_steps, accum = cfg.phases.total_steps, cfg.phases.textual_inversion_steps, cfg.optim.grad_accumulation
@@ -298,8 +346,9 @@ class Trainer:
         if self.ctx.is_main:
             path = ckpt.save_checkpoint(
                 self.ckpt_root, self.step, self.model.trainable_state(), self.optimizer, self.lr_scheduler,
-                self.generator, rng_states, data_states, self.ctx.world_size, self.cfg.checkpoint.keep_last,
-                extra={"wandb_run_id": getattr(self.logger, "run_id", None)},
+                self.generator, rng_states, data_states, self.ctx.world_size, self.cfg.checkpoint.keep_last, self.run_id,
+                extra={"wandb_run_id": getattr(self.logger, "run_id", None), "dependencies": self.dependencies,
+                       "fingerprint": digest(self.dependencies)},
             )
             log.info("saved %s", path)
         barrier(self.ctx)

@@ -14,6 +14,7 @@ share the global batch (a 2-process run equals a 1-process run with the doubled 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,6 +25,7 @@ from torch import nn
 from magiceraser.training.config import ModelConfig
 from magiceraser.training.placeholder import PlaceholderEmbedding, add_placeholder
 
+log = logging.getLogger(__name__)
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -84,6 +86,16 @@ class PromptTuner(nn.Module):
         if cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             self.text_encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            # transformers checkpoints only modules in training mode. The frozen CLIP computes the
+            # same in train() when none of its dropouts is active (SD 1.5's are all 0.0).
+            te_config = self.text_encoder.config
+            dropout_free = getattr(te_config, "attention_dropout", 0.0) == 0 and getattr(te_config, "dropout", 0.0) == 0 and not any(
+                isinstance(m, nn.Dropout) and m.p > 0 for m in self.text_encoder.modules()
+            )
+            if dropout_free:
+                self.text_encoder.train()
+            else:
+                log.warning("text encoder has active dropout: it stays in eval mode, so only the UNet is checkpointed")
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.scaling_factor = float(self.vae.config.scaling_factor)
 

@@ -30,10 +30,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = config_argparser("train", __doc__.split("\n\n")[0])
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in out_dir/checkpoints")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run that out_dir holds (its checkpoints and export)")
+    parser.add_argument("--allow-change", action="append", default=[], metavar="KEYS",
+                        help="with --resume: settings (comma-separated dotted keys) that may differ from the checkpoint's")
     parser.add_argument("--ray", action="store_true", help="run under Ray Train's TorchTrainer (see the ray.* keys)")
     args = parser.parse_args(argv)
     if args.resume:
         args.overrides.append("resume=true")
+    if args.overwrite:
+        args.overrides.append("overwrite=true")
+    allowed = [k.strip() for group in args.allow_change for k in group.split(",") if k.strip()]
+    if allowed:
+        args.overrides.append(f"resume_allow_changes=[{','.join(allowed)}]")
     if args.ray:
         args.overrides.append("ray.enabled=true")
     cfg = load_cli_config(TrainConfig, args)

@@ -18,6 +18,7 @@ from olrd_fixture import write_olrd_shards
 from safetensors.torch import load_file
 
 from magiceraser.artifacts import read_trained_output
+from magiceraser.errors import UserError
 from magiceraser.prompts import DEFAULT_TOKEN, learned_prompt
 from magiceraser.training import checkpoint as ckpt
 from magiceraser.training.loop import Trainer, run_training
@@ -203,7 +204,8 @@ def test_two_process_data_parallel_matches_one_process_with_doubled_batch(tiny_s
     for k in one_lora:
         torch.testing.assert_close(two_lora[k], one_lora[k], atol=1e-5, rtol=1e-4)
     # and the runs did train: the weights moved away from the shared initialisation
-    assert not torch.allclose(single.model.placeholder.vector.detach(), Trainer(cfg2).model.placeholder.vector.detach())
+    init = Trainer(tiny_train_config(tiny_sd, urls, tmp_path / "init", **{**over, "data.batch_size": 2}))
+    assert not torch.allclose(single.model.placeholder.vector.detach(), init.model.placeholder.vector.detach())
 
 
 def test_latent_cache_skips_and_records_corrupt_samples(tiny_sd, olrd_shards, tmp_path):
@@ -233,7 +235,7 @@ def test_training_on_cached_latents_equals_on_the_fly_encoding(tiny_sd, tmp_path
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
     assert not torch.equal(a["placeholder.vector"], Trainer(tiny_train_config(tiny_sd, urls, tmp_path / "x")).model.placeholder.vector.detach())
-    with pytest.raises(ValueError, match="data.resolution"):
+    with pytest.raises(UserError, match="data.resolution: 64 -> 128"):
         Trainer(tiny_train_config(tiny_sd, urls, tmp_path / "bad", **{"data.latent_cache": str(tmp_path / "cache"), "data.resolution": 128}))
 
 
