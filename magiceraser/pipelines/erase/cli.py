@@ -1,32 +1,63 @@
 """``magiceraser erase``: erase masked objects from one image or from directories of images and masks.
 
     magiceraser erase --image IMG --mask MASK --out OUT_DIR [--config FILE] [key=value ...]
-    magiceraser erase --image IMG --mask MASK --out RESULT.png
+    magiceraser erase --image IMG --mask MASK --out RESULT.{png,jpg,jpeg,webp,tif,tiff}
     magiceraser erase --image IMAGES_DIR --mask MASKS_DIR --out OUT_DIR     # matched by file stem
 
 A single image writes ``result.png`` (plus ``input.png`` and ``mask.png`` with save_inputs) and
-``erase.json`` into OUT_DIR, or just the result when OUT ends in .png/.jpg. Directory mode writes
-``{stem}.png`` per image and ``erase_report.json`` listing what was erased and what was skipped
-and why (unreadable files, size mismatch, empty mask, no matching mask); a bad item never stops
-the batch. Masks are binarised at mask_threshold (default 128 of 255).
+``erase.json`` into OUT_DIR, or just the result when OUT names a file (its format follows the
+extension). Directory mode writes ``{stem}.{output_format}`` per image and ``erase_report.json``:
+every image ends erased, skipped with a reason (unreadable files, size mismatch, empty mask, no
+matching mask, an exception while erasing) or not done (interrupted); a bad item never stops the
+batch, the report is rewritten atomically as items finish, and a rerun reuses results whose
+image, mask and settings are unchanged (see ``batch.py``). Masks are binarised at mask_threshold.
+
+Everything that can be checked is checked before models load: paths exist and are readable, the
+output is writable and is not (inside) an input, no two inputs share a stem, model folders exist.
+A user error prints one line naming the flag, key or file and exits 2; exit 1 means some item
+failed (batch) or nothing was erased, 130 an interrupted batch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import hashlib
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from magiceraser.pipelines.erase import checks
+from magiceraser.pipelines.erase.batch import (  # noqa: F401 - IMAGE_SUFFIXES re-exported for the old module's callers
+    IMAGE_SUFFIXES,
+    REPORT_NAME,
+    BatchPlan,
+    BatchReport,
+    Pair,
+    fingerprint,
+    plan_batch,
+    settings_key,
+    sha256_file,
+)
+from magiceraser.pipelines.erase.checks import EraseUserError, SingleTarget
 from magiceraser.pipelines.erase.config import EraseConfig
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
+
+def user_error(exc: BaseException) -> int:
+    """Print a user's mistake as one line and return exit code 2 (the CLI's convention for config errors)."""
+    print(f"magiceraser erase: {exc}", file=sys.stderr)
+    return 2
 
 
 class SkipItem(Exception):
+    """An input that cannot be erased, with a stable reason code for the report."""
+
     def __init__(self, reason: str, message: str):
         super().__init__(message)
         self.reason = reason
@@ -58,114 +89,276 @@ def build_pipeline(cfg: EraseConfig):
     )
 
 
-def load_pair(image_path: Path, mask_path: Path, threshold: int) -> tuple[np.ndarray, np.ndarray]:
-    """Decode and check an (image, mask) pair; SkipItem with a reason code when unusable."""
+def load_pipeline(cfg: EraseConfig):
+    """:func:`build_pipeline`, with a load failure (bad folder, wrong files) turned into a user error."""
+    try:
+        return build_pipeline(cfg)
+    except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise EraseUserError(
+            f"cannot load the models ({type(exc).__name__}: {first}); check base_model, trained_dir, segmenter and lama_path"
+        ) from exc
+
+
+def decode_pair(image_name: str, image_data: bytes, mask_name: str, mask_data: bytes, cfg: EraseConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Decode and check an (image, mask) pair; SkipItem naming the file and a reason code when unusable."""
     from magiceraser.imageio import ImageDecodeError, decode_image, decode_mask
+    from magiceraser.pipelines.erase.geometry import drop_small_regions
     from magiceraser.pipelines.erase.pipeline import prepare_inputs
 
     try:
-        image = decode_image(image_path)
+        image = decode_image(image_data)
     except ImageDecodeError as exc:
-        raise SkipItem(f"image_{exc.reason}", f"{image_path}: {exc}") from exc
+        raise SkipItem(f"image_{exc.reason}", f"{image_name}: {exc}") from exc
     try:
-        mask = decode_mask(mask_path, threshold=threshold)
+        mask = decode_mask(mask_data, threshold=cfg.mask_threshold)
     except ImageDecodeError as exc:
-        raise SkipItem(f"mask_{exc.reason}", f"{mask_path}: {exc}") from exc
+        raise SkipItem(f"mask_{exc.reason}", f"{mask_name}: {exc}") from exc
     try:
-        return prepare_inputs(image, mask, threshold)
+        image, mask = prepare_inputs(image, mask, cfg.mask_threshold)
     except ValueError as exc:
         reason = "size_mismatch" if "same size" in str(exc) else "empty_mask" if "empty" in str(exc) else "bad_input"
-        raise SkipItem(reason, f"{image_path}: {exc}") from exc
+        raise SkipItem(reason, f"{image_name}: {exc}") from exc
+    kept, dropped = drop_small_regions(mask, cfg.min_region_area)
+    if not kept.any():
+        raise SkipItem("mask_too_small", (
+            f"{mask_name}: every masked region is smaller than min_region_area={cfg.min_region_area} px "
+            f"({dropped.count} region(s), {dropped.pixels} px); set min_region_area lower to erase them"
+        ))
+    return image, mask
 
 
 def erase_one(pipe, cfg: EraseConfig, image: np.ndarray, mask: np.ndarray):
+    """One pipeline call with the config's settings."""
     return pipe(
         image, mask, tag=cfg.tag, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
         num_inference_steps=cfg.num_inference_steps, strength=cfg.strength, guidance_scale=cfg.guidance_scale,
         refocus=cfg.refocus, seed=cfg.seed, mask_dilation=cfg.mask_dilation, crop_margin=cfg.crop_margin,
-        feather=cfg.feather,
+        feather=cfg.feather, min_region_area=cfg.min_region_area, max_regions=cfg.max_regions or None,
     )
 
 
-def _write_png(path: Path, arr: np.ndarray) -> None:
+def region_notes(result, cfg: EraseConfig) -> dict[str, int]:
+    """What the mask's regions turned into: crops run, specks dropped, regions merged to respect max_regions."""
+    return {
+        "crops": len(result.regions), "mask_components": result.mask_components,
+        "merged_for_cap": result.merged_for_cap, "dropped_regions": result.dropped_regions,
+        "dropped_pixels": result.dropped_pixels,
+    }
+
+
+def region_warning(name: str, notes: dict[str, int], cfg: EraseConfig) -> str | None:
+    """A line for the log when regions were dropped or merged (never silently)."""
+    parts = []
+    if notes["dropped_regions"]:
+        parts.append(f"left {notes['dropped_regions']} mask region(s) of < {cfg.min_region_area} px "
+                     f"({notes['dropped_pixels']} px) unerased (min_region_area)")
+    if notes["merged_for_cap"]:
+        parts.append(f"merged {notes['merged_for_cap']} region(s) into neighbouring crops to stay within "
+                     f"max_regions={cfg.max_regions}")
+    return f"{name}: {'; '.join(parts)}" if parts else None
+
+
+def write_image(path: Path, arr: np.ndarray, fmt: str) -> bytes:
+    """Atomically write ``arr`` in ``fmt`` (png, jpg, webp, tiff); returns the bytes written."""
     from magiceraser.atomic import atomic_write_bytes
     from magiceraser.imageio import encode_image
 
-    atomic_write_bytes(path, encode_image(arr, "png"))
+    data = encode_image(arr, fmt, quality=95)
+    atomic_write_bytes(path, data)
+    return data
 
 
-def match_by_stem(image_dir: Path, mask_dir: Path) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
-    """(image, mask) pairs with the same file stem; images without a mask are reported."""
-    masks = {p.stem: p for p in sorted(mask_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES}
-    pairs, missing = [], []
-    for img in sorted(image_dir.iterdir()):
-        if img.suffix.lower() not in IMAGE_SUFFIXES:
-            continue
-        if img.stem in masks:
-            pairs.append((img, masks[img.stem]))
-        else:
-            missing.append({"image": str(img), "reason": "no_mask", "message": f"no mask named {img.stem}.* in {mask_dir}"})
-    return pairs, missing
-
-
-def run_single(pipe, cfg: EraseConfig, image_path: Path, mask_path: Path, out: Path) -> int:
+# ---------------------------------------------------------------------------------------- single image
+def run_single(pipe, cfg: EraseConfig, image_path: Path, mask_path: Path, target: SingleTarget) -> int:
+    """Erase one image; an unusable input is a user error (exit 2)."""
     from magiceraser.atomic import atomic_write_json
 
     try:
-        image, mask = load_pair(image_path, mask_path, cfg.mask_threshold)
+        image, mask = decode_pair(str(image_path), image_path.read_bytes(), str(mask_path), mask_path.read_bytes(), cfg)
     except SkipItem as exc:
-        print(f"magiceraser erase: {exc}", file=sys.stderr)
-        return 1
+        return user_error(exc)
     t0 = time.time()
     result = erase_one(pipe, cfg, image, mask)
     seconds = time.time() - t0
-    if out.suffix.lower() in IMAGE_SUFFIXES:
-        _write_png(out, result.image) if out.suffix.lower() == ".png" else _write_jpg(out, result.image)
-        print(f"wrote {out} ({seconds:.1f} s, prompt {result.prompt!r})")
+    notes = region_notes(result, cfg)
+    if (line := region_warning(image_path.name, notes, cfg)) is not None:
+        print(line, file=sys.stderr)
+    if target.is_file:
+        write_image(target.path, result.image, target.fmt)
+        print(f"wrote {target.path} ({seconds:.1f} s, prompt {result.prompt!r})")
         return 0
+    out = target.path
     out.mkdir(parents=True, exist_ok=True)
-    _write_png(out / "result.png", result.image)
+    write_image(out / "result.png", result.image, "png")
     if cfg.save_inputs:
-        _write_png(out / "input.png", image)
-        _write_png(out / "mask.png", mask.astype(np.uint8) * 255)
+        write_image(out / "input.png", image, "png")
+        write_image(out / "mask.png", mask.astype(np.uint8) * 255, "png")
     atomic_write_json(out / "erase.json", {
         "image": str(image_path), "mask": str(mask_path), "seconds": round(seconds, 3),
-        "prompt": result.prompt, "tag": result.tag,
+        "prompt": result.prompt, "tag": result.tag, **notes,
         "regions": [{"box": list(r.box), "model_shape": list(r.model_shape), "tag": r.tag, "prompt": r.prompt} for r in result.regions],
     })
     print(f"wrote {out / 'result.png'} ({seconds:.1f} s, prompt {result.prompt!r})")
     return 0
 
 
-def _write_jpg(path: Path, arr: np.ndarray) -> None:
-    from magiceraser.atomic import atomic_write_bytes
-    from magiceraser.imageio import encode_image
+# ---------------------------------------------------------------------------------------- directories
+def _free_accelerator_memory() -> None:
+    """After a failed item (a CUDA OOM, say) give cached blocks back so the next item has a chance."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
-    atomic_write_bytes(path, encode_image(arr, "jpg", quality=95))
+
+def erase_item(pipe, cfg: EraseConfig, pair: Pair, settings: str) -> tuple[str, dict[str, Any]]:
+    """Erase one pair and say how it ended: ("erased", record) or ("skipped", record); never raises an Exception.
+
+    The fingerprint is taken from the very bytes that are decoded, so the record describes what was erased.
+    """
+    base: dict[str, Any] = {"mask": str(pair.mask)}
+    try:
+        image_data, mask_data = pair.image.read_bytes(), pair.mask.read_bytes()
+    except OSError as exc:
+        return "skipped", {**base, "reason": "unreadable", "error_type": type(exc).__name__,
+                           "message": f"{exc.filename}: cannot read the file ({exc.strerror or exc})"}
+    try:
+        image, mask = decode_pair(str(pair.image), image_data, str(pair.mask), mask_data, cfg)
+        t0 = time.time()
+        result = erase_one(pipe, cfg, image, mask)
+        data = write_image(pair.out, result.image, cfg.output_format)
+    except SkipItem as exc:
+        return "skipped", {**base, "reason": exc.reason, "message": str(exc)}
+    except Exception as exc:  # noqa: BLE001 - one failing item (OOM, I/O, a bug) must not stop the batch
+        _free_accelerator_memory()
+        return "skipped", {**base, "reason": "error", "error_type": type(exc).__name__, "message": f"{pair.image}: {exc}"}
+    return "erased", {
+        **base, "out": str(pair.out), "fingerprint": fingerprint(image_data, mask_data, settings),
+        "out_sha256": hashlib.sha256(data).hexdigest(), "seconds": round(time.time() - t0, 3),
+        "prompt": result.prompt, "tag": result.tag, **region_notes(result, cfg),
+    }
 
 
-def run_batch(pipe, cfg: EraseConfig, image_dir: Path, mask_dir: Path, out: Path) -> int:
+def _reused(pair: Pair, previous: dict[str, dict[str, Any]], settings: str) -> dict[str, Any] | None:
+    """The earlier record of ``pair`` if its inputs and settings are unchanged and its result file is intact."""
+    try:
+        rec = previous.get(fingerprint(pair.image.read_bytes(), pair.mask.read_bytes(), settings))
+        if rec is None or rec.get("out") != str(pair.out) or not pair.out.is_file():
+            return None
+        return rec if sha256_file(pair.out) == rec.get("out_sha256") else None
+    except OSError:
+        return None  # unreadable now: erase_item records why
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (a scheduler's kill) like Ctrl-C, so the report still marks what was not done."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    before = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def start_report(cfg: EraseConfig, plan: BatchPlan, out: Path) -> tuple[BatchReport, list[Pair]]:
+    """The report as the run starts (reused results, images without masks, orphan masks, the rest pending) and what to erase."""
+    settings = settings_key(cfg)
+    previous = BatchReport.reusable(out / REPORT_NAME)
+    report = BatchReport(out / REPORT_NAME, dataclasses.asdict(cfg), settings)
+    todo = []
+    for pair in plan.pairs:
+        rec = _reused(pair, previous, settings)
+        if rec is not None:
+            report.set(pair.image, "erased", **{**{k: v for k, v in rec.items() if k not in ("image", "status")}, "reused": True})
+        else:
+            report.set(pair.image, "not_done", mask=str(pair.mask), reason="pending", message="not erased yet")
+            todo.append(pair)
+    for img in plan.no_mask:
+        report.set(img, "skipped", reason="no_mask", message=f"{img}: no mask named {img.stem}.* in the --mask directory")
+    report.orphan_masks = [
+        {"mask": str(m), "reason": "no_image", "message": f"{m}: no image named {m.stem}.* in the --image directory"}
+        for m in plan.orphan_masks
+    ]
+    return report, todo
+
+
+def _erase_all(pipe, cfg: EraseConfig, report: BatchReport, todo: list[Pair]) -> None:
+    """Erase ``todo`` in order, recording each item as it ends; the report on disk follows every erased item."""
     from tqdm import tqdm
 
-    from magiceraser.atomic import atomic_write_json
+    for pair in tqdm(todo, desc="erasing", unit="image"):
+        status, rec = erase_item(pipe, cfg, pair, report.settings)
+        report.set(pair.image, status, **rec)
+        if status == "skipped":
+            tqdm.write(f"skipped {pair.image.name}: {rec['message']}")
+        elif (line := region_warning(pair.image.name, rec, cfg)) is not None:
+            tqdm.write(line)
+        report.write(force=status == "erased")  # erased work is never lost; skips are cheap to redo
 
-    pairs, skipped = match_by_stem(image_dir, mask_dir)
-    done: list[dict[str, Any]] = []
-    out.mkdir(parents=True, exist_ok=True)
-    for image_path, mask_path in tqdm(pairs, desc="erasing", unit="image"):
-        try:
-            image, mask = load_pair(image_path, mask_path, cfg.mask_threshold)
-        except SkipItem as exc:
-            skipped.append({"image": str(image_path), "reason": exc.reason, "message": str(exc)})
-            tqdm.write(f"skipped {image_path.name}: {exc}")
-            continue
-        result = erase_one(pipe, cfg, image, mask)
-        target = out / f"{image_path.stem}.png"
-        _write_png(target, result.image)
-        done.append({"image": str(image_path), "mask": str(mask_path), "out": str(target), "prompt": result.prompt})
-    atomic_write_json(out / "erase_report.json", {"erased": done, "skipped": skipped})
-    print(f"erased {len(done)} image(s), skipped {len(skipped)} (reasons in {out / 'erase_report.json'})")
-    return 0 if done or not skipped else 1
+
+def _announce(plan: BatchPlan, report: BatchReport, todo: list[Pair]) -> None:
+    """Say up front what will not be erased because of the inputs, and what is reused."""
+    if plan.orphan_masks:
+        names = ", ".join(m.name for m in plan.orphan_masks[:5]) + (" ..." if len(plan.orphan_masks) > 5 else "")
+        print(f"warning: {len(plan.orphan_masks)} mask(s) have no image and are not used: {names}", file=sys.stderr)
+    if plan.no_mask:
+        print(f"warning: {len(plan.no_mask)} image(s) have no mask and are skipped (listed in {report.path})", file=sys.stderr)
+    if reused := len(plan.pairs) - len(todo):
+        print(f"{reused} image(s) already erased with the same inputs and settings (reused; see {report.path})")
+
+
+def run_batch(pipe, cfg: EraseConfig, plan: BatchPlan, out: Path) -> int:
+    """Erase every pair of ``plan`` into ``out``; every item ends erased, skipped with a reason, or not done.
+
+    Exit code: 0, or 1 when an item failed with an exception or nothing could be erased, 130 when
+    interrupted (Ctrl-C, SIGTERM): the report then lists the items not done.
+    """
+    from magiceraser.atomic import remove_stale_temporaries
+
+    report = None
+    try:
+        with sigterm_as_interrupt():
+            out.mkdir(parents=True, exist_ok=True)
+            remove_stale_temporaries(out)  # leftovers of a killed run's atomic writes
+            report, todo = start_report(cfg, plan, out)
+            report.write()
+            _announce(plan, report, todo)
+            _erase_all(pipe, cfg, report, todo)
+    except KeyboardInterrupt:
+        if report is None:
+            print("interrupted before any image was erased", file=sys.stderr)
+            return 130
+        n = report.interrupt()
+        report.write()
+        print(f"interrupted: {n} image(s) not done (listed in {report.path}); rerun the same command to finish", file=sys.stderr)
+        return 130
+    report.status = "complete"
+    report.write()
+    c = report.counts()
+    print(f"erased {c['erased']} image(s) ({c['reused']} reused), skipped {c['skipped']} ({c['failed']} failed), "
+          f"{c['orphan_masks']} orphan mask(s) (details in {report.path})")
+    return 1 if c["failed"] or (c["skipped"] and not c["erased"]) else 0
+
+
+# ---------------------------------------------------------------------------------------- entry point
+def prepare(cfg: EraseConfig, image: Path, mask: Path, out: Path) -> SingleTarget | BatchPlan:
+    """Every check that needs no model, in the order a user would fix them; EraseUserError on the first failure."""
+    checks.check_input(image, "--image")
+    checks.check_input(mask, "--mask")
+    checks.check_inputs_pair(image, mask)
+    if image.is_dir():
+        checks.check_batch_out(out, image, mask)
+        return plan_batch(image, mask, out, cfg.output_format)
+    target = checks.single_target(out)
+    checks.check_single_outputs(target, image, mask, cfg.save_inputs)
+    return target
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,29 +367,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = config_argparser("erase", __doc__.split("\n\n")[0])
     parser.add_argument("--image", required=True, help="image file, or a directory of images")
     parser.add_argument("--mask", required=True, help="mask file (white = erase), or a directory of masks named like the images")
-    parser.add_argument("--out", required=True, help="output directory (or a .png/.jpg file for a single image)")
+    parser.add_argument("--out", required=True, help="output directory, or a .png/.jpg/.webp/.tif file for a single image")
     args = parser.parse_args(argv)
     cfg = load_cli_config(EraseConfig, args)
     image, mask, out = Path(args.image), Path(args.mask), Path(args.out)
-    for p, what in ((image, "--image"), (mask, "--mask")):
-        if not p.exists():
-            print(f"magiceraser erase: {what} {p} does not exist", file=sys.stderr)
-            return 2
-    if image.is_dir() != mask.is_dir():
-        print("magiceraser erase: --image and --mask must both be files or both be directories", file=sys.stderr)
-        return 2
-    if cfg.num_threads:
-        import torch
-
-        torch.set_num_threads(cfg.num_threads)  # this command's process only, chosen by its config
     try:
-        pipe = build_pipeline(cfg)
-    except (OSError, ValueError) as exc:
-        print(f"magiceraser erase: cannot load the models: {exc}", file=sys.stderr)
-        return 2
-    if image.is_dir():
-        return run_batch(pipe, cfg, image, mask, out)
-    return run_single(pipe, cfg, image, mask, out)
+        job = prepare(cfg, image, mask, out)
+        checks.check_models(cfg)
+        if cfg.num_threads:
+            import torch
+
+            torch.set_num_threads(cfg.num_threads)  # this command's process only, chosen by its config
+        pipe = load_pipeline(cfg)
+    except EraseUserError as exc:
+        return user_error(exc)
+    if isinstance(job, SingleTarget):
+        return run_single(pipe, cfg, image, mask, job)
+    return run_batch(pipe, cfg, job, out)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,15 @@ class EraseConfig:
     """Width in px of the soft seam, which lies inside the dilated mask."""
     mask_threshold: int = 128
     """Mask pixels >= this gray value (0..255) are erased."""
+    min_region_area: int = 16
+    """Mask components (8-connected, counted in the user's mask before dilation) of fewer px are left
+    unerased and counted in the report (specks would each cost a full diffusion run); 0 keeps all."""
+    max_regions: int = 8
+    """At most this many crops per image (each a full diffusion run); further regions are merged into
+    neighbouring crops, and the report says how many. 0: no cap."""
+    output_format: str = "png"
+    """Directory mode: results are written as {stem}.{output_format}; png, jpg, jpeg, webp (lossless)
+    or tif/tiff (uncompressed). A single-image --out FILE follows its own extension instead."""
     seed: int = 0
     """Seed of the starting noise."""
     save_inputs: bool = True
@@ -90,3 +99,11 @@ class EraseConfig:
             raise ValueError(f"feather must be >= 0, got {self.feather}")
         if not 1 <= self.mask_threshold <= 255:
             raise ValueError(f"mask_threshold must be in 1..255, got {self.mask_threshold}")
+        if self.min_region_area < 0:
+            raise ValueError(f"min_region_area must be >= 0, got {self.min_region_area}")
+        if self.max_regions < 0:
+            raise ValueError(f"max_regions must be >= 0 (0: no cap), got {self.max_regions}")
+        from magiceraser.imageio import format_for_suffix
+
+        if format_for_suffix("." + self.output_format) is None:
+            raise ValueError(f"output_format must be one of png, jpg, jpeg, webp, tif, tiff; got {self.output_format!r}")
