@@ -306,13 +306,13 @@ def _count_crops(monkeypatch) -> list[int]:
     from magiceraser.pipelines.erase.pipeline import MagicEraserPipeline
 
     seen: list[int] = []
-    real = MagicEraserPipeline._denoise
+    real = MagicEraserPipeline._denoise_batch
 
-    def counting(self, *args, **kwargs):
-        seen.append(1)
-        return real(self, *args, **kwargs)
+    def counting(self, crops, *args, **kwargs):
+        seen.extend([1] * len(crops))  # one diffusion run per crop, batched or not
+        return real(self, crops, *args, **kwargs)
 
-    monkeypatch.setattr(MagicEraserPipeline, "_denoise", counting)
+    monkeypatch.setattr(MagicEraserPipeline, "_denoise_batch", counting)
     return seen
 
 

@@ -4,7 +4,7 @@
     processor.py     RefocusAttnProcessor for the UNet's self-attention, active while t ≥ 700
     content_init.py  Telea / Big-LaMa (TorchScript) / none pixel-space fills
     geometry.py      regions, crops, resizing, feathered paste (full resolution)
-    pipeline.py      MagicEraserPipeline: one __call__, MagicEraserOutput
+    pipeline.py      MagicEraserPipeline: __call__ (one image), erase_many (crops batched across calls)
     config.py        EraseConfig (CLI / YAML)
     cli.py           `magiceraser erase`
 """

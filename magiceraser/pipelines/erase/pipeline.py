@@ -19,6 +19,7 @@ this class only owns the steps method.md changes (content init, start step, refo
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from magiceraser.pipelines.erase import geometry
 from magiceraser.pipelines.erase.content_init import ContentInitializer, make_content_initializer
 from magiceraser.prompts import learned_prompt
 
-__all__ = ["MagicEraserPipeline", "MagicEraserOutput", "RegionResult", "prepare_inputs", "choose_prompt"]
+__all__ = ["MagicEraserPipeline", "MagicEraserOutput", "RegionResult", "ErasePlan", "prepare_inputs", "choose_prompt"]
 
 MANY_REGIONS = 16  # without max_regions, more crops than this per call draw a warning
 
@@ -57,6 +58,53 @@ class MagicEraserOutput:
     dropped_pixels: int = 0  # their pixels
     mask_components: int = 0  # connected components of the dilated mask
     merged_for_cap: int = 0  # groups merged into a neighbouring crop to stay within max_regions
+
+
+@dataclass(frozen=True)
+class _DiffusionKey:
+    """Settings every crop of one UNet batch must share."""
+
+    steps: int
+    strength: float
+    guidance_scale: float
+    refocus: bool
+    negative_prompt: str
+
+
+@dataclass
+class ErasePlan:
+    """One checked call of the pipeline, its crops planned, ready for :meth:`MagicEraserPipeline.run`."""
+
+    image: np.ndarray  # HxWx3 uint8
+    mask: np.ndarray  # bool HxW, specks below min_region_area removed
+    erase: np.ndarray  # the dilated mask that is regenerated
+    regions: geometry.RegionPlan
+    dropped: geometry.SmallRegions
+    tag: str | None
+    prompt: str | None
+    seed: int
+    feather: int
+    pan: PanopticResult | None
+    diffusion: _DiffusionKey
+
+
+@dataclass
+class _Crop:
+    """One diffusion run: a crop of one planned call at the model's size, and what it becomes."""
+
+    item: int  # index of its plan
+    seed: int
+    box: geometry.Box
+    erase: np.ndarray  # crop of the dilated mask part this crop regenerates
+    core: np.ndarray  # crop of the user's mask part
+    shape: tuple[int, int]
+    image: np.ndarray  # model-size crop
+    mask: np.ndarray  # model-size erase mask
+    pan: PanopticResult | None = None
+    tag: str | None = None
+    prompt: str = ""
+    filled: np.ndarray | None = None
+    result: np.ndarray | None = None
 
 
 def prepare_inputs(image: Any, mask: Any, threshold: int = MASK_THRESHOLD) -> tuple[np.ndarray, np.ndarray]:
@@ -235,6 +283,45 @@ class MagicEraserPipeline:
                 merged into neighbouring crops. None: no cap, with a warning above
                 ``MANY_REGIONS`` crops. ``magiceraser erase`` defaults to 8.
         """
+        plan = self.plan(
+            image, mask, tag=tag, prompt=prompt, negative_prompt=negative_prompt,
+            num_inference_steps=num_inference_steps, strength=strength, guidance_scale=guidance_scale,
+            refocus=refocus, seed=seed, mask_dilation=mask_dilation, crop_margin=crop_margin, feather=feather,
+            pan=pan, min_region_area=min_region_area, max_regions=max_regions,
+        )
+        return self.run([plan])[0]
+
+    def erase_many(self, items: Sequence[dict[str, Any]], max_batch: int = 8) -> list[MagicEraserOutput]:
+        """Erase several images in one pass: ``items`` are the keyword arguments of :meth:`__call__`.
+
+        Crops of the same model shape and diffusion settings (steps, strength, guidance, refocus,
+        negative prompt) are denoised together, up to ``max_batch`` crops per UNet batch, which is
+        what makes serving many requests cheaper than a loop (the per-step cost of a small batch is
+        mostly fixed overhead). Each crop keeps its own prompt, seed, mask and refocus labels, so a
+        result equals the one-image result up to float rounding of batched kernels.
+        """
+        return self.run([self.plan(**item) for item in items], max_batch=max_batch)
+
+    def plan(
+        self,
+        image: Any,
+        mask: Any,
+        tag: str | None = None,
+        prompt: str | None = None,
+        negative_prompt: str = "",
+        num_inference_steps: int = 50,
+        strength: float = 0.9,
+        guidance_scale: float = 7.5,
+        refocus: bool = True,
+        seed: int = 0,
+        mask_dilation: int = 8,
+        crop_margin: float = 0.5,
+        feather: int = 4,
+        pan: PanopticResult | None = None,
+        min_region_area: int = 0,
+        max_regions: int | None = None,
+    ) -> ErasePlan:
+        """Check one call's inputs and settings and plan its crops (no model runs); ValueError saying what to fix."""
         image, mask = prepare_inputs(image, mask)
         if not 0.0 < strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
@@ -253,45 +340,80 @@ class MagicEraserPipeline:
                 f"({dropped.count} region(s), {dropped.pixels} px): nothing left to erase; lower min_region_area"
             )
         erase = dilate(mask, mask_dilation)
-        plan = geometry.plan_regions(erase, crop_margin, max_regions=max_regions)
-        if max_regions is None and len(plan.crops) > MANY_REGIONS:
+        regions = geometry.plan_regions(erase, crop_margin, max_regions=max_regions)
+        if max_regions is None and len(regions.crops) > MANY_REGIONS:
             warnings.warn(
-                f"the mask has {len(plan.crops)} separate regions, each erased in its own crop (a full diffusion "
-                "run): pass max_regions (and min_region_area for specks) to bound the cost", stacklevel=2,
+                f"the mask has {len(regions.crops)} separate regions, each erased in its own crop (a full diffusion "
+                "run): pass max_regions (and min_region_area for specks) to bound the cost", stacklevel=3,
             )
-        result = image.copy()
-        regions: list[RegionResult] = []
-        for i, (box, part) in enumerate(plan.crops):
-            sl = box.slices()
-            crop_erase, crop_core = part[sl], (part & mask)[sl]
-            shape = geometry.model_shape(box.height, box.width, self.model_size)
-            img_m = geometry.resize_image(result[sl], shape)
-            mask_m = geometry.resize_mask(crop_erase, shape)
-            if pan is not None:
-                import cv2
+        diffusion = _DiffusionKey(int(num_inference_steps), float(strength), float(guidance_scale), bool(refocus), negative_prompt)
+        return ErasePlan(image, mask, erase, regions, dropped, tag, prompt, seed, feather, pan, diffusion)
 
-                seg = cv2.resize(pan.segment_map[sl].astype(np.float32), shape[::-1], interpolation=cv2.INTER_NEAREST)
-                pan_m: PanopticResult | None = PanopticResult(seg.astype(np.int32), list(pan.segments))
-            elif self.segmenter is not None:
-                pan_m = self.segmenter.segment([img_m])[0]
-            else:
-                pan_m = None
-            region_tag = tag if tag is not None else (dominant_background_tag(pan_m, mask_m) if pan_m is not None else None)
-            region_prompt = choose_prompt(self.token, region_tag, prompt)
-            filled = self.content_init(img_m, mask_m)
-            out_m = self._denoise(
-                img_m, filled, mask_m, pan_m, region_prompt, negative_prompt, num_inference_steps, strength,
-                guidance_scale, refocus, seed + i,
+    def run(self, plans: Sequence[ErasePlan], max_batch: int = 8) -> list[MagicEraserOutput]:
+        """Erase planned calls, batching compatible crops across them (see :meth:`erase_many`)."""
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+        crops = [c for k, plan in enumerate(plans) for c in self._crops(k, plan)]
+        self._segment_crops(crops, plans)
+        for c in crops:
+            plan = plans[c.item]
+            c.tag = plan.tag if plan.tag is not None else (dominant_background_tag(c.pan, c.mask) if c.pan is not None else None)
+            c.prompt = choose_prompt(self.token, c.tag, plan.prompt)
+            c.filled = self.content_init(c.image, c.mask)
+        groups: dict[tuple, list[_Crop]] = {}
+        for c in crops:  # insertion order: the first call's crops first
+            groups.setdefault((c.shape, plans[c.item].diffusion), []).append(c)
+        for (_, key), members in groups.items():
+            for start in range(0, len(members), max_batch):
+                chunk = members[start : start + max_batch]
+                for c, out in zip(chunk, self._denoise_batch(chunk, key)):
+                    c.result = out
+        results = [plan.image.copy() for plan in plans]
+        regions: list[list[RegionResult]] = [[] for _ in plans]
+        for c in crops:
+            plan = plans[c.item]
+            out_crop = geometry.resize_image(c.result, (c.box.height, c.box.width))
+            alpha = geometry.feather_alpha(c.erase, c.core, plan.feather)
+            results[c.item] = geometry.paste(results[c.item], out_crop, c.box, alpha)
+            regions[c.item].append(RegionResult((c.box.x0, c.box.y0, c.box.x1, c.box.y1), c.shape, c.tag, c.prompt))
+        return [
+            MagicEraserOutput(
+                image=results[k], prompt=regions[k][0].prompt, tag=regions[k][0].tag, regions=regions[k],
+                erase_mask=plan.erase, dropped_regions=plan.dropped.count, dropped_pixels=plan.dropped.pixels,
+                mask_components=plan.regions.components, merged_for_cap=plan.regions.merged_for_cap,
             )
-            out_crop = geometry.resize_image(out_m, (box.height, box.width))
-            alpha = geometry.feather_alpha(crop_erase, crop_core, feather)
-            result = geometry.paste(result, out_crop, box, alpha)
-            regions.append(RegionResult((box.x0, box.y0, box.x1, box.y1), shape, region_tag, region_prompt))
-        return MagicEraserOutput(
-            image=result, prompt=regions[0].prompt, tag=regions[0].tag, regions=regions, erase_mask=erase,
-            dropped_regions=dropped.count, dropped_pixels=dropped.pixels, mask_components=plan.components,
-            merged_for_cap=plan.merged_for_cap,
-        )
+            for k, plan in enumerate(plans)
+        ]
+
+    def _crops(self, item: int, plan: ErasePlan) -> list[_Crop]:
+        """The model-size crops of one planned call (crops never overlap, so each reads the input image)."""
+        out = []
+        for i, (box, part) in enumerate(plan.regions.crops):
+            sl = box.slices()
+            shape = geometry.model_shape(box.height, box.width, self.model_size)
+            crop_erase = part[sl]
+            out.append(_Crop(
+                item=item, seed=plan.seed + i, box=box, erase=crop_erase, core=(part & plan.mask)[sl], shape=shape,
+                image=geometry.resize_image(plan.image[sl], shape), mask=geometry.resize_mask(crop_erase, shape),
+            ))
+        return out
+
+    def _segment_crops(self, crops: list[_Crop], plans: Sequence[ErasePlan]) -> None:
+        """Panoptic labels per crop: from a given full-image segmentation, else the segmenter, one batch per crop size."""
+        import cv2
+
+        pending: dict[tuple[int, int], list[_Crop]] = {}
+        for c in crops:
+            pan = plans[c.item].pan
+            if pan is not None:
+                seg = cv2.resize(pan.segment_map[c.box.slices()].astype(np.float32), c.shape[::-1], interpolation=cv2.INTER_NEAREST)
+                c.pan = PanopticResult(seg.astype(np.int32), list(pan.segments))
+            elif self.segmenter is not None:
+                pending.setdefault(c.shape, []).append(c)
+        for members in pending.values():  # one size per batch: no padding changes a crop's segmentation
+            assert self.segmenter is not None
+            for c, pan_m in zip(members, self.segmenter.segment([c.image for c in members])):
+                c.pan = pan_m
 
     # ------------------------------------------------------------------ diffusion
     def start_timesteps(self, num_inference_steps: int, strength: float):
@@ -302,7 +424,8 @@ class MagicEraserPipeline:
         t_start = num_inference_steps - n_run
         return sched.timesteps[t_start * sched.order :]
 
-    def _denoise(self, img_m, filled, mask_m, pan_m, prompt, negative_prompt, steps, strength, guidance_scale, refocus, seed):
+    def _denoise_batch(self, crops: list[_Crop], key: _DiffusionKey) -> list[np.ndarray]:
+        """Denoise crops of one model shape together; each keeps its prompt, seed, mask and refocus labels."""
         import torch
         import torch.nn.functional as F
 
@@ -312,40 +435,45 @@ class MagicEraserPipeline:
         device, dtype = unet.device, unet.dtype
         if not is_refocus_installed(unet, self.refocus):  # e.g. a user called set_attn_processor
             install_refocus(unet, self.refocus)
-        do_cfg = guidance_scale > 1.0
+        do_cfg = key.guidance_scale > 1.0
+        b = len(crops)
         with torch.inference_mode():
-            cond, uncond = sd.encode_prompt(prompt, device, 1, do_cfg, negative_prompt)
+            cond, uncond = sd.encode_prompt([c.prompt for c in crops], device, 1, do_cfg, [key.negative_prompt] * b)
             text = torch.cat([uncond, cond]) if do_cfg else cond
 
-            def to_tensor(arr: np.ndarray) -> torch.Tensor:
-                return (torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 127.5 - 1.0).to(device, dtype)
+            def to_tensor(arrs: list[np.ndarray]) -> torch.Tensor:
+                stacked = torch.from_numpy(np.stack(arrs)).permute(0, 3, 1, 2).float()
+                return (stacked / 127.5 - 1.0).to(device, dtype)
 
-            m = torch.from_numpy(mask_m.astype(np.float32))[None, None]
+            m = torch.from_numpy(np.stack([c.mask.astype(np.float32) for c in crops]))[:, None]
             sf = vae.config.scaling_factor
-            z0 = vae.encode(to_tensor(filled)).latent_dist.mean * sf
-            masked_image = to_tensor(img_m) * (1.0 - m.to(device, dtype))  # 0 (mid-gray) inside the mask
+            z0 = vae.encode(to_tensor([c.filled for c in crops])).latent_dist.mean * sf
+            masked_image = to_tensor([c.image for c in crops]) * (1.0 - m.to(device, dtype))  # 0 (mid-gray) inside the mask
             z_masked = vae.encode(masked_image).latent_dist.mean * sf
             m_lat = F.interpolate(m, size=z0.shape[-2:]).to(device, dtype)  # nearest, as diffusers/trainer
-            timesteps = self.start_timesteps(steps, strength)
-            gen = torch.Generator("cpu").manual_seed(seed)
-            noise = torch.randn(z0.shape, generator=gen, dtype=torch.float32).to(device, dtype)
+            timesteps = self.start_timesteps(key.steps, key.strength)
+            # One generator per crop: a crop's noise depends on its own seed only, not on its batch.
+            noise = torch.stack([
+                torch.randn(z0.shape[1:], generator=torch.Generator("cpu").manual_seed(c.seed), dtype=torch.float32)
+                for c in crops
+            ]).to(device, dtype)
             # z_T' = sqrt(ᾱ_T') z̃₀ + sqrt(1 − ᾱ_T') ε (method.md part 3).
             latents = sd.scheduler.add_noise(z0, noise, timesteps[:1])
-            self.refocus.enabled = bool(refocus)
-            self.refocus.set_image(mask_m, pan_m)
+            self.refocus.enabled = key.refocus
+            self.refocus.set_images([c.mask for c in crops], [c.pan for c in crops])
             try:
                 n = 2 if do_cfg else 1
-                cond_extra = torch.cat([m_lat.expand(n, -1, -1, -1), z_masked.expand(n, -1, -1, -1)], dim=1)
+                cond_extra = torch.cat([m_lat, z_masked], dim=1).repeat(n, 1, 1, 1)
                 for t in timesteps:
                     self.refocus.timestep = float(t)
                     model_in = sd.scheduler.scale_model_input(torch.cat([latents] * n), t)
                     eps = unet(torch.cat([model_in, cond_extra], dim=1), t, encoder_hidden_states=text).sample
                     if do_cfg:
                         eps_u, eps_c = eps.chunk(2)
-                        eps = eps_u + guidance_scale * (eps_c - eps_u)
+                        eps = eps_u + key.guidance_scale * (eps_c - eps_u)
                     latents = sd.scheduler.step(eps, t, latents).prev_sample
             finally:
                 self.refocus.clear()
             decoded = vae.decode(latents / sf).sample
-        out = ((decoded[0].float().clamp(-1, 1) + 1.0) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        return out
+        out = ((decoded.float().clamp(-1, 1) + 1.0) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        return list(out)

@@ -4,7 +4,9 @@ Where: self-attention (``attn1``) of the UNet only; cross-attention keeps diffus
 processor. When: only while the scheduler timestep t ≥ ``t_min`` (0.7 · 1000). Labels: built once
 per image at the pixel resolution the UNet sees, then per attention resolution on demand (mask by
 max-pool, panoptic classes by nearest-neighbour sampling, then
-:func:`magiceraser.panoptic.refocus_labels`), the same for both halves of a CFG batch.
+:func:`magiceraser.panoptic.refocus_labels`), the same for both halves of a CFG batch. A batch of
+several crops (``MagicEraserPipeline.erase_many``) sets one (mask, segmentation) per crop with
+:meth:`RefocusState.set_images`; each batch element then gets its own crop's labels.
 
 One :class:`RefocusState` is shared by every processor of a UNet; the pipeline sets the image
 labels and the current timestep on it. Processors call ``attn.to_q`` / ``to_k`` / ``to_v`` /
@@ -54,24 +56,39 @@ class RefocusState:
     lambda_neg: float = 1.0
     chunk_size: int | None = None
     timestep: float | None = None
-    mask: np.ndarray | None = None  # bool (H, W) at the UNet's pixel resolution
+    mask: np.ndarray | None = None  # bool (H, W) at the UNet's pixel resolution (first image of a batch)
     pan: PanopticResult | None = None
     trace: list[dict[str, Any]] | None = None  # set to a list to record every self-attention call
+    _images: list[tuple[np.ndarray, PanopticResult | None]] = field(default_factory=list)
     _cache: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def set_image(self, mask: np.ndarray, pan: PanopticResult | None) -> None:
-        if pan is not None and pan.shape != mask.shape:
-            raise ValueError(f"segmentation shape {pan.shape} differs from mask shape {mask.shape}")
-        self.mask, self.pan, self._cache = mask.astype(bool), pan, {}
+        self.set_images([mask], [pan])
+
+    def set_images(self, masks: list[np.ndarray], pans: list[PanopticResult | None]) -> None:
+        """One (mask, segmentation) per image of the UNet batch (all of one pixel size)."""
+        if not masks or len(masks) != len(pans):
+            raise ValueError(f"set_images needs one segmentation (or None) per mask, got {len(masks)} and {len(pans)}")
+        for mask, pan in zip(masks, pans):
+            if pan is not None and pan.shape != mask.shape:
+                raise ValueError(f"segmentation shape {pan.shape} differs from mask shape {mask.shape}")
+            if mask.shape != masks[0].shape:
+                raise ValueError(f"every image of a batch must have one size, got {mask.shape} and {masks[0].shape}")
+        self._images = [(m.astype(bool), p) for m, p in zip(masks, pans)]
+        self.mask, self.pan, self._cache = self._images[0][0], self._images[0][1], {}
 
     def clear(self) -> None:
-        self.mask, self.pan, self.timestep, self._cache = None, None, None, {}
+        self.mask, self.pan, self.timestep, self._images, self._cache = None, None, None, [], {}
 
     def active(self) -> bool:
         return self.enabled and self.mask is not None and self.timestep is not None and self.timestep >= self.t_min
 
     def labels_for(self, n_tokens: int, device: torch.device) -> torch.Tensor:
-        """(N,) long labels for an attention layer with ``n_tokens`` tokens (cached per resolution)."""
+        """(N,) long labels of the first image for an attention layer with ``n_tokens`` tokens."""
+        return self.batch_labels(n_tokens, device)[0]
+
+    def batch_labels(self, n_tokens: int, device: torch.device) -> torch.Tensor:
+        """(images, N) long labels for an attention layer with ``n_tokens`` tokens (cached per resolution)."""
         if n_tokens not in self._cache:
             assert self.mask is not None
             h, w = self.mask.shape
@@ -81,8 +98,8 @@ class RefocusState:
                 lh, lw = -(-lh // 2), -(-lw // 2)
             if lh * lw != n_tokens:
                 raise ValueError(f"no UNet resolution of a {h}x{w} image has {n_tokens} tokens")
-            labels = labels_at_resolution(self.mask, self.pan, (lh, lw))
-            self._cache[n_tokens] = torch.from_numpy(labels.reshape(-1).astype(np.int64))
+            labels = np.stack([labels_at_resolution(m, p, (lh, lw)).reshape(-1) for m, p in self._images])
+            self._cache[n_tokens] = torch.from_numpy(labels.astype(np.int64))
         return self._cache[n_tokens].to(device)
 
 
@@ -137,8 +154,13 @@ class RefocusAttnProcessor:
         if attn.norm_k is not None:
             key = attn.norm_k(key)
 
-        # The same labels for every batch element: both CFG halves see the same image.
-        labels = state.labels_for(n_tokens, query.device).unsqueeze(0).expand(batch, n_tokens)
+        # Each image's own labels; a CFG batch holds the images twice (unconditional half first),
+        # and both halves of an image see the same labels.
+        labels = state.batch_labels(n_tokens, query.device)
+        if labels.shape[0] != batch:
+            if batch % labels.shape[0]:
+                raise ValueError(f"UNet batch of {batch} for {labels.shape[0]} refocus images")
+            labels = labels.repeat(batch // labels.shape[0], 1)
         hidden_states = refocused_attention(
             query, key, value, labels, state.lambda_pos, state.lambda_neg, chunk_size=state.chunk_size
         )
