@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -47,10 +49,13 @@ def main() -> None:
         parts["noise_scheduler"] = DDPMScheduler.from_config(parts.pop("scheduler").config)
         return parts
 
+    scratch = Path(tempfile.mkdtemp(prefix="bench-train-gpu-"))
+    (scratch / "unused.tar").touch()  # the batch source is replaced below; data.urls must still name a shard
+
     def config(total: int) -> TrainConfig:
         return build_config(TrainConfig, {
-            "out_dir": "/tmp/bench-train-gpu", "device": "cuda" if cuda else "cpu",
-            "data": {"urls": ["unused.tar"], "resolution": res, "batch_size": batch_size},
+            "out_dir": tempfile.mkdtemp(dir=scratch, prefix="run-"), "device": "cuda" if cuda else "cpu",
+            "data": {"urls": [str(scratch / "unused.tar")], "resolution": res, "batch_size": batch_size},
             "model": {"base_model": "random-full-size" if not args.tiny else "random-tiny",
                       "gradient_checkpointing": args.gradient_checkpointing},
             "phases": {"total_steps": total, "textual_inversion_steps": 0},
@@ -69,7 +74,7 @@ def main() -> None:
         ids = tok([f"A photo of {trainer.cfg.model.token} grass"] * batch_size, padding="max_length",
                   max_length=tok.model_max_length, return_tensors="pt").input_ids
         b = {"input_ids": ids, "mask_latent": (torch.rand(batch_size, 1, lat, lat, generator=g) > 0.7).float(),
-             "learned": torch.ones(batch_size, dtype=torch.bool), "keys": ["k"] * batch_size, "worker": 0, "position": 0}
+             "learned": torch.ones(batch_size, dtype=torch.bool), "keys": ["k"] * batch_size, "worker": 0, "position": [0, 0]}
         if cached:
             b["image_latent_params"] = torch.randn(batch_size, 8, lat, lat, generator=g)
             b["masked_latent_params"] = torch.randn(batch_size, 8, lat, lat, generator=g)

@@ -54,7 +54,7 @@ def main() -> None:
     batch = next(probe._loader(2))
 
     def ours() -> float:
-        trainer = Trainer(tiny_train_config(model_dir, urls, tmp / "ours", **over))
+        trainer = Trainer(tiny_train_config(model_dir, urls, Path(tempfile.mkdtemp(dir=tmp, prefix="ours-")), **over))  # fresh out_dir per round
         stamps: list[float] = []
 
         def timed():  # a timestamp at every batch fetch = step boundaries (set-up and export excluded)

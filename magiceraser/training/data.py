@@ -280,7 +280,8 @@ def shuffled_windows(
     A window starting at draw ``w`` holds the samples of draws w, w+1, ... (each shard read in
     full, ``keep(sample)`` filtering them) until it has at least ``window_size``; it is shuffled
     by a generator seeded with (stream seed, w). The position after the j-th sample of window w is
-    (w, j). A stream started at (w, j) reads window w again and skips j samples, so a resume
+    (w, j), and after its last sample (first draw of the next window, 0). A stream started at
+    (w, j) reads window w again and skips j samples, so a resume
     costs one window of reading, whatever the step (the shuffle quality is that of a
     ``window_size`` buffer; ``window_size`` <= 1 keeps the shards' order).
 
@@ -304,7 +305,9 @@ def shuffled_windows(
         if window_size > 1:
             random.Random(stable_seed("window", stream_seed, window_start)).shuffle(window)
         for j in range(skip, len(window)):
-            yield (window_start, j + 1), window[j]
+            # After a window's last sample the position is the next window's start, so a resume
+            # there reads one window, not a finished one and then the next.
+            yield ((window_start, j + 1) if j + 1 < len(window) else (draw, 0)), window[j]
         skip = 0
 
 

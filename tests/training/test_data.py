@@ -160,3 +160,25 @@ def test_resumed_stream_continues_exactly(olrd_shards, tokenizer, num_workers):
     assert [b["keys"] for b in rest] == [b["keys"] for b in full[consumed:]]
     assert [b["prompts"] for b in rest] == [b["prompts"] for b in full[consumed:]]
     assert all(torch.equal(a["pixel_values"], b["pixel_values"]) for a, b in zip(rest, full[consumed:]))
+
+
+def test_resume_deep_in_the_stream_reads_one_window_not_everything_seen(olrd_shards, tokenizer, monkeypatch):
+    import magiceraser.training.data as data_mod
+
+    urls = expand_urls([str(olrd_shards / "olrd-*.tar")])
+    full = list(itertools.islice(make_loader(_spec(urls, tokenizer), 0), 40))  # 80 samples, ~20 windows of one shard
+    opened = []
+    real = data_mod.read_tar_samples
+
+    def counting(shard_urls, *a, **kw):
+        shard_urls = list(shard_urls)
+        opened.extend(shard_urls)
+        return real(shard_urls, *a, **kw)
+
+    monkeypatch.setattr(data_mod, "read_tar_samples", counting)
+    resumed = list(itertools.islice(make_loader(_spec(urls, tokenizer, start_positions={0: full[34]["position"]}), 0), 5))
+    assert [b["keys"] for b in resumed] == [b["keys"] for b in full[35:]]
+    assert [b["prompts"] for b in resumed] == [b["prompts"] for b in full[35:]]
+    # 5 batches of 2 need at most 4 windows of >= 3 samples (one shard each): far from the ~19 read before it
+    assert len(opened) <= 5, len(opened)
+    assert full[34]["position"][0] > 15  # the resume point really is deep in the stream (~19 windows)

@@ -16,7 +16,13 @@ from conftest import tiny_train_config
 from olrd_fixture import write_olrd_shards
 
 from magiceraser.errors import UserError
-from magiceraser.training.latent_cache import CACHE_META, LatentCacheConfig, build_cache, cache_shard_urls, encode_shard
+from magiceraser.training.latent_cache import (
+    CACHE_META,
+    LatentCacheConfig,
+    build_cache,
+    cache_shard_urls,
+    encode_shard,
+)
 from magiceraser.training.loop import Trainer
 
 
