@@ -56,10 +56,7 @@ RUNNABLE_COMMANDS = {"tiny-models", "demo-scenes"}
 # Lines the shell would change, awaiting a fix in a README section outside the "Command line" one
 # (pasted, they fail: the repeated data.urls is refused); remove an entry once the README quotes
 # it (strict: an XPASS fails).
-AWAITING_QUOTES = {
-    "magiceraser train --config configs/train/sd15_inpaint.yaml data.urls=[s3://bucket/olrd-{000000..000999}.tar]":
-        "Trainer section: bash expands the unquoted {000000..000999} into 1000 overrides; quote the override",
-}
+AWAITING_QUOTES: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

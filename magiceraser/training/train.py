@@ -1,8 +1,8 @@
 """``magiceraser train``: prompt-tune v* and LoRA on SD 1.5 Inpainting (method.md part 2).
 
-    magiceraser train --config configs/train/sd15_inpaint.yaml data.urls=[s3://bucket/olrd-{000000..000999}.tar]
+    magiceraser train --config configs/train/sd15_inpaint.yaml 'data.urls=[s3://bucket/olrd-{000000..000999}.tar]'
     magiceraser train --config configs/train/demo.yaml --resume          # continue from the newest checkpoint
-    accelerate launch --config_file cluster/accelerate/multi_gpu.yaml -m magiceraser train --config ...
+    accelerate launch --config_file cluster/accelerate/single_node_8gpu.yaml -m magiceraser train --config ...
     magiceraser train --config ... --ray ray.num_workers=16 ray.use_gpu=true   # Ray Train TorchTrainer
 
 One process trains as rank 0 of 1; under ``accelerate launch``/torchrun each process joins the
