@@ -20,7 +20,6 @@ yields the same pixels (e.g. ``num_pairs`` raised) keeps every still-valid resul
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -30,8 +29,9 @@ from typing import Any
 from magiceraser.config import config_to_dict
 from magiceraser.evaluation.config import DatasetConfig, MetricsConfig
 from magiceraser.evaluation.methods import MethodConfig
+from magiceraser.fingerprint import changed, describe_changes, digest
 
-PAIRS_VERSION = 1
+PAIRS_VERSION = 2  # 2: COCO pair keys from the annotated path; OpenImages pairs carry their class
 """Bump when the pair builders or the letterbox change what a config produces."""
 SCORE_VERSION = 1
 """Bump when a metric's implementation changes its values (cached scores are then recomputed)."""
@@ -45,11 +45,6 @@ METRIC_DEPS: dict[str, tuple[str, ...]] = {
 # MethodConfig fields that do not change what the method produces
 _NOT_OUTPUT_FIELDS = ("name", "enabled", "optional")
 PAIR_FILES = ("input.png", "mask.png", "target.png")
-
-
-def digest(obj: Any) -> str:
-    """sha256 of the canonical JSON of ``obj`` (key order does not matter)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def files_digest(paths: Iterable[Path]) -> str:
@@ -196,25 +191,6 @@ def public_record(rec: Mapping[str, Any], required: Sequence[str]) -> dict[str, 
 # ---------------------------------------------------------------- messages
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 40 else text[:12] + "…"
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     """``seed: 0 -> 7, size: 128 -> 64``: the (dotted) keys whose values differ."""
-    a, b = _flatten(old), _flatten(new)
-    missing = object()
-    diffs = [f"{k}: {_short(a.get(k))} -> {_short(b.get(k))}" for k in sorted(set(a) | set(b))
-             if a.get(k, missing) != b.get(k, missing)]
-    return ", ".join(diffs) or "unknown"
+    return describe_changes(changed(old, new))
