@@ -167,6 +167,14 @@ class OLRDConfig:
     """Times Ray restarts a crashed model actor."""
     max_task_retries: int = 3
     """Times Ray retries a batch whose actor crashed."""
+    node_loss_retries: int = 3
+    """Times the driver re-plans and reruns the unfinished shards within the same command after losing a node
+    (or an actor or object Ray could not recover); shards already written are kept."""
+    node_loss_settle_s: float = 5.0
+    """Seconds the driver waits after a lost node before sizing the rerun to the nodes still alive."""
+    max_open_shards: int = 64
+    """Shards whose rows the driver keeps in memory while waiting for their last input; rows of further
+    open shards go to a temporary spill file in the output (bounds the driver's memory however the cluster reorders work)."""
     progress_interval_s: float = 10.0
     """Seconds between the images/s + skip-count lines."""
     retry_failed: bool = False
@@ -193,6 +201,12 @@ class OLRDConfig:
             raise ValueError(f"num_cpus must be >= 0, got {self.num_cpus}")
         if self.max_restarts < 0 or self.max_task_retries < 0:
             raise ValueError("max_restarts and max_task_retries must be >= 0")
+        if self.node_loss_retries < 0:
+            raise ValueError(f"node_loss_retries must be >= 0, got {self.node_loss_retries}")
+        if self.node_loss_settle_s < 0:
+            raise ValueError(f"node_loss_settle_s must be >= 0, got {self.node_loss_settle_s}")
+        if self.max_open_shards < 1:
+            raise ValueError(f"max_open_shards must be >= 1, got {self.max_open_shards}")
         if self.progress_interval_s <= 0:
             raise ValueError(f"progress_interval_s must be > 0, got {self.progress_interval_s}")
         if self.lock_stale_s <= 0:

@@ -39,7 +39,7 @@ import tempfile
 import time
 import warnings
 from array import array
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -175,6 +175,17 @@ def shards_to_build(n_shards: int, sidecars: dict[int, dict[str, Any]], retry_fa
     return [s for s in range(n_shards) if s not in sidecars or (retry_failed and retryable_skips(sidecars[s]))]
 
 
+def scan_sidecars(out: Path, n_shards: int) -> dict[int, dict[str, Any]]:
+    """The sidecars of the finished shards (shard -> sidecar): the resume scan, one read per shard.
+
+    One directory listing first, so shards that were never written cost no failed open (a fresh
+    run of 1.8M inputs plans thousands of shards).
+    """
+    names = set(os.listdir(out))
+    return {s: sc for s in range(n_shards)
+            if f"{shard_name(s)}.json" in names and (sc := read_sidecar(out, s)) is not None}
+
+
 def _init_ray(cfg: OLRDConfig) -> bool:
     """Join the configured/ambient cluster or start a local Ray; True if we started it."""
     import ray
@@ -193,8 +204,52 @@ def _init_ray(cfg: OLRDConfig) -> bool:
     return True
 
 
-def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str):
-    """The Ray Data pipeline over ``items`` (lazy; nothing runs until it is iterated)."""
+def input_blocks(items: Sequence[InputItem], rows_per_block: int) -> list[Any]:
+    """The listing as Arrow tables of ``rows_per_block`` rows: source, key, index, shard only.
+
+    Compact on purpose (a million inputs are ~150 MB of Arrow, where a dict per row with every
+    stage's empty column took over a gigabyte in the driver); the stages add the other columns
+    (``stages._mutable``).
+    """
+    import pyarrow as pa
+
+    blocks = []
+    for start in range(0, len(items), rows_per_block):
+        chunk = items[start : start + rows_per_block]
+        blocks.append(pa.table({
+            "source": pa.array([it.source for it in chunk], pa.string()),
+            "key": pa.array([it.key for it in chunk], pa.string()),
+            "index": pa.array([it.index for it in chunk], pa.int64()),
+            "shard": pa.array([it.shard for it in chunk], pa.int64()),
+        }))
+    return blocks
+
+
+def pool_scale(cfg: OLRDConfig, resources: dict[str, float]) -> float:
+    """Fraction (<= 1) of the configured actor pools that fits into ``resources`` (the cluster's total).
+
+    After a node is lost the survivors may not hold every actor; a fixed-size pool would wait for
+    actors that can never start, so a rerun sizes its pools to what is left.
+    """
+    layout = stage_layout(cfg)
+    seg, cap = cfg.segmenter, cfg.captioner
+    if layout == "single":
+        need_cpu, need_gpu = cap.num_actors * (seg.num_cpus + cap.num_cpus), cap.num_actors * (seg.num_gpus + cap.num_gpus)
+    else:
+        need_cpu = seg.num_actors * seg.num_cpus + cap.num_actors * cap.num_cpus
+        need_gpu = seg.num_actors * seg.num_gpus + cap.num_actors * cap.num_gpus
+    scale = 1.0
+    for need, have in ((need_cpu, resources.get("CPU", 0.0)), (need_gpu, resources.get("GPU", 0.0))):
+        if need > 0:
+            scale = min(scale, have / need)
+    return max(scale, 0.0)
+
+
+def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str, scale: float = 1.0):
+    """The Ray Data pipeline over ``items`` (lazy; nothing runs until it is iterated).
+
+    ``scale`` < 1 shrinks every actor pool to that fraction of its size (at least one actor).
+    """
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -203,7 +258,6 @@ def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str):
         SegmentStage,
         SingleStage,
         compose_batch,
-        initial_rows,
         read_images,
     )
 
@@ -221,6 +275,7 @@ def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str):
         # Ray 2.60 has no named parameter for max_restarts/max_task_retries (its defaults are
         # unbounded: a batch that always kills its actor would loop); they still go through
         # ray_remote_args, whose deprecation warning is for Ray 2.64 (we pin 2.60.0).
+        size = max(1, int(size * scale)) if scale < 1 else size
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
             return ds.map_batches(
@@ -231,7 +286,7 @@ def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str):
 
     # One input block per first-stage batch keeps its work small and evenly spread.
     first_batch = {"split": cfg.read_batch_size, "segment": seg.batch_size, "single": cap.batch_size}[layout]
-    ds = ray.data.from_items(initial_rows(items), override_num_blocks=max(1, -(-len(items) // first_batch)))
+    ds = ray.data.from_arrow(input_blocks(items, first_batch))
     if layout == "single":
         return actor_stage(
             ds, SingleStage, cap.num_actors, seg.num_cpus + cap.num_cpus, seg.num_gpus + cap.num_gpus, cap.batch_size,
@@ -298,6 +353,20 @@ class Progress:
         if now - self.last >= self.interval:
             self.last = now
             print(self.line(), file=sys.stderr, flush=True)
+
+    def forget(self, done_at: list[float]) -> None:
+        """Un-count rows that were dropped (their shard is processed again after a lost node)."""
+        if not done_at:
+            return
+        drop = Counter(t - self.wall0 for t in done_at)
+        kept = array("d")
+        for t in self.finished:
+            if drop[t] > 0:
+                drop[t] -= 1
+            else:
+                kept.append(t)
+        self.finished = kept
+        self.done -= len(done_at)
 
     def timeline(self, max_points: int = 1000) -> list[list[float]]:
         """``[t, n]`` points: ``n`` inputs were finished ``t`` seconds after the start; starts at [0, 0]."""
@@ -467,7 +536,7 @@ def _run_locked(cfg: OLRDConfig, out: Path, lock: OutputLock, items: list[InputI
     job = job_fingerprint(cfg, items)
     has_job_file = check_job_file(out, job)
     n_shards = num_shards(len(items), cfg.samples_per_shard)
-    sidecars = {s: sc for s in range(n_shards) if (sc := read_sidecar(out, s)) is not None}
+    sidecars = scan_sidecars(out, n_shards)
     check_sidecars(out, sidecars, job)
     if not has_job_file:
         write_job_file(out, job, cfg)
@@ -479,11 +548,11 @@ def _run_locked(cfg: OLRDConfig, out: Path, lock: OutputLock, items: list[InputI
           + (f", {len(retried)} rebuilt for their retryable skips (retry_failed=true)" if retried else "")
           + f", {len(todo)} inputs to process -> {out}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
-    timeline: list[list[float]] = []
+    driver: dict[str, Any] = {"timeline": [], "node_loss_retries": 0, "max_pending_rows": 0, "spilled_shards": 0}
     if todo:
         started = _init_ray(cfg)
         try:
-            timeline = _process(cfg, todo, out, job, sidecars, lock)
+            driver = _process(cfg, todo, out, job, sidecars, lock)
         finally:
             if started:
                 import ray
@@ -500,7 +569,8 @@ def _run_locked(cfg: OLRDConfig, out: Path, lock: OutputLock, items: list[InputI
         "segmenter": segmenter_id(cfg),
         "captioner": cfg.captioner.model,
         "version": __version__,
-        "timeline": timeline,  # [seconds since the pipeline started, inputs done] (this run)
+        "timeline": driver["timeline"],  # [seconds since the pipeline started, inputs done] (this run)
+        "driver": {k: v for k, v in driver.items() if k != "timeline"},  # reruns after a lost node, pending rows
     }
     lock.check()
     atomic_write_json(out / "stats.json", stats)  # last: marks the output complete
@@ -520,38 +590,120 @@ def _retry_hint(sidecars: list[dict[str, Any]]) -> str:
             "rerun with retry_failed=true to rebuild exactly those shards")
 
 
+# Ray's errors for work lost with its node, process or object (not a bug in a stage): worth a rerun.
+_CLUSTER_FAULTS = ("ActorUnavailableError", "ActorDiedError", "RayActorError", "NodeDiedError", "ObjectLostError",
+                   "OwnerDiedError", "ObjectFetchTimedOutError", "ObjectReconstructionFailedError",
+                   "ObjectReconstructionFailedMaxAttemptsExceededError", "ObjectReconstructionFailedLineageEvictedError",
+                   "WorkerCrashedError", "LocalRayletDiedError", "RaySystemError")
+
+
+def is_cluster_fault(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it wraps) is Ray losing a node, actor, worker or object."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if any(cls.__name__ in _CLUSTER_FAULTS for cls in type(e).__mro__):
+            return True
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
+    return False
+
+
 def _process(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidecars: dict[int, dict],
-             lock: OutputLock | None = None) -> list[list[float]]:
-    """Run the pipeline over ``todo`` and write each shard once all its inputs are back; returns the timeline."""
-    from magiceraser.datasets.stages import add_row
+             lock: OutputLock | None = None) -> dict[str, Any]:
+    """Run the pipeline over ``todo``, writing each shard once all its inputs are back.
+
+    Returns the driver's figures for stats.json: ``timeline``, ``node_loss_retries`` (reruns
+    after a loss), ``max_pending_rows`` (most rows held in memory at once, at most
+    ``max_open_shards * samples_per_shard``) and ``spilled_shards``.
+
+    A lost node (or actor, worker, object: :func:`is_cluster_fault`) does not end the command:
+    the shards already written stay, the rows of unfinished shards are dropped, and the
+    unfinished shards are planned again and run on what is left of the cluster, at most
+    ``node_loss_retries`` times, each retry logged. Every shard's bytes depend only on its inputs,
+    so the output equals an uninterrupted run's.
+    """
+    progress = Progress(len(todo), cfg.progress_interval_s)
+    written: set[int] = set()
+    figures = {"max_pending_rows": 0, "spilled_shards": 0}
+    attempt, scale = 0, 1.0
+    while True:
+        try:
+            _run_attempt(cfg, todo, out, job, sidecars, lock, progress, written, scale, figures)
+            break
+        except Exception as exc:
+            if not is_cluster_fault(exc) or attempt >= cfg.node_loss_retries:
+                raise
+            attempt += 1
+            todo = [it for it in todo if it.shard not in written]
+            scale = _surviving_scale(cfg)
+            _log(f"lost part of the cluster ({type(exc).__name__}: {_first_line(exc)}); {len(written)} shards written "
+                 f"so far are kept; re-planning the {len({it.shard for it in todo})} unfinished shards ({len(todo)} "
+                 f"inputs), retry {attempt} of {cfg.node_loss_retries}, actor pools at {scale:.0%} of their size")
+    print(progress.line(), file=sys.stderr, flush=True)
+    return {"timeline": progress.timeline(), "node_loss_retries": attempt, **figures}
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _surviving_scale(cfg: OLRDConfig) -> float:
+    """Pool scale for a rerun after a loss: what the nodes still alive can hold (Ray updates its view within seconds)."""
+    import ray
+
+    time.sleep(cfg.node_loss_settle_s)  # let the cluster mark the dead node and free the old pool's resources
+    return pool_scale(cfg, ray.cluster_resources())
+
+
+def _run_attempt(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidecars: dict[int, dict],
+                 lock: OutputLock | None, progress: Progress, written: set[int], scale: float,
+                 figures: dict[str, int]) -> None:
+    """One pass of the pipeline over ``todo``; every completed shard is written and added to ``written``.
+
+    On an exception the rows of unfinished shards are dropped (and their spill files removed):
+    a rerun processes those shards from scratch.
+    """
+    from magiceraser.datasets.assembler import ShardAssembler
 
     expected = Counter(it.shard for it in todo)
-    pending: dict[int, list[dict[str, Any]]] = defaultdict(list)
-    progress = Progress(len(todo), cfg.progress_interval_s)
-    ds = build_dataset(cfg, todo, segmenter_id(cfg))
-    # Whole blocks at a time (cheaper than iter_rows); each row is one input.
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        columns = list(batch)
-        for values in zip(*(batch[c] for c in columns)):
-            row = dict(zip(columns, values))
-            shard = int(row["shard"])
-            pending[shard].append(row)
-            progress.update(row["reason"], float(row["done_at"]))
-            if len(pending[shard]) < expected[shard]:
-                continue
-            rows = sorted(pending.pop(shard), key=lambda r: int(r["index"]))
-            result = ShardResult(shard=shard, inputs=len(rows))
-            for r in rows:
-                add_row(result, r, cfg.image_format)
-            if lock is not None:
-                lock.check()  # never write over the shards of a job that took our lock over
-            sidecars[shard] = write_shard(out, result, job)
-    print(progress.line(), file=sys.stderr, flush=True)
-    if pending:  # cannot happen unless a stage broke the one-row-per-input rule
-        raise RuntimeError(f"shards {sorted(pending)} did not receive all their inputs")
-    return progress.timeline()
+    assembler = ShardAssembler(out, expected, cfg.max_open_shards)
+    ds = build_dataset(cfg, todo, segmenter_id(cfg), scale)
+    try:
+        # Whole blocks at a time (cheaper than iter_rows); each row is one input.
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            columns = list(batch)
+            for values in zip(*(batch[c] for c in columns)):
+                row = dict(zip(columns, values))
+                progress.update(row["reason"], float(row["done_at"]))
+                rows = assembler.add(row)
+                if rows is not None:
+                    _write(cfg, out, job, sidecars, lock, int(row["shard"]), rows)
+                    written.add(int(row["shard"]))
+    except BaseException:
+        progress.forget(assembler.discard())
+        raise
+    finally:
+        figures["max_pending_rows"] = max(figures["max_pending_rows"], assembler.max_pending_rows)
+        figures["spilled_shards"] += assembler.spilled_shards
+    if assembler.open_shards():  # cannot happen unless a stage broke the one-row-per-input rule
+        raise RuntimeError(f"shards {assembler.open_shards()} did not receive all their inputs")
 
 
+def _write(cfg: OLRDConfig, out: Path, job: dict, sidecars: dict[int, dict], lock: OutputLock | None, shard: int,
+           rows: list[dict[str, Any]]) -> None:
+    from magiceraser.datasets.stages import add_row
+
+    result = ShardResult(shard=shard, inputs=len(rows))
+    for r in rows:
+        add_row(result, r, cfg.image_format)
+    if lock is not None:
+        lock.check()  # never write over the shards of a job that took our lock over
+    sidecars[shard] = write_shard(out, result, job)
 def main(argv: Sequence[str] | None = None) -> int:
     from magiceraser.cli import config_argparser, load_cli_config
 

@@ -59,8 +59,16 @@ def _alive(batch: Batch) -> list[int]:
 
 
 def _mutable(batch: Batch) -> Batch:
-    # Ray hands read-only (zero-copy) arrays; object columns are rebuilt as lists we can assign into.
-    return {k: list(v) for k, v in batch.items()}
+    """The batch as lists we can assign into, with every column of :data:`COLUMNS`.
+
+    Ray hands read-only (zero-copy) arrays. The job's input blocks carry only the listing
+    (source, key, index, shard: compact in the driver); the empty columns are added here.
+    """
+    n = _n(batch)
+    out = {k: list(v) for k, v in batch.items()}
+    for k, v in _EMPTY.items():
+        out.setdefault(k, [v] * n)
+    return out
 
 
 def _batch_or_each(fn: Any, *columns: list[Any]) -> list[Any]:
