@@ -64,6 +64,24 @@ class TrainResult:
     learned_share: float = float("nan")
 
 
+def training_shards(cfg: TrainConfig) -> list[str]:
+    """The shard URLs a run reads: the latent cache's listed shards, else ``data.urls`` expanded.
+
+    Raises UserError for patterns that match nothing, missing shards or an unfinished cache.
+    """
+    if cfg.data.latent_cache:
+        from magiceraser.training.latent_cache import cache_shard_urls
+
+        return cache_shard_urls(cfg.data.latent_cache)
+    return expand_urls(cfg.data.urls, key="data.urls")
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """What a launcher checks before starting workers: the out_dir and the data (no model needed)."""
+    resume_checks.check_out_dir(Path(cfg.out_dir), cfg.resume, cfg.overwrite)
+    training_shards(cfg)
+
+
 def _on_all_ranks(check: Callable[[], Any], ctx: DistContext) -> Any:
     """Run a check of shared state on rank 0; its result, or its UserError, reaches every rank.
 
@@ -97,12 +115,9 @@ class Trainer:
         self.weight_dtype = DTYPES[mp]
         # Refuse what would mix or destroy another run before any model is loaded.
         self.replaced = _on_all_ranks(lambda: resume_checks.check_out_dir(self.out_dir, cfg.resume, cfg.overwrite), self.ctx)
-        if cfg.data.latent_cache:
-            from magiceraser.training.latent_cache import cache_shard_urls
-
-            self.urls = cache_shard_urls(cfg.data.latent_cache)
-        else:
-            self.urls = expand_urls(cfg.data.urls, key="data.urls")
+        if cfg.resume:
+            self._check_resume(model_digest=None)
+        self.urls = training_shards(cfg)
 
         # LoRA initialisation must be identical on every process: seed before building the model.
         torch.manual_seed(cfg.seed)
@@ -156,11 +171,7 @@ class Trainer:
             if self.ctx.is_main:
                 log.info("resume requested but %s holds no checkpoint: starting fresh", self.ckpt_root)
             return {}
-        accepted = _on_all_ranks(
-            lambda: resume_checks.check_resume(ckpt.read_state(path).get("dependencies"), self.dependencies, Path(path),
-                                               self.cfg.resume_allow_changes),
-            self.ctx,
-        )
+        accepted = self._check_resume(model_digest=self.dependencies["base_model_config"])
         if accepted and self.ctx.is_main:
             log.warning("resuming %s with changed settings: %s", path, "; ".join(accepted))
         state = ckpt.load_checkpoint(path)
@@ -184,6 +195,25 @@ class Trainer:
         if self.ctx.is_main:
             log.info("resumed from %s at step %d", path, self.step)
         return state["state"]
+
+    def _check_resume(self, model_digest: str | None) -> list[str]:
+        """Compare the newest checkpoint's dependencies with this run's (see ``resume.py``).
+
+        Called twice: before the base model loads (everything but its config digest, so a changed
+        seed is refused in a second, not after minutes of loading) and after (everything).
+        """
+        cfg = self.cfg
+
+        def check() -> list[str]:
+            path = ckpt.latest_checkpoint(self.ckpt_root)
+            if path is None:
+                return []
+            current = resume_checks.training_dependencies(cfg, self.ctx.world_size, self.ctx.device.type, model_digest or "")
+            ignore = () if model_digest else ("base_model_config",)
+            return resume_checks.check_resume(ckpt.read_state(path).get("dependencies"), current, path,
+                                              cfg.resume_allow_changes, ignore=ignore)
+
+        return _on_all_ranks(check, self.ctx)
 
     def _loader(self, phase: int):
         cfg, d = self.cfg, self.cfg.data

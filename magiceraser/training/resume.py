@@ -66,17 +66,21 @@ def training_dependencies(cfg: Any, world_size: int, device_type: str, model_dig
     }
 
 
-def check_resume(saved: Mapping[str, Any] | None, current: Mapping[str, Any], checkpoint: Path, allowed: Iterable[str]) -> list[str]:
+def check_resume(
+    saved: Mapping[str, Any] | None, current: Mapping[str, Any], checkpoint: Path, allowed: Iterable[str], ignore: Iterable[str] = ()
+) -> list[str]:
     """Refuse to continue ``checkpoint`` (recorded ``saved``) as the run ``current`` if they differ.
 
-    Returns the changed keys that were accepted (resumable or allowed), for the log.
+    Returns the changed keys that were accepted (resumable or allowed), for the log. Keys under
+    ``ignore`` are not compared (the first, cheap check before the base model is loaded leaves
+    out its config digest).
     """
     if saved is None:
         raise UserError(
             f"{checkpoint} records no fingerprint of what it was trained with (written by an older version); "
             "start a new run in a new out_dir, or pass --overwrite to discard it"
         )
-    diff = changed(saved, current)
+    diff = changed(saved, current, ignore=ignore)
     allowed = tuple(allowed)
     refused = {k: v for k, v in diff.items() if not _under(k, RESUMABLE_KEYS + allowed)}
     if refused:

@@ -46,8 +46,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.overrides.append("ray.enabled=true")
     cfg = load_cli_config(TrainConfig, args)
     if cfg.ray.enabled:
+        from magiceraser.training.loop import preflight
         from magiceraser.training.ray_launch import run_on_ray
 
+        preflight(cfg)  # a user error here is one line, not a failed Ray Train run
         setup_logging(0)
         run_on_ray(cfg)
         return 0

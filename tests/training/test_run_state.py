@@ -246,3 +246,41 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients_and_checkpoint
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
     assert grads_a[0].abs().sum() > 0  # v* receives its gradient through the text encoder
     assert saved_b < 0.5 * saved_a, (saved_a, saved_b)  # measured: ~8x fewer elements kept
+
+
+def test_train_command_answers_user_errors_with_one_line_and_exit_2(finished_run, tiny_sd, olrd_shards, tmp_path, capsys):
+    from magiceraser.cli import main
+    from magiceraser.config import save_config
+
+    out = _copy(finished_run, tmp_path / "run")
+    save_config(_cfg(tiny_sd, olrd_shards, out), tmp_path / "train.yaml")
+    cases = {
+        "existing run": ["--config", str(tmp_path / "train.yaml")],
+        "no shard": ["--config", str(tmp_path / "train.yaml"), "--overwrite", f"data.urls=[{tmp_path}/none-*.tar]"],
+        "missing shards": ["--config", str(tmp_path / "train.yaml"), "--overwrite", f"data.urls=[{olrd_shards}/olrd-00000{{0..3}}.tar]"],
+        "other seed": ["--config", str(tmp_path / "train.yaml"), "--resume", "seed=3"],
+    }
+    expected = {"existing run": "already holds a training run", "no shard": "matched no shard",
+                "missing shards": "2 of 4 shards do not exist", "other seed": "seed: 0 -> 3"}
+    for name, argv in cases.items():
+        capsys.readouterr()
+        assert main(["train", *argv]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("magiceraser train: ") and expected[name] in err[0], (name, err)
+    assert ckpt.latest_checkpoint(out / "checkpoints").name == "checkpoint-00000002"  # nothing was overwritten
+
+
+def test_train_on_ray_checks_out_dir_and_data_before_starting_ray(finished_run, tiny_sd, olrd_shards, tmp_path, capsys):
+    import ray
+
+    from magiceraser.cli import main
+    from magiceraser.config import save_config
+
+    out = _copy(finished_run, tmp_path / "run")
+    save_config(_cfg(tiny_sd, olrd_shards, out), tmp_path / "train.yaml")
+    assert main(["train", "--config", str(tmp_path / "train.yaml"), "--ray"]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    assert main(["train", "--config", str(tmp_path / "train.yaml"), "--ray", f"out_dir={tmp_path}/new",
+                 f"data.urls=[{tmp_path}/none-*.tar]"]) == 2
+    assert "matched no shard" in capsys.readouterr().err
+    assert not ray.is_initialized()
