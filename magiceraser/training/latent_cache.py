@@ -150,14 +150,8 @@ def encode_shard(url: str, out_path: str, cfg: LatentCacheConfig, deps: dict[str
     """
     import webdataset as wds
 
-    from magiceraser.training.data import (
-        CorruptSample,
-        ExampleSpec,
-        InpaintingInputs,
-        decode_olrd,
-        make_pixel_example,
-        read_tar_samples,
-    )
+    from magiceraser.olrd_samples import CorruptSample, decode_olrd, read_tar_samples
+    from magiceraser.training.data import ExampleSpec, InpaintingInputs, make_pixel_example
 
     vae = vae if vae is not None else _load_vae(cfg)
     device = vae.device
@@ -229,7 +223,7 @@ def build_cache(cfg: LatentCacheConfig) -> dict[str, Any]:
     """Encode every shard whose cache is missing or stale; write ``cache.json`` last. Returns the summary."""
     from magiceraser.atomic import remove_stale_temporaries
     from magiceraser.config import config_to_dict
-    from magiceraser.training.data import expand_urls
+    from magiceraser.olrd_samples import expand_urls
 
     urls = expand_urls(cfg.urls, key="urls")
     names = [Path(u.rstrip("/").split("/")[-1]).name for u in urls]
@@ -315,7 +309,7 @@ def _read_cache_meta(cache_dir: str) -> dict[str, Any]:
 
 def cache_shard_urls(cache_dir: str) -> list[str]:
     """The cache shards ``cache.json`` lists (never a glob: stale shards beside them are not read)."""
-    from magiceraser.training.data import missing_urls
+    from magiceraser.olrd_samples import missing_urls
 
     meta = _read_cache_meta(cache_dir)
     urls = [f"{cache_dir.rstrip('/')}/{name}" for name in meta["shards"]]

@@ -25,10 +25,11 @@ from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME
 from magiceraser.config import config_to_dict, save_config
 from magiceraser.errors import UserError
 from magiceraser.fingerprint import digest
+from magiceraser.olrd_samples import expand_urls
 from magiceraser.training import checkpoint as ckpt
 from magiceraser.training import resume as resume_checks
 from magiceraser.training.config import TrainConfig
-from magiceraser.training.data import ExampleSpec, StreamSpec, expand_urls, make_loader, stable_seed
+from magiceraser.training.data import ExampleSpec, StreamSpec, make_loader, stable_seed
 from magiceraser.training.distributed import (
     DistContext,
     all_reduce_mean_,
