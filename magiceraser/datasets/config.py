@@ -171,7 +171,7 @@ class OLRDConfig:
     """Times the driver re-plans and reruns the unfinished shards within the same command after losing a node
     (or an actor or object Ray could not recover); shards already written are kept."""
     node_loss_settle_s: float = 5.0
-    """Seconds the driver waits after a lost node before sizing the rerun to the nodes still alive."""
+    """Seconds the driver waits after a lost node before the rerun (Ray releases the failed attempt's actors)."""
     max_open_shards: int = 64
     """Shards whose rows the driver keeps in memory while waiting for their last input; rows of further
     open shards go to a temporary spill file in the output (bounds the driver's memory however the cluster reorders work)."""

@@ -225,30 +225,12 @@ def input_blocks(items: Sequence[InputItem], rows_per_block: int) -> list[Any]:
     return blocks
 
 
-def pool_scale(cfg: OLRDConfig, resources: dict[str, float]) -> float:
-    """Fraction (<= 1) of the configured actor pools that fits into ``resources`` (the cluster's total).
-
-    After a node is lost the survivors may not hold every actor; a fixed-size pool would wait for
-    actors that can never start, so a rerun sizes its pools to what is left.
-    """
-    layout = stage_layout(cfg)
-    seg, cap = cfg.segmenter, cfg.captioner
-    if layout == "single":
-        need_cpu, need_gpu = cap.num_actors * (seg.num_cpus + cap.num_cpus), cap.num_actors * (seg.num_gpus + cap.num_gpus)
-    else:
-        need_cpu = seg.num_actors * seg.num_cpus + cap.num_actors * cap.num_cpus
-        need_gpu = seg.num_actors * seg.num_gpus + cap.num_actors * cap.num_gpus
-    scale = 1.0
-    for need, have in ((need_cpu, resources.get("CPU", 0.0)), (need_gpu, resources.get("GPU", 0.0))):
-        if need > 0:
-            scale = min(scale, have / need)
-    return max(scale, 0.0)
-
-
-def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str, scale: float = 1.0):
+def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str, elastic: bool = False):
     """The Ray Data pipeline over ``items`` (lazy; nothing runs until it is iterated).
 
-    ``scale`` < 1 shrinks every actor pool to that fraction of its size (at least one actor).
+    ``elastic``: every actor pool runs from 1 actor up to its configured size (a rerun after a
+    lost node: the survivors may not hold every actor, and a fixed-size pool would wait for
+    actors that cannot start, while Ray may still count the lost node's resources for a while).
     """
     import ray
     from ray.data import ActorPoolStrategy
@@ -275,11 +257,11 @@ def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str, sc
         # Ray 2.60 has no named parameter for max_restarts/max_task_retries (its defaults are
         # unbounded: a batch that always kills its actor would loop); they still go through
         # ray_remote_args, whose deprecation warning is for Ray 2.64 (we pin 2.60.0).
-        size = max(1, int(size * scale)) if scale < 1 else size
+        pool = ActorPoolStrategy(min_size=1, max_size=size) if elastic and size > 1 else ActorPoolStrategy(size=size)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
             return ds.map_batches(
-                fn, batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=size),
+                fn, batch_size=batch_size, batch_format="numpy", compute=pool,
                 num_cpus=num_cpus, num_gpus=num_gpus, max_restarts=cfg.max_restarts,
                 max_task_retries=cfg.max_task_retries, **kwargs,
             )
@@ -629,20 +611,20 @@ def _process(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidec
     progress = Progress(len(todo), cfg.progress_interval_s)
     written: set[int] = set()
     figures = {"max_pending_rows": 0, "spilled_shards": 0}
-    attempt, scale = 0, 1.0
+    attempt = 0
     while True:
         try:
-            _run_attempt(cfg, todo, out, job, sidecars, lock, progress, written, scale, figures)
+            _run_attempt(cfg, todo, out, job, sidecars, lock, progress, written, attempt > 0, figures)
             break
         except Exception as exc:
             if not is_cluster_fault(exc) or attempt >= cfg.node_loss_retries:
                 raise
             attempt += 1
             todo = [it for it in todo if it.shard not in written]
-            scale = _surviving_scale(cfg)
             _log(f"lost part of the cluster ({type(exc).__name__}: {_first_line(exc)}); {len(written)} shards written "
                  f"so far are kept; re-planning the {len({it.shard for it in todo})} unfinished shards ({len(todo)} "
-                 f"inputs), retry {attempt} of {cfg.node_loss_retries}, actor pools at {scale:.0%} of their size")
+                 f"inputs), retry {attempt} of {cfg.node_loss_retries} on the nodes still alive (actor pools from 1 actor up)")
+            time.sleep(cfg.node_loss_settle_s)  # let Ray release the failed attempt's actors first
     print(progress.line(), file=sys.stderr, flush=True)
     return {"timeline": progress.timeline(), "node_loss_retries": attempt, **figures}
 
@@ -652,16 +634,8 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else ""
 
 
-def _surviving_scale(cfg: OLRDConfig) -> float:
-    """Pool scale for a rerun after a loss: what the nodes still alive can hold (Ray updates its view within seconds)."""
-    import ray
-
-    time.sleep(cfg.node_loss_settle_s)  # let the cluster mark the dead node and free the old pool's resources
-    return pool_scale(cfg, ray.cluster_resources())
-
-
 def _run_attempt(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidecars: dict[int, dict],
-                 lock: OutputLock | None, progress: Progress, written: set[int], scale: float,
+                 lock: OutputLock | None, progress: Progress, written: set[int], elastic: bool,
                  figures: dict[str, int]) -> None:
     """One pass of the pipeline over ``todo``; every completed shard is written and added to ``written``.
 
@@ -672,7 +646,7 @@ def _run_attempt(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, s
 
     expected = Counter(it.shard for it in todo)
     assembler = ShardAssembler(out, expected, cfg.max_open_shards)
-    ds = build_dataset(cfg, todo, segmenter_id(cfg), scale)
+    ds = build_dataset(cfg, todo, segmenter_id(cfg), elastic)
     try:
         # Whole blocks at a time (cheaper than iter_rows); each row is one input.
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):

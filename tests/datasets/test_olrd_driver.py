@@ -75,8 +75,8 @@ class ScriptedRay:
     def __init__(self, order=lambda items: list(items), fail_after: dict[int, int] | None = None):
         self.order, self.fail_after, self.calls = order, fail_after or {}, []
 
-    def __call__(self, cfg, items, segmenter_id, scale=1.0):
-        self.calls.append(([it.index for it in items], scale))
+    def __call__(self, cfg, items, segmenter_id, elastic=False):
+        self.calls.append(([it.index for it in items], elastic))
         return self._rows(len(self.calls) - 1, self.order(items))
 
     def _rows(self, attempt: int, items):
@@ -95,7 +95,6 @@ class ScriptedRay:
 def _run(monkeypatch, config: Path, out: Path, fake: ScriptedRay, *overrides: str) -> dict:
     monkeypatch.setattr(olrd_job, "_init_ray", lambda cfg: False)
     monkeypatch.setattr(olrd_job, "build_dataset", fake)
-    monkeypatch.setattr(olrd_job, "_surviving_scale", lambda cfg: 0.5, raising=False)  # 1 of 2 nodes left
     return olrd_job.run_olrd(load_config(OLRDConfig, config, [f"output={out}", *overrides]))
 
 
@@ -111,7 +110,7 @@ def test_a_lost_actor_reruns_only_the_unfinished_shards_in_the_same_command(monk
     stats = _run(monkeypatch, config, tmp_path / "out", fake)
     assert _files(tmp_path / "out") == _files(reference)  # nothing lost, nothing twice
     assert [idx for idx, _ in fake.calls] == [list(range(N_INPUTS)), list(range(9, N_INPUTS))]
-    assert fake.calls[1][1] == 0.5  # the rerun's pools sized to the surviving nodes
+    assert [elastic for _, elastic in fake.calls] == [False, True]  # the rerun's pools grow from 1 actor
     assert stats["driver"]["node_loss_retries"] == 1 and stats["samples"] + stats["skipped"] == N_INPUTS
     assert stats["processed_this_run"] == N_INPUTS and stats["timeline"][-1][1] == N_INPUTS  # dropped rows un-counted
     err = capsys.readouterr().err
@@ -127,7 +126,7 @@ def test_reruns_are_bounded_and_other_errors_are_not_retried(monkeypatch, config
     assert len(always.calls) == 3
     assert not (tmp_path / "a" / "job.lock").exists() and not list((tmp_path / "a").glob(".tmp-*"))
 
-    def broken(cfg, items, segmenter_id, scale=1.0):
+    def broken(cfg, items, segmenter_id, elastic=False):
         raise RuntimeError("a bug in a stage")
 
     calls = []

@@ -98,7 +98,7 @@ def fake_ray(monkeypatch):
     built: list = []
     gate: dict[str, threading.Event | None] = {"event": None}
 
-    def build_dataset(cfg, items, segmenter_id, scale=1.0):
+    def build_dataset(cfg, items, segmenter_id, elastic=False):
         built.extend(items)
         return FakeDataset(items, gate["event"])
 
@@ -290,7 +290,7 @@ def test_lock_is_released_on_errors(setup, fake_ray, monkeypatch):
         olrd_job.run_olrd(_cfg(config, out, "seed=3"))
     assert not (out / "job.lock").exists()
 
-    def broken(cfg, items, segmenter_id, scale=1.0):
+    def broken(cfg, items, segmenter_id, elastic=False):
         raise RuntimeError("pipeline failed")
 
     monkeypatch.setattr(olrd_job, "build_dataset", broken)
