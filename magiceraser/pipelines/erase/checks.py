@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from magiceraser.errors import UserError
 from magiceraser.imageio import OUTPUT_FORMATS, format_for_suffix
 from magiceraser.pipelines.erase.config import EraseConfig
 
@@ -23,7 +24,7 @@ __all__ = [
 WRITABLE = ", ".join(OUTPUT_FORMATS)
 
 
-class EraseUserError(Exception):
+class EraseUserError(UserError):
     """A mistake the user can fix (a path, a name clash, a model folder): one line, exit code 2, no traceback."""
 
 
