@@ -1,6 +1,7 @@
 """The paper's evaluation protocol as a tool (method.md, "Evaluation protocol").
 
-    datasets.py    pairs (input, mask, ground truth) from RealHM, OLRD shards, COCO panoptic, OpenImages
+    pairs/         pair readers (input, mask, ground truth), one module per source: RealHM, OLRD shards,
+                   COCO panoptic, OpenImages
     letterbox.py   long side scaled to 512, short side zero-padded
     metrics.py     PSNR, SSIM (pure torch), Fréchet distance: pure functions
     perceptual.py  LPIPS (AlexNet) and FID (Inception) via torchmetrics / torch-fidelity, local weights

@@ -87,7 +87,7 @@ def source_listing(ds: DatasetConfig) -> str:
     """Digest of the files the dataset's pairs are read from: replaced data under the same path
     (e.g. OLRD shards regenerated into the same folder) rebuilds the pairs."""
     if ds.kind == "olrd_shards":
-        from magiceraser.evaluation.datasets import shard_paths
+        from magiceraser.evaluation.pairs.olrd_shards import shard_paths
 
         listing = [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in shard_paths(ds.path)]
     else:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from magiceraser.evaluation.datasets import safe_key
 from magiceraser.evaluation.methods import MethodConfig
+from magiceraser.evaluation.pairs import safe_key
 
 
 @dataclass
@@ -14,7 +14,7 @@ class DatasetConfig:
     name: str = "olrd"
     """Label in the results table (e.g. RealHM, COCO, Open-Images); also the output folder name."""
     kind: Literal["realhm", "olrd_shards", "coco_panoptic", "openimages"] = "olrd_shards"
-    """Which reader builds the pairs (see magiceraser.evaluation.datasets)."""
+    """Which reader builds the pairs (see magiceraser.evaluation.pairs)."""
     path: str = ""
     """realhm: dataset root; olrd_shards: directory or glob of .tar shards; coco/openimages: image folder."""
     realhm_layout: Literal["auto", "folders", "ssh"] = "auto"

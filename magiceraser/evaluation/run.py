@@ -38,9 +38,9 @@ from magiceraser.config import config_to_dict, save_config
 from magiceraser.evaluation import cache as C
 from magiceraser.evaluation import metrics as M
 from magiceraser.evaluation.config import DatasetConfig, EvalConfig, MetricsConfig, grid_stem
-from magiceraser.evaluation.datasets import EvalPair, PairSkip, safe_key
 from magiceraser.evaluation.letterbox import letterbox_image, letterbox_mask
 from magiceraser.evaluation.methods import MethodConfig, MethodUnavailable, build_method, load_segmenter
+from magiceraser.evaluation.pairs import EvalPair, PairSkip, safe_key
 from magiceraser.evaluation.report import aggregate, best_and_worst, grid_image, results_csv, results_markdown
 from magiceraser.imageio import decode_image, decode_mask, encode_image
 
@@ -56,19 +56,25 @@ def log(msg: str) -> None:
 
 
 def iter_source(ds: DatasetConfig) -> Iterator[EvalPair | PairSkip]:
-    """The dataset's pairs at their own resolution (readers in magiceraser.evaluation.datasets)."""
-    from magiceraser.evaluation import datasets as D
-
+    """The dataset's pairs at their own resolution (one reader module per kind in magiceraser.evaluation.pairs)."""
     if ds.kind == "realhm":
-        it = D.iter_realhm(ds.path, ds.realhm_layout)
+        from magiceraser.evaluation.pairs.realhm import iter_realhm
+
+        it = iter_realhm(ds.path, ds.realhm_layout)
     elif ds.kind == "olrd_shards":
-        it = D.iter_olrd_shards(ds.path)
+        from magiceraser.evaluation.pairs.olrd_shards import iter_olrd_shards
+
+        it = iter_olrd_shards(ds.path)
     elif ds.kind == "coco_panoptic":
-        it = D.iter_coco_panoptic(ds.path, ds.panoptic_json, ds.panoptic_dir, ds.num_pairs, ds.seed, ds.min_long_side)
+        from magiceraser.evaluation.pairs.coco_panoptic import iter_coco_panoptic
+
+        it = iter_coco_panoptic(ds.path, ds.panoptic_json, ds.panoptic_dir, ds.num_pairs, ds.seed, ds.min_long_side)
     else:
+        from magiceraser.evaluation.pairs.openimages import iter_openimages
+
         seg = load_segmenter(ds.segmenter) if ds.segmenter else None
-        it = D.iter_openimages(ds.path, ds.masks_csv, ds.masks_dir, ds.num_pairs, ds.seed, ds.min_long_side,
-                               ds.class_descriptions or None, seg)
+        it = iter_openimages(ds.path, ds.masks_csv, ds.masks_dir, ds.num_pairs, ds.seed, ds.min_long_side,
+                             ds.class_descriptions or None, seg)
     produced = 0
     for item in it:
         if isinstance(item, EvalPair):

@@ -22,7 +22,7 @@ from magiceraser.evaluation import cache as C
 from magiceraser.evaluation import perceptual
 from magiceraser.evaluation import run as R
 
-from .test_datasets import write_shard
+from .test_pairs import write_shard
 
 
 def _scene(rng, h, w):

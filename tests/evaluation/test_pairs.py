@@ -1,4 +1,4 @@
-"""Readers of evaluation pairs: RealHM (both layouts), OLRD shards, COCO panoptic and OpenImages via compose."""
+"""Evaluation pair readers (magiceraser.evaluation.pairs): RealHM (both layouts), OLRD shards, COCO panoptic and OpenImages via compose."""
 
 from __future__ import annotations
 
@@ -10,7 +10,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from magiceraser.evaluation import datasets as D
+from magiceraser.evaluation.pairs import EvalPair, PairSkip
+from magiceraser.evaluation.pairs.coco_panoptic import iter_coco_panoptic
+from magiceraser.evaluation.pairs.composed import seeded_order
+from magiceraser.evaluation.pairs.olrd_shards import iter_olrd_shards, shard_paths
+from magiceraser.evaluation.pairs.openimages import iter_openimages, openimages_panoptic
+from magiceraser.evaluation.pairs.realhm import iter_realhm
 
 
 def _png(path, arr):
@@ -34,9 +39,9 @@ def test_realhm_folders_layout(tmp_path):
         _png(tmp_path / "mask" / f"{name}.png", mask.astype(np.uint8) * 255)
         _png(tmp_path / "gt" / f"{name}.jpg" if name == "a" else tmp_path / "gt" / f"{name}.png", comp[::-1].copy())
     _png(tmp_path / "composite" / "c.png", comp)  # no mask, no gt
-    items = list(D.iter_realhm(tmp_path))
-    pairs = [i for i in items if isinstance(i, D.EvalPair)]
-    skips = [i for i in items if isinstance(i, D.PairSkip)]
+    items = list(iter_realhm(tmp_path))
+    pairs = [i for i in items if isinstance(i, EvalPair)]
+    skips = [i for i in items if isinstance(i, PairSkip)]
     assert [p.key for p in pairs] == ["a", "b"]
     assert [(s.key, s.reason) for s in skips] == [("c", "missing_file")]
     comp, mask = scenes["b"]
@@ -55,16 +60,16 @@ def test_realhm_as_distributed_builds_the_composite(tmp_path):
     _png(folder / "x1_mask.png", mask.astype(np.uint8) * 255)
     _png(folder / "x1_gt.png", fore)
     _png(tmp_path / "vendor_testing_2" / "y_mask.png", mask.astype(np.uint8) * 255)  # lonely mask
-    items = list(D.iter_realhm(tmp_path, "auto"))
-    pair = next(i for i in items if isinstance(i, D.EvalPair))
+    items = list(iter_realhm(tmp_path, "auto"))
+    pair = next(i for i in items if isinstance(i, EvalPair))
     expected = bg.copy()
     expected[mask] = fore[mask]
     np.testing.assert_array_equal(pair.image, expected)
     np.testing.assert_array_equal(pair.target, bg)
     assert pair.key == "vendor_testing_1_set_x1"
-    assert [(s.key, s.reason) for s in items if isinstance(s, D.PairSkip)] == [("vendor_testing_2_y", "missing_file")]
+    assert [(s.key, s.reason) for s in items if isinstance(s, PairSkip)] == [("vendor_testing_2_y", "missing_file")]
     with pytest.raises(FileNotFoundError, match="RealHM"):
-        list(D.iter_realhm(tmp_path / "nope"))
+        list(iter_realhm(tmp_path / "nope"))
 
 
 def write_shard(path, samples):
@@ -95,7 +100,7 @@ def test_olrd_shards(tmp_path):
     write_shard(tmp_path / "olrd-000000.tar", [("s0", a, ma, b, {"object_class": "cat", "tags": ["grass"]}),
                                               ("s1", b, None, a, {})])
     write_shard(tmp_path / "olrd-000001.tar", [("s2", b, mb, a, {})])
-    items = list(D.iter_olrd_shards(str(tmp_path / "olrd-*.tar")))
+    items = list(iter_olrd_shards(str(tmp_path / "olrd-*.tar")))
     assert [type(i).__name__ for i in items] == ["EvalPair", "PairSkip", "EvalPair"]
     p0 = items[0]
     np.testing.assert_array_equal(p0.image, a)
@@ -103,16 +108,16 @@ def test_olrd_shards(tmp_path):
     np.testing.assert_array_equal(p0.mask, ma)
     assert p0.meta["object_class"] == "cat" and p0.meta["tags"] == ["grass"]
     assert items[1].reason == "missing_file"
-    assert len(list(D.iter_olrd_shards(str(tmp_path)))) == 3  # a directory works too
+    assert len(list(iter_olrd_shards(str(tmp_path)))) == 3  # a directory works too
     with pytest.raises(FileNotFoundError, match="no OLRD shards"):
-        D.shard_paths(str(tmp_path / "none-*.tar"))
+        shard_paths(str(tmp_path / "none-*.tar"))
 
 
 def test_seeded_order_is_a_stable_permutation():
     items = [f"k{i}" for i in range(20)]
-    assert D.seeded_order(items, 3) == D.seeded_order(list(reversed(items)), 3)
-    assert sorted(D.seeded_order(items, 3)) == sorted(items)
-    assert D.seeded_order(items, 3) != D.seeded_order(items, 4)
+    assert seeded_order(items, 3) == seeded_order(list(reversed(items)), 3)
+    assert sorted(seeded_order(items, 3)) == sorted(items)
+    assert seeded_order(items, 3) != seeded_order(items, 4)
 
 
 def test_openimages_panoptic_marks_free_region_as_background():
@@ -122,7 +127,7 @@ def test_openimages_panoptic_marks_free_region_as_background():
     a[2:10, 2:10] = True
     b = np.zeros((30, 40), bool)
     b[20:28, 25:35] = True
-    pan, names = D.openimages_panoptic([(a, "Cat"), (b, "Lighthouse")], (30, 40))
+    pan, names = openimages_panoptic([(a, "Cat"), (b, "Lighthouse")], (30, 40))
     labels = {s.id: s.label for s in pan.segments}
     assert coco.COCO_PANOPTIC[labels[pan.segment_map[5, 5]]].name == "cat"
     assert labels[pan.segment_map[25, 30]] in coco.THING_LABELS  # stand-in thing label
@@ -162,12 +167,12 @@ def test_openimages_pairs_via_compose(tmp_path):
         writer.writeheader()
         writer.writerows(rows)
     (tmp_path / "classes.csv").write_text("/m/01yrx,Cat\n")
-    items = list(D.iter_openimages(tmp_path / "images", tmp_path / "seg.csv", tmp_path / "masks", 2, 0,
+    items = list(iter_openimages(tmp_path / "images", tmp_path / "seg.csv", tmp_path / "masks", 2, 0,
                                    class_descriptions=tmp_path / "classes.csv"))
-    pairs = [i for i in items if isinstance(i, D.EvalPair)]
+    pairs = [i for i in items if isinstance(i, EvalPair)]
     assert len(pairs) == 2
-    again = [i for i in D.iter_openimages(tmp_path / "images", tmp_path / "seg.csv", tmp_path / "masks", 2, 0,
-                                          class_descriptions=tmp_path / "classes.csv") if isinstance(i, D.EvalPair)]
+    again = [i for i in iter_openimages(tmp_path / "images", tmp_path / "seg.csv", tmp_path / "masks", 2, 0,
+                                          class_descriptions=tmp_path / "classes.csv") if isinstance(i, EvalPair)]
     for p, q in zip(pairs, again):  # seeded: identical pairs on a rerun
         np.testing.assert_array_equal(p.image, q.image)
         np.testing.assert_array_equal(p.mask, q.mask)
@@ -200,10 +205,10 @@ def test_openimages_pairs_carry_the_openimages_class_not_a_stand_in(tmp_path):
     pytest.importorskip("magiceraser.datasets.compose")
     split = _openimages_split(tmp_path, "/m/04h7h")
     (tmp_path / "classes.csv").write_text("/m/04h7h,Lighthouse\n/m/01yrx,Cat\n")
-    named = [i for i in D.iter_openimages(*split, 2, 0, class_descriptions=tmp_path / "classes.csv") if isinstance(i, D.EvalPair)]
+    named = [i for i in iter_openimages(*split, 2, 0, class_descriptions=tmp_path / "classes.csv") if isinstance(i, EvalPair)]
     assert len(named) == 2 and {p.meta["object_class"] for p in named} == {"Lighthouse"}
     assert {p.meta["object_label_id"] for p in named} == {"/m/04h7h"}
-    bare = [i for i in D.iter_openimages(*split, 2, 0) if isinstance(i, D.EvalPair)]
+    bare = [i for i in iter_openimages(*split, 2, 0) if isinstance(i, EvalPair)]
     assert len(bare) == 2 and {p.meta["object_class"] for p in bare} == {"/m/04h7h"}  # no class map: the label id
 
 
@@ -211,8 +216,8 @@ def test_coco_panoptic_pairs_from_demo_scenes(tmp_path):
     pytest.importorskip("magiceraser.datasets.compose")
     demo = pytest.importorskip("magiceraser.datasets.demo_scenes")
     root = demo.write_demo_scenes(tmp_path / "scenes", num_scenes=3)
-    items = list(D.iter_coco_panoptic(root / "images", root / "panoptic.json", root / "panoptic", 2, seed=0))
-    pairs = [i for i in items if isinstance(i, D.EvalPair)]
+    items = list(iter_coco_panoptic(root / "images", root / "panoptic.json", root / "panoptic", 2, seed=0))
+    pairs = [i for i in items if isinstance(i, EvalPair)]
     assert 1 <= len(pairs) <= 2
     for p in pairs:
         assert p.mask.any() and (p.image[~p.mask] == p.target[~p.mask]).all()
@@ -236,6 +241,6 @@ def test_coco_panoptic_pairs_in_a_places365_style_tree(tmp_path):
         entries.append((f"{folder}/00000001.png", seg, [Segment(1, coco.BY_NAME[thing].label),
                                                        Segment(2, coco.BY_NAME["grass-merged"].label)]))
     path = write_coco_panoptic(tmp_path / "ann", entries)
-    items = list(D.iter_coco_panoptic(tmp_path / "images", path, tmp_path / "ann" / "panoptic", 0, seed=0))
-    assert all(isinstance(i, D.EvalPair) for i in items), items
+    items = list(iter_coco_panoptic(tmp_path / "images", path, tmp_path / "ann" / "panoptic", 0, seed=0))
+    assert all(isinstance(i, EvalPair) for i in items), items
     assert {i.key: i.meta["object_class"] for i in items} == {"airfield_00000001": "cat", "beach_00000001": "dog"}
