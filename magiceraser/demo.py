@@ -25,7 +25,9 @@ DEMO_STEPS: list[tuple[str, list[str]]] = [
     ("demo scenes", ["demo-scenes", "demo/scenes"]),
     ("OLRD shards", ["olrd", "--config", "configs/olrd/demo.yaml"]),
     ("shard preview", ["preview", "demo/olrd/olrd-000000.tar", "--out", "demo/olrd/preview.png"]),
-    ("training", ["train", "--config", "configs/train/demo.yaml"]),
+    # --resume: a second `make demo` continues (here: re-exports) the run in demo/train; a fresh
+    # run into a folder holding another run is refused.
+    ("training", ["train", "--config", "configs/train/demo.yaml", "--resume"]),
     ("erasing", ["erase", "--config", "configs/erase/demo.yaml", "--image", "demo/scenes/erase/image.png",
                  "--mask", "demo/scenes/erase/mask.png", "--out", "demo/erase"]),
     ("evaluation", ["evaluate", "--config", "configs/eval/demo.yaml"]),

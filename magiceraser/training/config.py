@@ -300,5 +300,3 @@ class TrainConfig:
             raise ValueError("resume and overwrite exclude each other: --resume continues the run in out_dir, --overwrite replaces it")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
-        if self.resume and self.overwrite:
-            raise ValueError("resume and overwrite exclude each other: --resume continues the run in out_dir, --overwrite replaces it")
