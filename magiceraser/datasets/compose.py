@@ -108,11 +108,6 @@ _THING_LUT = label_lut(coco.THING_LABELS)
 _BACKGROUND_LUT = label_lut(coco.BACKGROUND_LABELS)
 
 
-def eligible_objects(pan: PanopticResult, cfg: ComposeConfig) -> list[int]:
-    """Ids of thing segments with an eligible area that the border does not cut (sorted)."""
-    return [sid for sid in _shortlist(pan, cfg) if _eligible_mask(pan.segment_map, sid, cfg) is not None]
-
-
 def _shortlist(pan: PanopticResult, cfg: ComposeConfig, sampled: np.ndarray | None = None) -> list[int]:
     """Thing ids not cut by the border whose area, estimated on the pixels the offset search
     samples, is within 2x of the eligible range (sorted): cheap at any size, and a superset of
@@ -176,32 +171,21 @@ def _valid_grid(
     )
 
 
-def _offsets_on_grid(
-    obj_s: np.ndarray, bg_s: np.ndarray, th_s: np.ndarray, scale: int, full_shape: tuple[int, int],
-    obj_shape: tuple[int, int], cfg: ComposeConfig,
-) -> np.ndarray:
-    """The True positions of :func:`_valid_grid` as an (N, 2) array of (x, y), row-major."""
-    ys, xs = np.nonzero(_valid_grid(obj_s, bg_s, th_s, scale, full_shape, obj_shape, cfg))
-    return np.stack([xs * scale, ys * scale], axis=1).astype(np.int64)
-
-
 def valid_offsets(
     obj: np.ndarray, background: np.ndarray, things: np.ndarray, cfg: ComposeConfig, scale: int = 1
 ) -> np.ndarray:
     """Top-left positions (x, y) where the object's mask ``obj`` (its bbox crop) may be pasted.
 
-    ``background``/``things`` are full-image bool masks. With ``scale`` 1 this is every valid
-    position, exactly; with f > 1 the masks are sampled every f pixels and the positions lie on
-    the stride-f grid (candidates, to be confirmed by :func:`placement_ok`).
+    The positions :func:`compose` searches (it calls :func:`_valid_grid` on the same sampled
+    masks), as a list: ``background``/``things`` are full-image bool masks. With ``scale`` 1 this
+    is every valid position, exactly; with f > 1 the masks are sampled every f pixels and the
+    positions lie on the stride-f grid (candidates, which compose confirms at full resolution).
     Returns an (N, 2) int array of (x, y), in row-major order.
     """
     f = scale
-    return _offsets_on_grid(obj[::f, ::f], background[::f, ::f], things[::f, ::f], f, background.shape, obj.shape, cfg)
-
-
-def placement_ok(obj: np.ndarray, window_labels: np.ndarray, cfg: ComposeConfig) -> bool:
-    """Exact check of one placement from the labels under the object's crop (-1 = unlabelled)."""
-    return _placement_ok(window_labels[obj], int(np.count_nonzero(obj)), cfg)
+    grid = _valid_grid(obj[::f, ::f], background[::f, ::f], things[::f, ::f], f, background.shape, obj.shape, cfg)
+    ys, xs = np.nonzero(grid)
+    return np.stack([xs * f, ys * f], axis=1).astype(np.int64)
 
 
 def _placement_ok(under: np.ndarray, area: int, cfg: ComposeConfig) -> bool:
