@@ -26,6 +26,8 @@ import posixpath
 import re
 from dataclasses import dataclass
 
+from magiceraser.keys import sample_key  # the rule is defined beside the evaluation's file-name rule
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 LIST_EXTENSIONS = (".txt", ".lst", ".list", ".csv")
 
@@ -41,22 +43,6 @@ class InputItem:
     key: str  # WebDataset sample key: no dots, unique, deterministic
     index: int  # position in the listing
     shard: int  # index of the shard this input belongs to
-
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-
-
-def sample_key(rel: str) -> str:
-    """Deterministic sample key without dots from a source path relative to the input root.
-
-    Readable part: the path without extension, separators and other characters folded to ``_``
-    (``train/airfield/00000001.jpg`` -> ``train_airfield_00000001``), then 8 hex digits of the
-    path's SHA-1 so that paths folding to the same text stay distinct.
-    """
-    rel = rel.replace("\\", "/").lstrip("/")
-    stem = rel.rsplit(".", 1)[0] if "." in rel.rsplit("/", 1)[-1] else rel
-    readable = _UNSAFE.sub("_", stem).strip("_")[-96:] or "image"
-    return f"{readable}_{hashlib.sha1(rel.encode()).hexdigest()[:8]}"
 
 
 def shard_of(index: int, samples_per_shard: int) -> int:

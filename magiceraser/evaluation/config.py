@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from magiceraser.evaluation.methods import MethodConfig
-from magiceraser.evaluation.pairs import safe_key
+from magiceraser.keys import file_name_key
 
 
 @dataclass
@@ -128,12 +128,12 @@ class EvalConfig:
 
 
 def _check_one_folder_each(field_name: str, names: list[str]) -> None:
-    """Labels become folder names through ``safe_key``; two labels on one folder would share one
+    """Labels become folder names through ``file_name_key``; two labels on one folder would share one
     cache (each run discarding the other's) and mix their grids. Case is ignored, as it is on
     macOS and Windows file systems."""
     seen: dict[str, str] = {}
     for name in names:
-        folder = safe_key(name)
+        folder = file_name_key(name)
         other = seen.setdefault(folder.casefold(), name)
         if other != name:
             raise ValueError(f"{field_name}: names {other!r} and {name!r} both map to the output folder "
@@ -155,4 +155,4 @@ def _check_grid_names(datasets: list[str], methods: list[str]) -> None:
 
 def grid_stem(dataset: str, method: str) -> str:
     """File-name stem of a (dataset, method) pair's grids."""
-    return f"{safe_key(dataset)}__{safe_key(method)}"
+    return f"{file_name_key(dataset)}__{file_name_key(method)}"

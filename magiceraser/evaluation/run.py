@@ -40,9 +40,10 @@ from magiceraser.evaluation import metrics as M
 from magiceraser.evaluation.config import DatasetConfig, EvalConfig, MetricsConfig, grid_stem
 from magiceraser.evaluation.letterbox import letterbox_image, letterbox_mask
 from magiceraser.evaluation.methods import MethodConfig, MethodUnavailable, build_method, load_segmenter
-from magiceraser.evaluation.pairs import EvalPair, PairSkip, safe_key
+from magiceraser.evaluation.pairs import EvalPair, PairSkip
 from magiceraser.evaluation.report import aggregate, best_and_worst, grid_image, results_csv, results_markdown
 from magiceraser.imageio import decode_image, decode_mask, encode_image
+from magiceraser.keys import file_name_key
 
 MANIFEST = "manifest.json"
 STAMP = "method.json"  # per method folder: the method deps and metric settings of the last run
@@ -191,11 +192,11 @@ class Scorer:
 
 def method_dir(out: Path, ds: str, method: str) -> Path:
     # table labels may hold spaces and dots ("i. Baseline + OLRD"); folder names stay plain
-    return out / "methods" / safe_key(ds) / safe_key(method)
+    return out / "methods" / file_name_key(ds) / file_name_key(method)
 
 
 def pairs_dir(out: Path, ds: str) -> Path:
-    return out / "pairs" / safe_key(ds)
+    return out / "pairs" / file_name_key(ds)
 
 
 def _read_record(path: Path) -> dict | None:

@@ -23,12 +23,12 @@ import numpy as np
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
-__all__ = ["IMAGE_EXTS", "EvalPair", "PairOrSkip", "PairSkip", "check_pair", "safe_key"]
+__all__ = ["IMAGE_EXTS", "EvalPair", "PairOrSkip", "PairSkip", "check_pair"]
 
 
 @dataclass
 class EvalPair:
-    key: str  # unique within the dataset; safe as a file name
+    key: str  # unique within the dataset; a file name (magiceraser.keys.file_name_key)
     image: np.ndarray  # HxWx3 uint8 input containing the object
     mask: np.ndarray  # bool HxW, True = erase
     target: np.ndarray  # HxWx3 uint8 ground truth without the object
@@ -43,11 +43,6 @@ class PairSkip:
 
 
 PairOrSkip = EvalPair | PairSkip
-
-
-def safe_key(text: str) -> str:
-    """A file-name-safe key (letters, digits, '-', '_')."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in text).strip("_") or "item"
 
 
 def check_pair(key: str, image: np.ndarray, mask: np.ndarray, target: np.ndarray, meta: dict | None = None) -> PairOrSkip:

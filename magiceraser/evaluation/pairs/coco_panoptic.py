@@ -6,9 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
-from magiceraser.evaluation.pairs import EvalPair, PairOrSkip, PairSkip, safe_key
+from magiceraser.evaluation.pairs import EvalPair, PairOrSkip, PairSkip
 from magiceraser.evaluation.pairs.composed import compose_pair, seeded_order
 from magiceraser.imageio import ImageDecodeError, decode_image
+from magiceraser.keys import file_name_key
 
 
 def iter_coco_panoptic(
@@ -27,7 +28,7 @@ def iter_coco_panoptic(
         if num_pairs and produced >= num_pairs:
             return
         # The path without its extension: Places365-style trees repeat base names across folders.
-        key = safe_key(str(PurePosixPath(file_name).with_suffix("")))
+        key = file_name_key(str(PurePosixPath(file_name).with_suffix("")))
         try:
             image = decode_image(images_dir / file_name)
         except ImageDecodeError as exc:

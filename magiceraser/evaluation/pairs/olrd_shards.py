@@ -9,8 +9,9 @@ from collections.abc import Iterator
 from glob import glob
 from pathlib import Path
 
-from magiceraser.evaluation.pairs import PairOrSkip, PairSkip, check_pair, safe_key
+from magiceraser.evaluation.pairs import PairOrSkip, PairSkip, check_pair
 from magiceraser.imageio import ImageDecodeError, decode_image, decode_mask
+from magiceraser.keys import file_name_key
 
 
 def shard_paths(pattern: str | list[str]) -> list[Path]:
@@ -58,10 +59,10 @@ def iter_olrd_shards(pattern: str | list[str]) -> Iterator[PairOrSkip]:
         try:
             samples = list(_iter_tar_samples(path))
         except (tarfile.TarError, OSError) as exc:
-            yield PairSkip(safe_key(path.name), "bad_shard", f"{path}: {exc}")
+            yield PairSkip(file_name_key(path.name), "bad_shard", f"{path}: {exc}")
             continue
         for key, files in samples:
-            k = safe_key(key)
+            k = file_name_key(key)
             blended = next((files[e] for e in ("blended.jpg", "blended.png") if e in files), None)
             original = next((files[e] for e in ("original.jpg", "original.png") if e in files), None)
             if blended is None or original is None or "mask.png" not in files:

@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from magiceraser.evaluation.pairs import EvalPair, PairOrSkip, PairSkip, safe_key
+from magiceraser.evaluation.pairs import EvalPair, PairOrSkip, PairSkip
 from magiceraser.evaluation.pairs.composed import compose_pair, seeded_order
 from magiceraser.imageio import ImageDecodeError, decode_image
+from magiceraser.keys import file_name_key
 
 
 def openimages_panoptic(
@@ -136,7 +137,7 @@ def iter_openimages(
     for image_id in seeded_order(list(rows), seed):
         if num_pairs and produced >= num_pairs:
             return
-        key = safe_key(image_id)
+        key = file_name_key(image_id)
         img_path = next((images_dir / f"{image_id}{e}" for e in (".jpg", ".png") if (images_dir / f"{image_id}{e}").is_file()), None)
         if img_path is None:
             continue  # the CSV covers the whole split; only downloaded images are candidates

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from magiceraser.evaluation.pairs import IMAGE_EXTS, PairOrSkip, PairSkip, check_pair, safe_key
+from magiceraser.evaluation.pairs import IMAGE_EXTS, PairOrSkip, PairSkip, check_pair
 from magiceraser.imageio import ImageDecodeError, decode_image, decode_mask
+from magiceraser.keys import file_name_key
 
 
 def _find_with_stem(folder: Path, stem: str) -> Path | None:
@@ -51,7 +52,7 @@ def _iter_realhm_folders(root: Path) -> Iterator[PairOrSkip]:
         if not d.is_dir():
             raise FileNotFoundError(f"RealHM folder layout needs {d} (composite/, mask/, gt/ with matching file stems)")
     for comp in sorted(p for p in comp_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS):
-        key = safe_key(comp.stem)
+        key = file_name_key(comp.stem)
         mask_p, gt_p = _find_with_stem(mask_dir, comp.stem), _find_with_stem(gt_dir, comp.stem)
         if mask_p is None or gt_p is None:
             yield PairSkip(key, "missing_file", f"no {'mask' if mask_p is None else 'gt'} file for {comp.name}")
@@ -72,7 +73,7 @@ def _iter_realhm_ssh(root: Path) -> Iterator[PairOrSkip]:
     for mask_p in masks:
         stem = mask_p.name[: -len("_mask" + mask_p.suffix)]
         folder = mask_p.parent
-        key = safe_key(str((folder / stem).relative_to(root)))
+        key = file_name_key(str((folder / stem).relative_to(root)))
         fore_p, bg_p = _find_with_stem(folder, stem), _find_with_stem(folder, stem + "_fore")
         if fore_p is None or bg_p is None:
             yield PairSkip(key, "missing_file", f"{stem}: needs {stem}.jpg and {stem}_fore.jpg next to the mask")
