@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from magiceraser.datasets.segment import resolve_device
+from magiceraser.devices import default_dtype, resolve_device
 
 LLAVA_PROMPT = "USER: <image>\n{question} ASSISTANT:"
 
@@ -32,7 +32,8 @@ class TransformersCaptioner:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
         self.model_id = model
-        self.device, self.dtype = resolve_device(device, dtype)
+        self.device = resolve_device(device)
+        self.dtype = default_dtype(self.device, dtype)
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.processor = AutoProcessor.from_pretrained(model)
         # Decoder-only generation in a batch needs left padding.

@@ -12,22 +12,10 @@ import numpy as np
 
 from magiceraser import coco
 from magiceraser.datasets.coco_panoptic import AnnotationError, CocoPanopticAnnotations
+from magiceraser.devices import default_dtype, resolve_device
 from magiceraser.panoptic import PanopticResult, Segment
 
-__all__ = ["Mask2FormerSegmenter", "CocoPanopticAnnotations", "AnnotationError", "resolve_device"]
-
-
-def resolve_device(device: str, dtype: str | None) -> tuple[str, object]:
-    """('auto' | 'cpu' | 'cuda[:N]', 'auto' | name) -> (device, torch dtype); fp16 on GPU by default."""
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if dtype in (None, "auto"):
-        torch_dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    else:
-        torch_dtype = getattr(torch, dtype)
-    return device, torch_dtype
+__all__ = ["Mask2FormerSegmenter", "CocoPanopticAnnotations", "AnnotationError"]
 
 
 class Mask2FormerSegmenter:
@@ -48,7 +36,8 @@ class Mask2FormerSegmenter:
         from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
 
         self.model_id = model
-        self.device, self.dtype = resolve_device(device, dtype)
+        self.device = resolve_device(device)
+        self.dtype = default_dtype(self.device, dtype)
         self.batch_size = batch_size
         self.threshold, self.mask_threshold = threshold, mask_threshold
         self.overlap_mask_area_threshold = overlap_mask_area_threshold

@@ -37,10 +37,9 @@ def init_distributed(device: str = "auto") -> DistContext:
     """Join (or create) the process group through Accelerate and pick this process's device."""
     from accelerate import PartialState
 
-    use_cpu = device == "cpu" or (device == "auto" and not torch.cuda.is_available())
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device=cuda but no CUDA device is visible; use device=auto or device=cpu")
-    state = PartialState(cpu=use_cpu)
+    from magiceraser.devices import resolve_device
+
+    state = PartialState(cpu=resolve_device(device) == "cpu")
     return DistContext(
         rank=state.process_index,
         world_size=state.num_processes,

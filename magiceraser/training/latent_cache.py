@@ -287,7 +287,9 @@ def _run_encodes(cfg: LatentCacheConfig, todo: list[tuple[str, str, dict[str, An
 def _load_vae(cfg: LatentCacheConfig):
     from diffusers import AutoencoderKL
 
-    device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available()) else "cpu")
+    from magiceraser.devices import resolve_device
+
+    device = torch.device(resolve_device(cfg.device))
     return AutoencoderKL.from_pretrained(cfg.base_model, subfolder="vae", revision=cfg.revision).to(device).eval()
 
 

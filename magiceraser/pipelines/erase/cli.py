@@ -65,13 +65,11 @@ class SkipItem(Exception):
 
 def build_pipeline(cfg: EraseConfig):
     """The pipeline a config describes (loads the models)."""
-    import torch
 
+    from magiceraser.devices import resolve_device
     from magiceraser.pipelines.erase.pipeline import MagicEraserPipeline
 
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg.device)
     segmenter = None
     if cfg.segmenter:
         from magiceraser.datasets.segment import Mask2FormerSegmenter
