@@ -25,8 +25,8 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     import ray.train
 
     from magiceraser.training.distributed import init_distributed
+    from magiceraser.training.logs import setup_logging
     from magiceraser.training.loop import run_training
-    from magiceraser.training.train import setup_logging
 
     cfg = build_config(TrainConfig, loop_config["config"])
     ctx = init_distributed(cfg.device)

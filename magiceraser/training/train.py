@@ -12,17 +12,10 @@ whose workers execute the same loop.
 
 from __future__ import annotations
 
-import logging
-import sys
 from collections.abc import Sequence
 
 from magiceraser.cli import config_argparser, load_cli_config
-
-
-def setup_logging(rank: int = 0) -> None:
-    level = logging.INFO if rank == 0 else logging.WARNING
-    logging.basicConfig(level=level, format=f"%(asctime)s [rank {rank}] %(name)s: %(message)s", stream=sys.stdout)
-    logging.getLogger("magiceraser").setLevel(level)
+from magiceraser.training.logs import setup_logging
 
 
 def main(argv: Sequence[str] | None = None) -> int:
