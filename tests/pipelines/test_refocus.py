@@ -37,7 +37,7 @@ def rand_qkv(b=2, h=3, n=40, d=8, seed=0, scale=1.0):
     return [torch.randn(b, h, n, d, generator=g) * scale for _ in range(3)]
 
 
-PATHS = ["fused", "sdpa"]
+PATHS = ["flash", "fused", "sdpa"]
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -106,7 +106,7 @@ def test_fused_path_float64_large_logits_and_default_dispatch():
     torch.testing.assert_close(out32.double(), ref, atol=2e-4, rtol=1e-3)
     torch.testing.assert_close(refocused_attention(q, k, v, labels, chunk_size=9), out32, atol=0, rtol=0)
     with pytest.raises(ValueError, match="_path"):
-        refocused_attention(q, k, v, labels, _path="flash")
+        refocused_attention(q, k, v, labels, _path="naive")
 
 
 def test_fused_path_holds_one_chunk_of_scores(monkeypatch):
@@ -176,3 +176,141 @@ def test_rejects_bad_shapes_and_labels():
         refocused_attention(q, k, v, torch.zeros(2, 40))
     with pytest.raises(ValueError, match="self-attention"):
         refocused_attention(q, k[:, :, :10], v, torch.zeros(2, 40, dtype=torch.long))
+
+
+# ---------------------------------------------------------------- the flash-LSE path (issue 14)
+
+
+def _labels(b, n, seed, classes=(0, 1, 2)):
+    g = torch.Generator().manual_seed(seed)
+    pick = torch.randint(0, len(classes), (b, n), generator=g)
+    return torch.tensor(classes)[pick]
+
+
+@pytest.mark.parametrize("classes", [(0, 2), (1, 2), (0, 1), (1,)])
+def test_flash_path_with_empty_label_groups(classes):
+    """A missing key label must be skipped: the CPU flash kernel crashes the process on 0 keys."""
+    q, k, v = rand_qkv(b=2, h=2, n=33, d=8, seed=20, scale=1.5)
+    labels = _labels(2, 33, 20, classes)
+    out = refocused_attention(q, k, v, labels, _path="flash")
+    torch.testing.assert_close(out.double(), direct_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
+
+
+def test_flash_path_rows_with_different_groups_present():
+    """Batch row 0 has every label, row 1 only negatives, row 2 no negatives: each uses its own groups."""
+    q, k, v = rand_qkv(b=3, h=2, n=30, d=8, seed=21)
+    labels = torch.stack([_labels(1, 30, 21)[0], torch.full((30,), 2), _labels(1, 30, 22, (0, 1))[0]])
+    out = refocused_attention(q, k, v, labels, _path="flash")
+    torch.testing.assert_close(out.double(), direct_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("n,d,heads", [(96, 40, 8), (64, 80, 8), (40, 160, 2)])
+def test_flash_path_unet_head_sizes(n, d, heads):
+    """SD 1.5's self-attention head sizes (40, 80, 160), batch and heads > 1, both λ settings."""
+    q, k, v = rand_qkv(b=2, h=heads, n=n, d=d, seed=23, scale=0.6)
+    labels = _labels(2, n, 23)
+    for lp, ln in ((0.8, 1.0), (0.3, 0.5)):
+        out = refocused_attention(q, k, v, labels, lp, ln, _path="flash")
+        torch.testing.assert_close(out.double(), direct_eq5_9(q, k, v, labels, lp, ln), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("chunk", [1, 5, 13, 41, 1000])
+@pytest.mark.parametrize("per_head", [True, False])
+def test_flash_path_chunk_boundaries(chunk, per_head):
+    """Extrema chunks that do not divide N (41 queries) give the same result as one chunk."""
+    q, k, v = rand_qkv(b=2, h=3, n=41, d=8, seed=24, scale=1.5)
+    labels = _labels(2, 41, 24)
+    whole = refocused_attention(q, k, v, labels, chunk_size=41, per_head=False, _path="flash")
+    chunked = refocused_attention(q, k, v, labels, chunk_size=chunk, per_head=per_head, _path="flash")
+    # Rounding only: a 1-row product (chunk 1) rounds S_max differently from a blocked one.
+    torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(chunked.double(), direct_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
+
+
+def test_flash_path_float64_large_logits_and_value_head_size():
+    """float64 to 1e-10 with logits spanning hundreds, and values narrower than the keys (dv < d)."""
+    q, k, v = rand_qkv(b=2, h=2, n=70, d=16, seed=25, scale=4.0)
+    labels = _labels(2, 70, 25)
+    out = refocused_attention(q.double(), k.double(), v.double(), labels, chunk_size=9, _path="flash")
+    torch.testing.assert_close(out, direct_eq5_9(q, k, v, labels), atol=1e-10, rtol=1e-9)
+    narrow = v[..., :5]
+    out = refocused_attention(q, k, narrow, labels, _path="flash")
+    assert out.shape == (2, 2, 70, 5)
+    torch.testing.assert_close(out.double(), direct_eq5_9(q, k, narrow, labels), atol=2e-4, rtol=1e-3)
+
+
+def test_flash_path_shared_labels_of_a_cfg_pair():
+    """Labels expanded over the batch (the processor's CFG pair) take one call per group for the
+    whole batch; the result equals row-by-row labels."""
+    q, k, v = rand_qkv(b=2, h=2, n=48, d=8, seed=26)
+    row = _labels(1, 48, 26)[0]
+    shared = refocused_attention(q, k, v, row.unsqueeze(0).expand(2, 48), _path="flash")
+    separate = torch.cat([refocused_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], row[None], _path="flash") for i in range(2)])
+    torch.testing.assert_close(shared, separate, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(shared.double(), direct_eq5_9(q, k, v, row.expand(2, 48)), atol=2e-5, rtol=1e-4)
+
+
+def test_flash_path_holds_one_chunk_of_scores_and_one_attention_of_keys(monkeypatch):
+    """Scores exist only chunk by chunk (the extrema pass); the flash calls see each key once per
+    batch row, so together they do the work of one attention."""
+    b, h, n, d, chunk = 2, 2, 64, 8, 8
+    q, k, v = rand_qkv(b, h, n, d, seed=27)
+    labels = _labels(b, n, 27)
+    seen = {"matmul": 0, "keys": 0, "sdpa": 0}
+    real_matmul, real_flash = torch.matmul, refocus._cpu_flash_kernel()
+
+    def spy_matmul(a, bb, *args, **kw):
+        out = real_matmul(a, bb, *args, **kw)
+        seen["matmul"] = max(seen["matmul"], out.numel())
+        return out
+
+    def spy_flash(qq, kk, vv, **kw):
+        seen["keys"] += kk.shape[0] * kk.shape[2]
+        return real_flash(qq, kk, vv, **kw)
+
+    def spy_sdpa(*args, **kw):
+        seen["sdpa"] += 1
+        raise AssertionError("SDPA called by the flash path")
+
+    monkeypatch.setattr(refocus.torch, "matmul", spy_matmul)
+    monkeypatch.setattr(refocus, "_cpu_flash_kernel", lambda: spy_flash)
+    monkeypatch.setattr(refocus.F, "scaled_dot_product_attention", spy_sdpa)
+    out = refocused_attention(q, k, v, labels, chunk_size=chunk, per_head=True, _path="flash")
+    monkeypatch.undo()
+    assert seen["matmul"] == chunk * n < b * h * n * n
+    assert seen["keys"] == b * n and seen["sdpa"] == 0
+    torch.testing.assert_close(out.double(), direct_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
+
+
+def test_auto_dispatch_by_size_dtype_and_device(monkeypatch):
+    q, k, v = rand_qkv(b=1, h=1, n=16, d=8)
+    monkeypatch.setattr(refocus, "FLASH_MIN_KEYS", 16)
+    assert refocus._auto_path(q, k, v) == "flash"
+    monkeypatch.setattr(refocus, "FLASH_MIN_KEYS", 17)
+    assert refocus._auto_path(q, k, v) == "fused"
+    assert refocus._auto_path(q.half(), k.half(), v.half()) == "sdpa"
+    assert refocus._auto_path(q.bfloat16(), k.bfloat16(), v.bfloat16()) == "sdpa"
+    monkeypatch.setattr(refocus, "FLASH_MIN_KEYS", 16)
+    monkeypatch.setattr(refocus, "_cpu_flash_kernel", lambda: None)  # an older torch: fused instead
+    assert refocus._auto_path(q, k, v) == "fused"
+    with pytest.raises(RuntimeError, match="fused"):
+        refocused_attention(q, k, v, torch.zeros(1, 16, dtype=torch.long), _path="flash")
+
+
+# ---------------------------------------------------------------- the CUDA path (gpu_acceptance runs these)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("n,d", [(1024, 40), (256, 80), (64, 160)])
+def test_cuda_path_against_float64_reference(n, d, dtype):
+    """The SDPA path on CUDA (head size padded to a multiple of 8) at the UNet's head sizes."""
+    q, k, v = rand_qkv(b=2, h=8, n=n, d=d, seed=30, scale=0.5)
+    labels = _labels(2, n, 30)
+    ref = direct_eq5_9(q, k, v, labels)
+    cuda = [t.to("cuda", dtype) for t in (q, k, v)]
+    out = refocused_attention(*cuda, labels.cuda())
+    assert out.dtype == dtype and out.device.type == "cuda"
+    tol = {torch.float16: 5e-3, torch.bfloat16: 4e-2, torch.float32: 1e-4}[dtype]
+    err = (out.double().cpu() - ref).abs().max().item()
+    assert err < tol, f"max abs error {err} vs float64 reference (tolerance {tol})"

@@ -31,6 +31,22 @@ the two matrix products alone cost about one stock SDPA, so the elementwise pass
 not cosmetic: exp of logits in [-104, -87] gives float32 denormals, which make the following
 matrix product ~60× slower; clamping at log(finfo.tiny) + 1 changes each weight by < 1e-37.
 On GPUs the SDPA path stays (flash kernels), and half precisions use it everywhere.
+
+Why a third, flash-LSE path on CPU (:func:`_flash_lse_cpu`): M is constant over each key-label
+group, so with keys split into the groups G_L (L = m, p, n) and Z_L[i] = log Σ_{j∈G_L} exp(S_ij/√d),
+
+    out_i = Σ_L w_iL · softmax_{j∈G_L}(S_ij/√d) V_j,    w_iL = softmax_L(Z_L[i] + c_i[L]/√d),
+
+exactly. torch's CPU flash kernel (``aten._scaled_dot_product_flash_attention_for_cpu``) returns
+both the group softmax times V and Z_L, so three stock calls (one per non-empty group, together
+the work of one attention, cache-blocked and with the kernel's own vectorised exp) plus the
+extrema pass of :func:`score_extrema` give the result; empty groups are skipped (the kernel
+divides by zero on an empty key set). What remains extra is the extrema pass, which is one full
+QKᵀ product plus a max and a min: on the 2-core dev machine with one thread it costs 0.5× a
+stock SDPA call by itself (the stock call is close to two such products), so this path cannot go
+much below ~1.4× stock SDPA: measured 1.38× at N = 4096, d = 40 and 1.75× at N = 1024, d = 80
+(CPU time, 1 thread), against 2.2× and 1.75-2.2× for the fused path. ``auto`` takes it from
+:data:`FLASH_MIN_KEYS` keys on.
 """
 
 from __future__ import annotations
@@ -65,6 +81,12 @@ DEFAULT_SCORE_BUDGET = 1 << 26
 # at N = 4096 (1 and 2 threads): 128 → 1.9-2.6×, 256 → 1.7-2.1×, 512 → 1.6-1.7×, 1024 → 1.7× SDPA
 # CPU time; per-chunk Python/dispatch overhead dominates below 512, cache misses above.
 FUSED_CPU_CHUNK = 512
+# The auto dispatch takes the flash-LSE path on CPU from this many keys on (float32/float64).
+# Measured CPU time / stock SDPA, 1 thread, two runs each (benchmarks/bench_refocus.py):
+# N = 4096, d = 40: flash 1.38-1.39x, fused 2.19-2.75x; N = 1024, d = 80: flash 1.74-1.76x,
+# fused 1.75-2.19x. Below 1024 keys the per-call overhead of three kernel calls is not measured
+# to pay off, so the fused path stays.
+FLASH_MIN_KEYS = 1024
 
 
 def default_chunk_size(batch_heads: int, n_queries: int, n_keys: int, budget: int = DEFAULT_SCORE_BUDGET) -> int:
@@ -117,6 +139,24 @@ def _check(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, labels: torch.Tens
         raise ValueError(f"labels must be an integer tensor with values 0 (mask), 1 (positive), 2 (negative); got {labels.dtype}")
 
 
+def _cpu_flash_kernel():
+    """torch's CPU flash-attention op returning (output, log-sum-exp); None where torch lacks it."""
+    try:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    except (AttributeError, RuntimeError):
+        return None
+
+
+def _auto_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
+    """The path ``_path="auto"`` takes: a CPU path for float32/float64, SDPA on GPUs and in half precision."""
+    cpu_ok = q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and q.dtype == k.dtype == v.dtype
+    if not cpu_ok:
+        return "sdpa"
+    if k.shape[-2] >= FLASH_MIN_KEYS and _cpu_flash_kernel() is not None:
+        return "flash"
+    return "fused"
+
+
 def refocused_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -139,18 +179,20 @@ def refocused_attention(
         per_head: chunk per (batch, head) pair (default on CPU); see :func:`score_extrema`.
             The fused CPU path always works per (batch, head); ``chunk_size`` is then its
             queries per chunk (default :data:`FUSED_CPU_CHUNK`).
-        _path: "auto" (fused on CPU for float32/float64, SDPA otherwise), "fused" or "sdpa";
-            for tests and benchmarks.
+        _path: "auto" (on CPU for float32/float64: flash-LSE from :data:`FLASH_MIN_KEYS` keys on,
+            fused below; SDPA otherwise), "flash", "fused" or "sdpa"; for tests and benchmarks.
+            The flash path chunks only its extrema pass (``chunk_size``, ``per_head`` as above).
 
     Returns:
         (batch, heads, N, d), dtype of ``v``.
     """
     _check(q, k, v, labels)
-    if _path not in ("auto", "fused", "sdpa"):
-        raise ValueError(f"_path must be 'auto', 'fused' or 'sdpa', got {_path!r}")
+    if _path not in ("auto", "flash", "fused", "sdpa"):
+        raise ValueError(f"_path must be 'auto', 'flash', 'fused' or 'sdpa', got {_path!r}")
     if _path == "auto":
-        fused_ok = q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and q.dtype == k.dtype == v.dtype
-        _path = "fused" if fused_ok else "sdpa"
+        _path = _auto_path(q, k, v)
+    if _path == "flash":
+        return _flash_lse_cpu(q, k, v, labels, lambda_pos, lambda_neg, chunk_size, per_head)
     if _path == "fused":
         return _fused_cpu(q, k, v, labels, lambda_pos, lambda_neg, chunk_size or FUSED_CPU_CHUNK)
     b, h, n, d = q.shape
@@ -235,4 +277,77 @@ def _fused_cpu(
                 for t in range(1, len(blocks)):
                     acc.addmm_(blocks[t], vs[t][hi])
                 torch.div(acc[:, :dv], acc[:, dv:], out=out[bi, hi, start:stop])
+    return out
+
+
+def _refocus_coefficients(lambda_pos: float, lambda_neg: float, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(coef_max, coef_min), 3×3 each: c_i[L] = S_max[i]·coef_max[l_i, L] + S_min[i]·coef_min[l_i, L] (Eq. 6, 9)."""
+    pos = torch.tensor(POS_TABLE, dtype=dtype, device=device)
+    neg = torch.tensor(NEG_TABLE, dtype=dtype, device=device)
+    return lambda_pos * pos - lambda_neg * neg, (1.0 - lambda_pos) * pos
+
+
+def _rows_sharing_labels(labels: torch.Tensor) -> list[slice]:
+    """Batch slices whose rows have identical labels: the whole batch when every row is the same
+    (the processor expands one image's labels over the CFG pair), else one slice per row."""
+    b = labels.shape[0]
+    if b > 1 and bool((labels == labels[:1]).all()):
+        return [slice(0, b)]
+    return [slice(i, i + 1) for i in range(b)]
+
+
+def _key_groups(lab: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """(label, indices of the keys with that label) for every label present in ``lab`` (N,)."""
+    groups = []
+    for label in range(3):
+        idx = (lab == label).nonzero().squeeze(1)
+        if idx.numel():  # the flash kernel must never see an empty key set
+            groups.append((label, idx))
+    return groups
+
+
+def _combine_groups(logits: list[torch.Tensor], outs: list[torch.Tensor]) -> torch.Tensor:
+    """Σ_L softmax_L(logits)[..., None] · outs[L]: the group results weighted by their total mass."""
+    if len(outs) == 1:
+        return outs[0]
+    weights = torch.softmax(torch.stack(logits), dim=0).unsqueeze(-1)  # (G, B, H, N, 1)
+    result = outs[0] * weights[0]
+    for t in range(1, len(outs)):
+        result.addcmul_(outs[t], weights[t])
+    return result
+
+
+def _flash_lse_cpu(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    labels: torch.Tensor,
+    lambda_pos: float,
+    lambda_neg: float,
+    chunk_size: int | None,
+    per_head: bool | None,
+) -> torch.Tensor:
+    """Eq. 5-9 from one stock CPU flash-attention call per key-label group; see the module docstring."""
+    flash = _cpu_flash_kernel()
+    if flash is None:
+        raise RuntimeError("this torch has no aten._scaled_dot_product_flash_attention_for_cpu: use _path='fused'")
+    b, h, n, d = q.shape
+    dv = v.shape[-1]
+    scale = 1.0 / math.sqrt(d)
+    s_max, s_min = score_extrema(q, k, chunk_size, per_head)
+    coef_max, coef_min = _refocus_coefficients(lambda_pos, lambda_neg, q.dtype, q.device)
+    # The kernel wants one head size for q, k and v; zero value columns change nothing.
+    v_full = torch.cat([v, v.new_zeros(b, h, n, d - dv)], dim=-1) if dv < d else v
+    lab_all = labels.to(device=q.device, dtype=torch.long)
+    out = torch.empty(b, h, n, dv, dtype=v.dtype, device=v.device)
+    for rows in _rows_sharing_labels(lab_all):
+        lab = lab_all[rows.start]
+        q_r, k_r, v_r = q[rows], k[rows], v_full[rows]
+        logits, outs = [], []
+        for label, idx in _key_groups(lab):
+            o, lse = flash(q_r, k_r.index_select(2, idx), v_r.index_select(2, idx), scale=scale)
+            shift = torch.addcmul(s_max[rows] * coef_max[lab, label], s_min[rows], coef_min[lab, label])  # c_i[label]
+            logits.append(lse.to(q.dtype) + shift * scale)
+            outs.append(o)
+        out[rows] = _combine_groups(logits, outs)[..., :dv]
     return out
