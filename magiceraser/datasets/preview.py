@@ -2,12 +2,16 @@
 
 One row per sample: the original I, the blended input Ĩ, Ĩ with the outline of m̃ drawn in red,
 and a text panel with the object class, offset, background tags, caption prompt and caption.
-The shard is read with stock ``webdataset``.
+The shard is read through ``magiceraser.olrd_samples.read_tar_samples``, the reader the trainer
+and the evaluation use, and its members decoded with ``magiceraser.imageio``. ``decode_olrd`` is
+not used on purpose: it refuses samples (an empty mask, a missing ``json``) that a preview, the
+tool for looking at a suspicious shard, should still draw.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
@@ -79,14 +83,29 @@ def render_sample(sample: dict, height: int = PANEL) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+def decode_sample(sample: dict) -> dict:
+    """A tar sample of bytes -> what :func:`render_sample` draws: images as HxWx3 uint8 RGB, the
+    mask as HxW uint8 0/255, ``json`` parsed. Images of any size are drawn (``min_side=1``)."""
+    from magiceraser.imageio import decode_image, decode_mask
+
+    out: dict = {"__key__": sample["__key__"]}
+    for name, data in sample.items():
+        if name.startswith(("original.", "blended.")):
+            out[name] = decode_image(data, min_side=1)
+        elif name == "mask.png":
+            out[name] = decode_mask(data).astype(np.uint8) * 255
+        elif name == "json":
+            out[name] = json.loads(data)
+    return out
+
+
 def render_shard(shard: str | Path, max_samples: int = 8, height: int = PANEL) -> np.ndarray:
     """The grid image (HxWx3 uint8) of the first ``max_samples`` samples of a shard."""
-    import webdataset as wds
+    from magiceraser.olrd_samples import read_tar_samples
 
-    dataset = wds.WebDataset(str(shard), shardshuffle=False, empty_check=False).decode("rgb8")
     rows = []
-    for sample in dataset:
-        rows.append(render_sample(sample, height))
+    for sample in read_tar_samples([str(shard)], strict=True):
+        rows.append(render_sample(decode_sample(sample), height))
         if len(rows) >= max_samples:
             break
     if not rows:

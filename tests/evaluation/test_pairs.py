@@ -113,6 +113,45 @@ def test_olrd_shards(tmp_path):
         shard_paths(str(tmp_path / "none-*.tar"))
 
 
+def _tar(path, members):
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_olrd_shards_skip_reasons_of_damaged_shards_and_samples(tmp_path):
+    """What the evaluation skips, and why, is its own contract (not the trainer's decode_olrd):
+    a damaged shard is one bad_shard record with none of its pairs, a sample without json is a pair."""
+    rng = np.random.default_rng(3)
+    a, ma = _scene(rng)
+    b, _ = _scene(rng)
+    write_shard(tmp_path / "olrd-000000.tar", [("s0", a, ma, b, {}), ("s1", a, ma, b, {})])
+    whole = (tmp_path / "olrd-000000.tar").read_bytes()
+    (tmp_path / "olrd-000001.tar").write_bytes(whole[: len(whole) // 2 + 100])  # cut inside a member
+    (tmp_path / "olrd-000002.tar").write_bytes(b"not a tar" * 100)
+    m = _encode(ma.astype(np.uint8) * 255, "PNG")
+    img, other, small = _encode(a, "PNG"), _encode(b, "PNG"), _encode(a[:20], "PNG")
+    _tar(tmp_path / "olrd-000003.tar", [
+        ("n0.blended.jpg", img), ("n0.mask.png", m), ("n0.original.jpg", other),  # no json: fine
+        ("n1.blended.jpg", img), ("n1.mask.png", m), ("n1.original.jpg", other), ("n1.json", b"{bad"),
+        ("n2.blended.jpg", img), ("n2.mask.png", _encode(np.zeros_like(a[..., 0]), "PNG")), ("n2.original.jpg", other),
+        ("n3.blended.jpg", small), ("n3.mask.png", m), ("n3.original.jpg", other),
+        ("n4.blended.jpg", b"garbage"), ("n4.mask.png", m), ("n4.original.jpg", other),
+        ("d/n5.blended.png", img), ("d/n5.mask.png", m), ("d/n5.original.png", other),
+    ])
+    items = list(iter_olrd_shards(str(tmp_path / "olrd-*.tar")))
+    got = [(i.key, "pair" if isinstance(i, EvalPair) else i.reason) for i in items]
+    assert got == [("s0", "pair"), ("s1", "pair"), ("olrd-000001_tar", "bad_shard"), ("olrd-000002_tar", "bad_shard"),
+                   ("n0", "pair"), ("n1", "bad_json"), ("n2", "empty_mask"), ("n3", "too_small"),
+                   ("n4", "not_an_image"), ("d_n5", "pair")]
+    assert items[2].detail.startswith(str(tmp_path / "olrd-000001.tar") + ": ")
+    assert items[-1].meta == {"source": "olrd-000003.tar:d/n5"} and items[4].meta == {"source": "olrd-000003.tar:n0"}
+
+
 def test_seeded_order_is_a_stable_permutation():
     items = [f"k{i}" for i in range(20)]
     assert seeded_order(items, 3) == seeded_order(list(reversed(items)), 3)

@@ -1,10 +1,17 @@
 """Any OLRD WebDataset shard set as evaluation pairs: input ``blended.*``, mask ``mask.png``,
-target ``original.*`` per sample (and ``object_class`` / ``tags`` from its ``json``, when present)."""
+target ``original.*`` per sample (and ``object_class`` / ``tags`` from its ``json``, when present).
+
+Tar members are grouped into samples by ``magiceraser.olrd_samples.read_tar_samples``, the reader
+the trainer uses, so a shard means the same thing to both. The members are then checked and
+decoded here rather than by ``decode_olrd``: the trainer's decoder requires a ``json`` member with
+typed ``tags``/``caption`` and has reason codes of its own, whereas an evaluation pair needs only
+the three images, and its skip records (``missing_file``, ``size_mismatch``, ``bad_json``,
+``bad_shard``, the decoders' reasons) are what existing ``skipped.jsonl`` files and users know.
+"""
 
 from __future__ import annotations
 
 import json
-import tarfile
 from collections.abc import Iterator
 from glob import glob
 from pathlib import Path
@@ -29,37 +36,34 @@ def shard_paths(pattern: str | list[str]) -> list[Path]:
     return out
 
 
-def _iter_tar_samples(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    # WebDataset convention: key = member path up to the first dot of its base name; members of a
-    # sample are contiguous in the tar.
-    current: str | None = None
-    files: dict[str, bytes] = {}
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            dirname, _, base = member.name.rpartition("/")
-            if "." not in base:
-                continue
-            stem, ext = base.split(".", 1)
-            key = f"{dirname}/{stem}" if dirname else stem
-            if key != current:
-                if current is not None:
-                    yield current, files
-                current, files = key, {}
-            fh = tar.extractfile(member)
-            files[ext] = fh.read() if fh is not None else b""
-    if current is not None:
-        yield current, files
+def _shard_samples(path: Path) -> list[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) of every sample of one shard, through the shared OLRD reader.
+
+    Read in full before any pair is built (``strict``): a shard that cannot be read to its end is
+    one ``bad_shard`` skip, never a silent part of its pairs.
+    """
+    from magiceraser.olrd_samples import read_tar_samples
+
+    return [(sample["__key__"], {k: v for k, v in sample.items() if not k.startswith("__")})
+            for sample in read_tar_samples([str(path)], strict=True)]
+
+
+def _read_error(exc: OSError) -> str:
+    """What went wrong reading a shard, for the skip record: the tar error itself, without the
+    stream objects webdataset appends to its arguments (their reprs name no file and no cause)."""
+    cause = exc.__cause__
+    if cause is None or isinstance(cause, OSError) or not cause.args:
+        return str(exc)
+    return str(cause.args[0]).split(" @ <", 1)[0]
 
 
 def iter_olrd_shards(pattern: str | list[str]) -> Iterator[PairOrSkip]:
     """OLRD samples: input ``blended.*``, mask ``mask.png``, target ``original.*``."""
     for path in shard_paths(pattern):
         try:
-            samples = list(_iter_tar_samples(path))
-        except (tarfile.TarError, OSError) as exc:
-            yield PairSkip(file_name_key(path.name), "bad_shard", f"{path}: {exc}")
+            samples = _shard_samples(path)
+        except OSError as exc:
+            yield PairSkip(file_name_key(path.name), "bad_shard", f"{path}: {_read_error(exc)}")
             continue
         for key, files in samples:
             k = file_name_key(key)
