@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from magiceraser.imaging import image_grid
+
 PANEL = 256  # each image is scaled to this height
 
 
@@ -75,12 +77,7 @@ def render_sample(sample: dict, height: int = PANEL) -> np.ndarray:
         f"caption: {meta.get('caption', '')}",
         "columns: I | blended | mask outline",
     ]
-    sep = np.full((height, 4, 3), 255, np.uint8)
-    parts = []
-    for im in images:
-        parts += [im, sep]
-    parts.append(_text_panel(text, height))
-    return np.concatenate(parts, axis=1)
+    return image_grid([[*images, _text_panel(text, height)]], gap=4)
 
 
 def decode_sample(sample: dict) -> dict:
@@ -110,9 +107,8 @@ def render_shard(shard: str | Path, max_samples: int = 8, height: int = PANEL) -
             break
     if not rows:
         raise ValueError(f"{shard} holds no samples (every input of this shard was skipped; see its sidecar .json)")
-    width = max(r.shape[1] for r in rows)
-    padded = [np.pad(r, ((0, 6), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows]
-    return np.concatenate(padded, axis=0)
+    grid = image_grid([[r] for r in rows], row_gap=6)
+    return np.pad(grid, ((0, 6), (0, 0), (0, 0)), constant_values=255)  # the last row keeps its gap too
 
 
 def main(argv: Sequence[str] | None = None) -> int:

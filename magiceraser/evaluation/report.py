@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from magiceraser.imaging import image_grid
+
 # (record key, column header, higher is better, decimals, unit)
 COLUMNS: list[tuple[str, str, bool, int, str]] = [
     ("psnr", "PSNR↑", True, 3, "dB"),
@@ -141,11 +143,14 @@ def grid_image(rows: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
 
     if not rows:
         raise ValueError("grid_image needs at least one row")
-    canvas = Image.new("RGB", (3 * tile, len(rows) * tile), (255, 255, 255))
+
+    def resized(arr: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(arr).resize((tile, tile), Image.BILINEAR))
+
+    cells = [[resized(a) for a in (_outline(inp, mask), erased, target)] for inp, mask, erased, target, _ in rows]
+    canvas = Image.fromarray(image_grid(cells, gap=0))
     draw = ImageDraw.Draw(canvas)
-    for i, (inp, mask, erased, target, caption) in enumerate(rows):
-        for j, arr in enumerate((_outline(inp, mask), erased, target)):
-            canvas.paste(Image.fromarray(arr).resize((tile, tile), Image.BILINEAR), (j * tile, i * tile))
+    for i, (*_, caption) in enumerate(rows):
         draw.rectangle((tile, i * tile, tile + 8 * len(caption) + 6, i * tile + 14), fill=(0, 0, 0))
         draw.text((tile + 3, i * tile + 2), caption, fill=(255, 255, 255))
     return np.asarray(canvas)

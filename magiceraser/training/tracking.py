@@ -1,5 +1,7 @@
 """Rank-0 reporting: W&B scalars, run config, validation image grids (and a console line).
 
+Grids are tiled by ``magiceraser.imaging.image_grid``, the layout the evaluation and the preview use.
+
 Only the main process constructs a :class:`RunLogger`; the others get :class:`NullLogger`, so the
 training loop calls ``logger.log(...)`` unconditionally. ``mode=offline`` writes the run under
 ``{out_dir}/wandb`` without any network access; ``disabled`` turns W&B off.
@@ -13,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from magiceraser.imaging import image_grid  # noqa: F401  (validation.py imports it from here)
 from magiceraser.training.config import WandbConfig
 
 log = logging.getLogger(__name__)
@@ -71,16 +74,3 @@ class RunLogger(NullLogger):
         if self.run is not None:
             self.run.finish()
             self.run = None
-
-
-def image_grid(rows: list[list[np.ndarray]], pad: int = 2) -> np.ndarray:
-    """Tile equally sized HxWx3 uint8 images into one image (rows x columns) with a white gap."""
-    h, w = rows[0][0].shape[:2]
-    ncol = max(len(r) for r in rows)
-    grid = np.full((len(rows) * (h + pad) - pad, ncol * (w + pad) - pad, 3), 255, np.uint8)
-    for i, row in enumerate(rows):
-        for j, img in enumerate(row):
-            if img.ndim == 2:
-                img = np.repeat(img[..., None], 3, axis=2)
-            grid[i * (h + pad) : i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = img
-    return grid
