@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "cache-latents": ("magiceraser.training.latent_cache", "main", "precompute VAE latents of OLRD shards"),
     "train": ("magiceraser.training.train", "main", "prompt-tune v* and LoRA on SD 1.5 Inpainting"),
     "erase": ("magiceraser.pipelines.erase.cli", "main", "erase masked objects from images"),
+    "serve": ("magiceraser.serve.cli", "main", "serve the eraser on Ray Serve: HTTP API and a browser page"),
     "evaluate": ("magiceraser.evaluation.run", "main", "evaluate methods with the paper's protocol and metrics"),
 }
 
@@ -41,6 +42,7 @@ CONFIG_CLASSES: dict[str, str] = {
     "cache-latents": "magiceraser.training.latent_cache:LatentCacheConfig",
     "train": "magiceraser.training.config:TrainConfig",
     "erase": "magiceraser.pipelines.erase.config:EraseConfig",
+    "serve": "magiceraser.serve.config:ServeConfig",
     "evaluate": "magiceraser.evaluation.config:EvalConfig",
 }
 
