@@ -53,3 +53,17 @@ def tiny_llava(tiny_models_root):
 @pytest.fixture(scope="session")
 def tiny_lama(tiny_models_root):
     return _tiny(tiny_models_root, "big-lama")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A local S3 (moto's server on 127.0.0.1, a free port); the AWS variables point at it meanwhile.
+
+    Started before anything else that talks S3 (or a local Ray whose workers inherit the
+    variables) so that the standard configuration is all any reader or writer sees.
+    """
+    from moto_s3 import S3Server
+
+    server = S3Server().start()
+    yield server
+    server.stop()

@@ -8,13 +8,13 @@ finds the lock refuses at once, naming the owner, unless the lock is *stale*: it
 older than ``stale_after_s`` (the owner died on some host: clocks must agree to well within that),
 or its pid is gone on this very host (a killed job). A stale lock is taken over with a message.
 
-The file I/O is confined to the ``_create``, ``_read``, ``_replace`` and ``_remove`` functions
-so that the same protocol can later run on object storage (conditional put / delete).
+The I/O is confined to the ``_create``, ``_read``, ``_replace`` and ``_remove`` functions, which
+go through :class:`magiceraser.storage.Folder`: the same protocol runs on a local or shared disk
+and on object storage (``s3://``: conditional PUT and DELETE, see the block comment there).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from magiceraser.atomic import TMP_PREFIX, atomic_write_json
+from magiceraser.storage import Folder
 
 LOCK_NAME = "job.lock"
 
@@ -40,52 +40,68 @@ class LockLost(Exception):
 
 
 # --- storage: the only functions that touch the lock file --------------------------------------
+#
+# Local folders: create = hard link of a complete temporary file (atomic, also on NFS); replace =
+# temporary file + rename. S3: create = conditional PUT ``If-None-Match: *``; replace and remove
+# are conditional on the ETag last read (``If-Match``), so a job whose lock was taken over can
+# neither overwrite nor delete the new owner's lock, even in the moment between its read and its
+# write. Other object stores: create with the backend's exclusive mode ("xb"), replace and remove
+# unconditional after a read-and-compare (the same window as on a local disk). ``_create`` reads
+# the lock back and checks its token, so a store that ignored the condition and let a second job
+# overwrite the lock loses that race visibly rather than silently.
 
 
-def _create(path: Path, record: dict[str, Any]) -> bool:
-    """Create ``path`` holding ``record`` only if it does not exist yet; False if it does.
+def _create(folder: Folder, record: dict[str, Any]) -> bool:
+    """Create the lock holding ``record`` only if there is none yet; False if there is one.
 
-    The record is written to a temporary file first and hard-linked onto the lock name, which
-    fails if the name exists: the lock never exists without its content (also on NFS).
+    The lock never exists without its content (see the block comment above for how, per store).
     """
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}.{secrets.token_hex(6)}")
-    tmp.write_text(json.dumps(record) + "\n")
-    try:
-        os.link(tmp, path)
-        return True
-    except FileExistsError:
+    if not folder.create_exclusive(LOCK_NAME, (json.dumps(record) + "\n").encode()):
         return False
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+    if folder.remote:  # a store that does not honour If-None-Match would have let another job overwrite it
+        current = _read(folder)
+        return current is not None and current.get("token") == record["token"]
+    return True
 
 
-def _read(path: Path) -> dict[str, Any] | None:
-    """The lock's record; None if there is no lock; ``{}`` plus its mtime if it is unreadable."""
+def _read(folder: Folder) -> dict[str, Any] | None:
+    """The lock's record (with its ``_version`` on S3); None if there is no lock.
+
+    An unreadable lock (a half-written record of an old version, garbage) reads as ``{}`` plus
+    its modification time as ``heartbeat_at``, so it turns stale like a dead owner's.
+    """
     try:
-        text = path.read_text()
+        data, version, mtime = folder.read_versioned(LOCK_NAME)
     except FileNotFoundError:
         return None
     try:
-        record = json.loads(text)
+        record = json.loads(data)
         if isinstance(record, dict):
-            return record
+            return {**record, "_version": version} if version else record
     except ValueError:
         pass
-    try:
-        return {"heartbeat_at": path.stat().st_mtime}
-    except FileNotFoundError:
+    if mtime is None:
         return None
+    return {"heartbeat_at": mtime, **({"_version": version} if version else {})}
 
 
-def _replace(path: Path, record: dict[str, Any]) -> None:
-    """Overwrite the lock with ``record`` (atomically: a reader sees the old or the new one)."""
-    atomic_write_json(path, record, indent=None)
+def _replace(folder: Folder, record: dict[str, Any], version: str | None = None) -> bool:
+    """Overwrite the lock with ``record`` (a reader sees the old or the new one).
+
+    False if the store could check ``version`` and the lock has changed since (S3): then it is
+    not ours any more and was not touched.
+    """
+    return folder.replace_if(LOCK_NAME, (json.dumps(_plain(record)) + "\n").encode(), version)
 
 
-def _remove(path: Path) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
+def _remove(folder: Folder, version: str | None = None) -> bool:
+    """Delete the lock (S3: only if still at ``version``); False if nothing was deleted."""
+    return folder.remove(LOCK_NAME, version)
+
+
+def _plain(record: dict[str, Any]) -> dict[str, Any]:
+    """The record as stored (without the ``_version`` that :func:`_read` adds)."""
+    return {k: v for k, v in record.items() if k != "_version"}
 
 
 # --- protocol ------------------------------------------------------------------------------------
@@ -141,9 +157,10 @@ class OutputLock:
     if it is still ours. The heartbeat thread is a daemon: a killed job simply stops beating.
     """
 
-    def __init__(self, directory: str | Path, stale_after_s: float = 120.0, heartbeat_s: float | None = None,
+    def __init__(self, directory: str | Path | Folder, stale_after_s: float = 120.0, heartbeat_s: float | None = None,
                  log: Callable[[str], None] | None = None):
-        self.path = Path(directory) / LOCK_NAME
+        self.folder = directory if isinstance(directory, Folder) else Folder(directory)
+        self.path = self.folder.url(LOCK_NAME)  # for messages
         self.log = log or _log_stderr
         self.stale_after_s = stale_after_s
         self.heartbeat_s = heartbeat_s if heartbeat_s is not None else stale_after_s / 4
@@ -161,24 +178,24 @@ class OutputLock:
         """Take the lock (taking a stale one over, with a message on stderr) and start beating."""
         record = self._new_record()
         for _ in range(3):  # a lost race against another starting job: look again
-            if _create(self.path, record):
+            if _create(self.folder, record):
                 break
-            current = _read(self.path)
+            current = _read(self.folder)
             if current is None:
                 continue
             reason = stale_reason(current, self.stale_after_s)
             if not reason:
                 raise LockHeld(
-                    f"{self.path.parent} is in use by another job ({describe_owner(current)}); wait for it to end, "
+                    f"{self.folder} is in use by another job ({describe_owner(current)}); wait for it to end, "
                     f"or stop it: its lock {self.path} counts as stale {self.stale_after_s:g} s after its last "
                     f"heartbeat (lock_stale_s)"
                 )
             self.log(f"taking over the stale lock {self.path} of {describe_owner(current)}: {reason}")
-            if _read(self.path) == current:  # not replaced meanwhile by a job that got there first
-                _remove(self.path)
+            if _read(self.folder) == current:  # not replaced meanwhile by a job that got there first
+                _remove(self.folder, current.get("_version"))  # S3: and not in the moment since
         else:
-            current = _read(self.path) or {}
-            raise LockHeld(f"{self.path.parent} is in use by another job ({describe_owner(current)}); try again")
+            current = _read(self.folder) or {}
+            raise LockHeld(f"{self.folder} is in use by another job ({describe_owner(current)}); try again")
         self.record = record
         self._thread = threading.Thread(target=self._beat, name="olrd-lock-heartbeat", daemon=True)
         self._thread.start()
@@ -192,13 +209,17 @@ class OutputLock:
 
     def refresh(self) -> None:
         """Renew the heartbeat, unless another job owns the lock now (then remember it in ``lost``)."""
-        current = _read(self.path)
+        current = _read(self.folder)
         if current is None or current.get("token") != self.record["token"]:
             self.lost = current or {}
             self._stop.set()
             return
-        self.record = {**self.record, "heartbeat_at": time.time()}
-        _replace(self.path, self.record)
+        record = {**self.record, "heartbeat_at": time.time()}
+        if not _replace(self.folder, record, current.get("_version")):  # S3: changed since we read it
+            self.lost = _read(self.folder) or {}
+            self._stop.set()
+            return
+        self.record = record
 
     def check(self) -> None:
         """Raise :class:`LockLost` if another job has taken the lock over since we took it."""
@@ -212,8 +233,9 @@ class OutputLock:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self.record and (_read(self.path) or {}).get("token") == self.record.get("token"):
-            _remove(self.path)
+        current = (_read(self.folder) or {}) if self.record else {}
+        if self.record and current.get("token") == self.record.get("token"):
+            _remove(self.folder, current.get("_version"))
         self.record = {}
 
     def __enter__(self) -> OutputLock:

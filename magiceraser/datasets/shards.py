@@ -14,7 +14,10 @@ A shard counts as finished when its sidecar exists and names the tar's exact siz
 belongs to the current job when the sidecar's job fingerprint is the job's (``job.json`` alone
 does not prove it: it can be deleted or rewritten). Tars and sidecars are written under
 temporary names and renamed into place, so a killed job never leaves a partial file under a
-final name; a tar without a sidecar is rebuilt.
+final name; a tar without a sidecar is rebuilt. On an object store (``output=s3://...``, see
+``magiceraser.storage``) there is no rename and none is needed: the tar object is written once
+(one atomic PUT) under its final key, the sidecar object after it, and no temporary key is ever
+created; the sidecar's existence is what makes the shard final there too.
 
 Skip records say whether a rerun may turn them into a sample (``retryable``): reasons that are
 facts about the input (an undecodable file, no eligible object) are final; an exception in a
@@ -33,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from magiceraser.atomic import atomic_open, atomic_write_json, atomic_write_text
 from magiceraser.datasets.inputs import shard_name
+from magiceraser.storage import Folder
 
 # Skip reason -> the stage that produced it (for the per-stage counts in stats.json).
 STAGES = ("read", "segment", "compose", "caption")
@@ -113,13 +116,17 @@ def _tar_bytes(samples: Iterable[Sample]) -> bytes:
     return buf.getvalue()
 
 
-def write_shard(out_dir: str | Path, result: ShardResult, job: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write the tar, then its sidecar (both atomically); returns the sidecar."""
-    out = Path(out_dir)
+def as_folder(out_dir: str | Path | Folder) -> Folder:
+    """``out_dir`` as a :class:`Folder` (a path or URL without storage options, or a Folder as is)."""
+    return out_dir if isinstance(out_dir, Folder) else Folder(out_dir)
+
+
+def write_shard(out_dir: str | Path | Folder, result: ShardResult, job: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write the tar, then its sidecar (each complete or not at all); returns the sidecar."""
+    out = as_folder(out_dir)
     name = shard_name(result.shard)
     data = _tar_bytes(result.samples)
-    with atomic_open(out / f"{name}.tar", "wb") as fh:
-        fh.write(data)
+    out.write_bytes(f"{name}.tar", data)
     sidecar = {
         "shard": result.shard,
         "tar": f"{name}.tar",
@@ -136,27 +143,32 @@ def write_shard(out_dir: str | Path, result: ShardResult, job: dict[str, Any] | 
         # mismatch can name what changed even when job.json is gone.
         sidecar["job"] = dict(job)
     # Written only now: a sidecar always describes a complete tar that is already in place.
-    atomic_write_json(out / f"{name}.json", sidecar)
+    out.write_json(f"{name}.json", sidecar)
     return sidecar
 
 
-def read_sidecar(out_dir: str | Path, shard: int) -> dict[str, Any] | None:
-    """The sidecar of a finished shard, or None when the shard must be (re)built."""
-    out = Path(out_dir)
+def read_sidecar(out_dir: str | Path | Folder, shard: int, sizes: dict[str, int] | None = None) -> dict[str, Any] | None:
+    """The sidecar of a finished shard, or None when the shard must be (re)built.
+
+    ``sizes``: a listing of the folder (name -> size, :meth:`Folder.list`) to take the tar's size
+    from instead of asking the store once per shard.
+    """
+    out = as_folder(out_dir)
     name = shard_name(shard)
     try:
-        sidecar = json.loads((out / f"{name}.json").read_text())
-        if (out / f"{name}.tar").stat().st_size != sidecar["tar_bytes"]:
+        sidecar = json.loads(out.read_text(f"{name}.json"))
+        size = sizes.get(f"{name}.tar") if sizes is not None else out.size(f"{name}.tar")
+        if size is None or size != sidecar["tar_bytes"]:
             return None
         return sidecar
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def write_skip_log(out_dir: str | Path, sidecars: list[dict[str, Any]]) -> int:
+def write_skip_log(out_dir: str | Path | Folder, sidecars: list[dict[str, Any]]) -> int:
     """``skipped.jsonl`` from the sidecars, in shard order; returns the number of records."""
     lines = [json.dumps(rec, sort_keys=True) for sc in sorted(sidecars, key=lambda s: s["shard"]) for rec in sc["skips"]]
-    atomic_write_text(Path(out_dir) / "skipped.jsonl", "".join(line + "\n" for line in lines))
+    as_folder(out_dir).write_text("skipped.jsonl", "".join(line + "\n" for line in lines))
     return len(lines)
 
 
