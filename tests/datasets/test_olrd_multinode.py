@@ -1,0 +1,211 @@
+"""``magiceraser olrd`` on a Ray cluster of a head and two worker nodes on this machine, one node lost.
+
+The cluster is ``ray.cluster_utils.Cluster`` (what Ray's own tests use): each node is its own
+raylet with its own resources, so actors really live on different nodes and removing a node kills
+its raylet and every worker process on it, exactly as a crashed machine would. The job runs as a
+separate driver process that joins by address (``RAY_ADDRESS``, what ``ray job submit`` sets).
+
+The reference is an uninterrupted run of the same inputs on a single-node local Ray, made first
+(only one Ray cluster runs at a time on this shared machine).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from .bad_inputs import corpus
+
+# Ray starts workers at niceness 15 (they starve on a busy 2-core machine); its agent may need
+# more than 60 s to come up there.
+os.environ.setdefault("RAY_worker_niceness", "0")
+os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
+
+NUM_SCENES = 30
+BAD = ("empty.jpg", "text.jpg", "tiny.png")
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def multinode_config(tmp_path_factory, tiny_llava) -> Path:
+    """Job config of 30 scenes + 3 bad inputs in 11 shards; two 1-CPU actors (one per worker node)."""
+    from magiceraser.datasets.demo_scenes import write_demo_scenes
+
+    root = tmp_path_factory.mktemp("olrd-multinode")
+    scenes = write_demo_scenes(root / "scenes", NUM_SCENES)
+    files = corpus()
+    for name in BAD:
+        (scenes / "images" / name).write_bytes(files[name][0])
+    cfg = {
+        "input": str(scenes / "images"),
+        "samples_per_shard": 3,
+        "image_format": "png",
+        "progress_interval_s": 5.0,
+        "segmenter": {"backend": "coco_panoptic", "annotations": str(scenes / "panoptic.json"), "batch_size": 2,
+                      "num_cpus": 0.5},
+        "captioner": {"backend": "transformers", "model": str(tiny_llava), "device": "cpu", "batch_size": 2,
+                      "num_actors": 2, "num_cpus": 0.5, "max_new_tokens": 4},
+    }
+    path = root / "olrd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _olrd(config: Path, output: Path, *overrides: str, address: str | None = None) -> subprocess.Popen:
+    """``magiceraser olrd`` as its own driver process; with ``address`` it joins that cluster via RAY_ADDRESS."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    if address:
+        env["RAY_ADDRESS"] = address
+    args = [f"output={output}", *overrides] + ([] if address else ["ray_address=local", "num_cpus=2"])
+    return subprocess.Popen([sys.executable, "-m", "magiceraser", "olrd", "--config", str(config), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(REPO))
+
+
+def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"olrd did not finish in {timeout} s:\n{out[-4000:]}") from None
+    assert proc.returncode == 0, out[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def single_node_reference(multinode_config, tmp_path_factory) -> Path:
+    """The same job, uninterrupted, on a one-node local Ray started (and stopped) by the driver."""
+    out = tmp_path_factory.mktemp("olrd-reference") / "out"
+    _finish(_olrd(multinode_config, out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(single_node_reference):
+    """A head without CPUs and two worker nodes of 1 CPU each; shut down however the tests end."""
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        c.workers = [c.add_node(num_cpus=1) for _ in range(2)]
+        c.wait_for_nodes()
+        yield c
+    finally:
+        c.shutdown()
+
+
+def assert_same_output(out: Path, reference: Path) -> None:
+    """Same shard names and bytes, same skip log; no temporaries, no lock, stats.json written."""
+    tars = sorted(p.name for p in reference.glob("olrd-*.tar"))
+    assert sorted(p.name for p in out.glob("olrd-*.tar")) == tars
+    for name in tars:
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    assert (out / "skipped.jsonl").read_bytes() == (reference / "skipped.jsonl").read_bytes()
+    assert (out / "stats.json").exists() and not (out / "job.lock").exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")]
+
+
+@pytest.mark.slow
+def test_a_lost_worker_node_costs_nothing(cluster, multinode_config, single_node_reference, tmp_path):
+    """Kill one of two worker nodes once a shard is written: the one command still finishes, same bytes."""
+    n_shards = len(list(single_node_reference.glob("olrd-*.tar")))
+    out = tmp_path / "out"
+    proc = _olrd(multinode_config, out, address=cluster.address)
+    deadline = time.monotonic() + 240
+    while not any(out.glob("olrd-*.json")):
+        assert proc.poll() is None, f"the job ended before a node could be killed:\n{proc.stdout.read()[-4000:]}"
+        assert time.monotonic() < deadline, "no shard finished in time"
+        time.sleep(0.01)
+    lost = cluster.workers.pop(0)
+    cluster.remove_node(lost, allow_graceful=False)  # its raylet and every worker on it are SIGKILLed
+    written_at_kill = len(list(out.glob("olrd-*.json")))
+    log = _finish(proc)
+    assert written_at_kill < n_shards, "the node was lost after the job had finished: not a test of node loss"
+    assert_same_output(out, single_node_reference)
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["inputs"] == NUM_SCENES + len(BAD) and stats["shards"] == n_shards
+    assert "lost" in log, log[-3000:]  # the retry was reported
+    cluster.workers.append(cluster.add_node(num_cpus=1))  # back to two workers for the next tests
+    cluster.wait_for_nodes()
+
+
+def _node_of_actors(class_name: str) -> list[str]:
+    """Node ids of every actor (alive or dead) of ``class_name``, from the GCS (no dashboard needed)."""
+    from ray._private import state
+
+    return [a["Address"]["NodeID"] for a in state.actors().values() if class_name in a.get("ActorClassName", "")]
+
+
+def test_cache_latents_runs_one_task_per_shard_on_the_cluster(cluster, single_node_reference, tiny_sd, tmp_path):
+    """``cache-latents executor=ray`` as a driver joining the cluster: the same cache as a local build."""
+    from magiceraser.training.latent_cache import LatentCacheConfig, build_cache
+
+    urls = str(single_node_reference / "olrd-{000000..000002}.tar")
+    common = dict(urls=[urls], base_model=str(tiny_sd), resolution=64, device="cpu", storage_dtype="float32")
+    local = build_cache(LatentCacheConfig(**common, out_dir=str(tmp_path / "local")))
+    env = {**os.environ, "RAY_ADDRESS": cluster.address}
+    proc = subprocess.run(
+        [sys.executable, "-m", "magiceraser", "cache-latents", f"urls=[{urls!r}]", f"out_dir={tmp_path / 'ray'}",
+         f"base_model={tiny_sd}", "resolution=64", "device=cpu", "storage_dtype=float32", "executor=ray"],
+        capture_output=True, text=True, env=env, cwd=str(REPO), timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["encoded_shards"] == 3 and summary["written"] == local["written"] > 0
+    for tar in sorted((tmp_path / "local").glob("olrd-*.tar")):
+        # Same members and values; the last float bits may differ (the Ray task runs torch with another thread count).
+        ours, theirs = _members(tar), _members(tmp_path / "ray" / tar.name)
+        assert ours.keys() == theirs.keys(), tar.name
+        for name, data in ours.items():
+            if name.endswith(".npy"):
+                np.testing.assert_allclose(np.load(io.BytesIO(theirs[name])), np.load(io.BytesIO(data)), rtol=1e-4, atol=1e-5)
+            else:
+                assert theirs[name] == data, name
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    import tarfile
+
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def test_ray_train_places_two_workers_on_two_nodes(cluster, single_node_reference, tiny_sd, tmp_path):
+    """Ray Train with 2 workers of 1 CPU on a cluster whose only CPUs are one per worker node."""
+    import ray
+
+    from magiceraser.config import load_config
+    from magiceraser.training.config import TrainConfig
+    from magiceraser.training.ray_launch import run_on_ray
+
+    values = {
+        "model.base_model": str(tiny_sd), "data.urls": [str(single_node_reference / "olrd-*.tar")],
+        "data.resolution": 64, "data.batch_size": 2, "data.num_workers": 0, "data.shuffle_buffer": 4,
+        "phases.total_steps": 2, "phases.textual_inversion_steps": 1, "phases.textual_inversion_subset": 1.0,
+        "optim.warmup_steps": 0, "optim.lr": 1e-3, "optim.embedding_lr": 1e-3,
+        "checkpoint.every": 0, "wandb.mode": "disabled", "log_every": 1, "out_dir": str(tmp_path / "out"),
+        "device": "cpu", "num_threads": 1, "ray.enabled": True, "ray.num_workers": 2, "ray.cpus_per_worker": 1,
+        "ray.storage_path": str(tmp_path / "ray"), "ray.address": cluster.address,
+    }
+    cfg = load_config(TrainConfig, None, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                                          for k, v in values.items()])
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        result = run_on_ray(cfg)
+        nodes = _node_of_actors("RayTrainWorker")
+    finally:
+        ray.shutdown()
+    assert result.error is None
+    meta = json.loads((tmp_path / "out" / "magiceraser.json").read_text())
+    assert meta["world_size"] == 2 and meta["steps"] == 2
+    workers = {n.node_id for n in cluster.workers}
+    assert len(nodes) == 2 and set(nodes) <= workers and len(set(nodes)) == 2, (nodes, workers)
