@@ -8,7 +8,7 @@ its nested sections configure the segmentation stage, the compose stage (pure nu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from magiceraser.datasets.compose import ComposeConfig
 
@@ -126,7 +126,9 @@ class OLRDConfig:
     input_root: str = ""
     """Base for relative paths in a list file (Places365: the data_256/ or data_large/ folder); empty: the list file's folder."""
     output: str = ""
-    """Output directory (a POSIX filesystem: shards are renamed into place atomically)."""
+    """Output directory: a local/shared path (files renamed into place) or an fsspec URL (s3://bucket/prefix: one PUT per object, no temporary keys)."""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """fsspec options for an object-store output (e.g. {endpoint_url: ..., anon: false}); empty: AWS_* / FSSPEC_* variables. Secrets are masked in job.json."""
     samples_per_shard: int = 1000
     """Inputs per shard; a shard holds this many samples minus its skipped inputs."""
     image_format: Literal["jpg", "png"] = "jpg"

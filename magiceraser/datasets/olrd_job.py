@@ -21,6 +21,12 @@ complete output).
 One job per output: ``job.lock`` (``lock.py``) is taken before anything in the folder is
 touched and released at the end or on any error; a second job refuses at once.
 
+The output may be an object store (``output=s3://bucket/prefix``, any fsspec URL; credentials
+and endpoint from the AWS variables, fsspec's configuration or ``storage_options``): every file
+is then written once under its final key, a shard is final when its sidecar object exists, the
+resume scan lists the prefix once and reads the sidecars, the lock uses conditional requests,
+and spill files go to a local temporary folder (``magiceraser.storage``).
+
 Before that, :func:`preflight` checks every setting a user can get wrong without starting Ray or
 writing anything (input, input_root, output placement, annotations and their PNG folder, local
 model folders); then the output is created and probed with a temporary file. Each mistake is one
@@ -34,6 +40,7 @@ import errno
 import hashlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -45,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from magiceraser import __version__
-from magiceraser.atomic import TMP_PREFIX, atomic_write_json, remove_stale_temporaries
+from magiceraser.atomic import TMP_PREFIX
 from magiceraser.config import config_to_dict
 from magiceraser.datasets.config import OLRDConfig
 from magiceraser.datasets.inputs import (
@@ -60,6 +67,7 @@ from magiceraser.datasets.inputs import (
 from magiceraser.datasets.lock import LockHeld, LockLost, OutputLock
 from magiceraser.datasets.shards import (
     ShardResult,
+    as_folder,
     read_sidecar,
     retryable_skips,
     sidecar_job,
@@ -68,6 +76,7 @@ from magiceraser.datasets.shards import (
     write_skip_log,
 )
 from magiceraser.errors import UserError
+from magiceraser.storage import Folder, public_options
 
 
 class JobError(UserError):
@@ -129,18 +138,21 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
     return ", ".join(changed) or "unknown"
 
 
-def _refuse_other_job(out: Path, what: str, old: dict[str, Any], job: dict[str, Any]) -> JobError:
+def _refuse_other_job(out: Folder, what: str, old: dict[str, Any], job: dict[str, Any]) -> JobError:
     return JobError(f"{what} in {out} belongs to a different job (changed: {describe_changes(old, job)}); "
                     "use a new output directory, or delete this one to rebuild it")
 
 
-def check_job_file(out: Path, job: dict[str, Any]) -> bool:
+def check_job_file(out: str | Path | Folder, job: dict[str, Any]) -> bool:
     """Refuse an output whose ``job.json`` is another job's; False when there is none yet."""
-    path = out / "job.json"
-    if not path.exists():
+    out = as_folder(out)
+    path = out.url("job.json")
+    try:
+        text = out.read_text("job.json")
+    except FileNotFoundError:
         return False
     try:
-        old = json.loads(path.read_text())
+        old = json.loads(text)
         old.get("fingerprint")
     except (ValueError, AttributeError):
         raise JobError(f"{path} is not a job record (not a JSON object): delete it to resume, the shards' "
@@ -150,7 +162,7 @@ def check_job_file(out: Path, job: dict[str, Any]) -> bool:
     return True
 
 
-def check_sidecars(out: Path, sidecars: dict[int, dict[str, Any]], job: dict[str, Any]) -> None:
+def check_sidecars(out: str | Path | Folder, sidecars: dict[int, dict[str, Any]], job: dict[str, Any]) -> None:
     """Refuse if any finished shard was built under another job fingerprint.
 
     ``job.json`` cannot vouch for the shards (it can be deleted or rewritten); each sidecar
@@ -165,9 +177,13 @@ def check_sidecars(out: Path, sidecars: dict[int, dict[str, Any]], job: dict[str
     raise _refuse_other_job(out, what, sidecar_job(sc), job)
 
 
-def write_job_file(out: Path, job: dict[str, Any], cfg: OLRDConfig) -> None:
-    """``job.json``: the fingerprint plus the whole config (checked on resume, like every sidecar)."""
-    atomic_write_json(out / "job.json", {**job, "version": __version__, "config": config_to_dict(cfg)})
+def write_job_file(out: str | Path | Folder, job: dict[str, Any], cfg: OLRDConfig) -> None:
+    """``job.json``: the fingerprint plus the whole config (checked on resume, like every sidecar).
+
+    Secrets in ``storage_options`` are masked: whoever reads the shards need not hold them.
+    """
+    config = {**config_to_dict(cfg), "storage_options": public_options(cfg.storage_options)}
+    as_folder(out).write_json("job.json", {**job, "version": __version__, "config": config})
 
 
 def shards_to_build(n_shards: int, sidecars: dict[int, dict[str, Any]], retry_failed: bool) -> list[int]:
@@ -175,15 +191,17 @@ def shards_to_build(n_shards: int, sidecars: dict[int, dict[str, Any]], retry_fa
     return [s for s in range(n_shards) if s not in sidecars or (retry_failed and retryable_skips(sidecars[s]))]
 
 
-def scan_sidecars(out: Path, n_shards: int) -> dict[int, dict[str, Any]]:
+def scan_sidecars(out: str | Path | Folder, n_shards: int) -> dict[int, dict[str, Any]]:
     """The sidecars of the finished shards (shard -> sidecar): the resume scan, one read per shard.
 
-    One directory listing first, so shards that were never written cost no failed open (a fresh
-    run of 1.8M inputs plans thousands of shards).
+    One listing first (names and sizes; one request per 1000 keys on object storage), so shards
+    that were never written cost no failed open (a fresh run of 1.8M inputs plans thousands of
+    shards) and the tars' sizes need no request each.
     """
-    names = set(os.listdir(out))
+    out = as_folder(out)
+    sizes = out.list()
     return {s: sc for s in range(n_shards)
-            if f"{shard_name(s)}.json" in names and (sc := read_sidecar(out, s)) is not None}
+            if f"{shard_name(s)}.json" in sizes and (sc := read_sidecar(out, s, sizes)) is not None}
 
 
 def _init_ray(cfg: OLRDConfig) -> bool:
@@ -479,12 +497,23 @@ def _check_local_model(key: str, model: str) -> None:
         raise JobError(f"{key}={model!r} has no config.json: point it at the checkpoint folder itself")
 
 
-def prepare_output(out: Path) -> None:
+def prepare_output(out: str | Path | Folder) -> None:
     """Create the output folder and prove it writable with a temporary file (swept like any temporary).
 
     A read-only or foreign folder (EROFS, EACCES, a file in the way) is one line naming ``output=``,
-    not a traceback from deep inside the lock or the first shard.
+    not a traceback from deep inside the lock or the first shard. On an object store no
+    temporary object is written: the bucket must exist and be reachable (the lock, the first
+    write, then proves the credentials may write).
     """
+    folder = as_folder(out)
+    if folder.remote:
+        try:
+            folder.ensure()
+        except (OSError, ValueError) as exc:
+            raise JobError(f"output={str(folder)!r} cannot be used ({_first_line(exc) or type(exc).__name__}): check the "
+                           "bucket name, the credentials (AWS_* variables, storage_options) and the endpoint") from None
+        return
+    out = folder.path
     if out.exists() and not out.is_dir():
         raise JobError(f"output={str(out)!r} is a file: give a directory")
     try:
@@ -505,16 +534,23 @@ def run_olrd(cfg: OLRDConfig) -> dict[str, Any]:
     another job's shards.
     """
     items = preflight(cfg)
-    out = Path(cfg.output)
+    out = Folder(cfg.output, cfg.storage_options)
     prepare_output(out)
     # The lock comes first: a second job must not even sweep the running one's temporaries.
     lock = OutputLock(out, stale_after_s=cfg.lock_stale_s, log=_log)
-    with lock:
+    try:
+        lock.acquire()
+    except PermissionError as exc:
+        raise JobError(f"output={str(out)!r} is not writable ({_first_line(exc) or 'permission denied'}): "
+                       "choose a location these credentials may write to") from None
+    try:
         return _run_locked(cfg, out, lock, items)
+    finally:
+        lock.release()
 
 
-def _run_locked(cfg: OLRDConfig, out: Path, lock: OutputLock, items: list[InputItem]) -> dict[str, Any]:
-    remove_stale_temporaries(out)  # leftovers of a killed writer
+def _run_locked(cfg: OLRDConfig, out: Folder, lock: OutputLock, items: list[InputItem]) -> dict[str, Any]:
+    out.sweep_temporaries()  # leftovers of a killed writer (local folders; object stores hold none)
     job = job_fingerprint(cfg, items)
     has_job_file = check_job_file(out, job)
     n_shards = num_shards(len(items), cfg.samples_per_shard)
@@ -555,7 +591,7 @@ def _run_locked(cfg: OLRDConfig, out: Path, lock: OutputLock, items: list[InputI
         "driver": {k: v for k, v in driver.items() if k != "timeline"},  # reruns after a lost node, pending rows
     }
     lock.check()
-    atomic_write_json(out / "stats.json", stats)  # last: marks the output complete
+    out.write_json("stats.json", stats)  # last: marks the output complete
     print(f"[olrd] done: {stats['samples']} samples, {stats['skipped']} skipped {stats['skip_reasons']} in "
           f"{n_shards} shards under {out}", file=sys.stderr, flush=True)
     if stats["retryable"]:
@@ -594,7 +630,7 @@ def is_cluster_fault(exc: BaseException) -> bool:
     return False
 
 
-def _process(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidecars: dict[int, dict],
+def _process(cfg: OLRDConfig, todo: list[InputItem], out: str | Path | Folder, job: dict, sidecars: dict[int, dict],
              lock: OutputLock | None = None) -> dict[str, Any]:
     """Run the pipeline over ``todo``, writing each shard once all its inputs are back.
 
@@ -608,6 +644,7 @@ def _process(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidec
     ``node_loss_retries`` times, each retry logged. Every shard's bytes depend only on its inputs,
     so the output equals an uninterrupted run's.
     """
+    out = as_folder(out)
     progress = Progress(len(todo), cfg.progress_interval_s)
     written: set[int] = set()
     figures = {"max_pending_rows": 0, "spilled_shards": 0}
@@ -634,7 +671,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else ""
 
 
-def _run_attempt(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, sidecars: dict[int, dict],
+def _run_attempt(cfg: OLRDConfig, todo: list[InputItem], out: Folder, job: dict, sidecars: dict[int, dict],
                  lock: OutputLock | None, progress: Progress, written: set[int], elastic: bool,
                  figures: dict[str, int]) -> None:
     """One pass of the pipeline over ``todo``; every completed shard is written and added to ``written``.
@@ -645,7 +682,10 @@ def _run_attempt(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, s
     from magiceraser.datasets.assembler import ShardAssembler
 
     expected = Counter(it.shard for it in todo)
-    assembler = ShardAssembler(out, expected, cfg.max_open_shards)
+    # Spill files next to the shards on a local output (swept with its temporaries); an object
+    # store has no place for temporaries: a local temporary folder, removed when the pass ends.
+    spill = out.path if not out.remote else Path(tempfile.mkdtemp(prefix="olrd-spill-"))
+    assembler = ShardAssembler(spill, expected, cfg.max_open_shards)
     ds = build_dataset(cfg, todo, segmenter_id(cfg), elastic)
     try:
         # Whole blocks at a time (cheaper than iter_rows); each row is one input.
@@ -664,11 +704,13 @@ def _run_attempt(cfg: OLRDConfig, todo: list[InputItem], out: Path, job: dict, s
     finally:
         figures["max_pending_rows"] = max(figures["max_pending_rows"], assembler.max_pending_rows)
         figures["spilled_shards"] += assembler.spilled_shards
+        if out.remote:
+            shutil.rmtree(spill, ignore_errors=True)
     if assembler.open_shards():  # cannot happen unless a stage broke the one-row-per-input rule
         raise RuntimeError(f"shards {assembler.open_shards()} did not receive all their inputs")
 
 
-def _write(cfg: OLRDConfig, out: Path, job: dict, sidecars: dict[int, dict], lock: OutputLock | None, shard: int,
+def _write(cfg: OLRDConfig, out: Folder, job: dict, sidecars: dict[int, dict], lock: OutputLock | None, shard: int,
            rows: list[dict[str, Any]]) -> None:
     from magiceraser.datasets.stages import add_row
 
