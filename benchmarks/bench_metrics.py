@@ -78,7 +78,7 @@ def main() -> None:
     rows.append(("SSIM whole (scikit-image)", timed(lambda p, t, m: structural_similarity(
         p, t, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1), pairs, 1)))
     from magiceraser.evaluation.config import MetricsConfig
-    from magiceraser.evaluation.run import Scorer
+    from magiceraser.evaluation.scoring import Scorer
 
     scorer = Scorer(MetricsConfig(masked=True), "cpu")
     rows.append(("evaluate's per-image PSNR+SSIM (whole+mask)", timed(lambda p, t, m: scorer.score(p, m, t, {}), pairs, 1)))

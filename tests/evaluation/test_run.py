@@ -19,7 +19,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from magiceraser.cli import main as cli_main
 from magiceraser.evaluation import cache as C
-from magiceraser.evaluation import perceptual
+from magiceraser.evaluation import method_run, pair_store, perceptual
 from magiceraser.evaluation import run as R
 
 from .test_pairs import write_shard
@@ -82,7 +82,7 @@ def _config(tmp_path, shards, **extra):
 
 def test_end_to_end_outputs_and_resume(tmp_path, shards, monkeypatch):
     fake = CountingErasers()
-    monkeypatch.setattr(R, "build_method", fake)
+    monkeypatch.setattr(method_run, "build_method", fake)
     cfg_path = _config(tmp_path, shards)
     assert R.main(["--config", str(cfg_path)]) == 0
     out = tmp_path / "eval"
@@ -143,7 +143,7 @@ def test_failures_are_recorded_and_the_run_goes_on(tmp_path, shards, monkeypatch
 
         return erase
 
-    monkeypatch.setattr(R, "build_method", build)
+    monkeypatch.setattr(method_run, "build_method", build)
     cfg_path = _config(tmp_path, shards, methods=[{"name": "flaky", "kind": "telea"}])
     assert R.main(["--config", str(cfg_path)]) == 0
     out = tmp_path / "eval"
@@ -188,7 +188,7 @@ def _wandb_table(out_dir, key: str) -> dict:
 def test_wandb_tables(tmp_path, shards, monkeypatch):
     """The real wandb client, offline: the logged tables are read back from the run directory."""
     monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setattr(R, "build_method", CountingErasers())
+    monkeypatch.setattr(method_run, "build_method", CountingErasers())
     cfg_path = _config(tmp_path, shards, wandb={"enabled": True, "mode": "offline", "project": "t"}, grid_cases=0)
     assert R.main(["--config", str(cfg_path)]) == 0
     out = tmp_path / "eval"
@@ -233,7 +233,7 @@ class SideRecordingInception:
 def test_changed_size_recomputes_cached_scores_and_features(tmp_path, shards, monkeypatch, capsys):
     """Issue 9: ``size=64`` on a 128-px out_dir rebuilt the pairs and reported the 128-px scores."""
     fake = CountingErasers()
-    monkeypatch.setattr(R, "build_method", fake)
+    monkeypatch.setattr(method_run, "build_method", fake)
     monkeypatch.setattr(perceptual, "InceptionFeatures", SideRecordingInception)
     monkeypatch.setattr(SideRecordingInception, "sides", [])
     cfg_path = _config(tmp_path, shards, metrics={"fid": True}, grid_cases=0)
@@ -261,7 +261,7 @@ def test_changed_size_recomputes_cached_scores_and_features(tmp_path, shards, mo
 def test_replaced_source_files_rebuild_the_pairs(tmp_path, shards, monkeypatch):
     """The pairs are keyed on their source files, not only on the dataset config (same path, new shards)."""
     fake = CountingErasers()
-    monkeypatch.setattr(R, "build_method", fake)
+    monkeypatch.setattr(method_run, "build_method", fake)
     cfg_path = _config(tmp_path, shards, grid_cases=0)
     out = tmp_path / "eval"
     assert R.main(["--config", str(cfg_path)]) == 0
@@ -279,11 +279,11 @@ class Killed(BaseException):
 
 def test_rebuild_killed_half_way_does_not_vouch_for_mixed_pairs(tmp_path, shards, monkeypatch):
     fake = CountingErasers()
-    monkeypatch.setattr(R, "build_method", fake)
+    monkeypatch.setattr(method_run, "build_method", fake)
     cfg_path = _config(tmp_path, shards, grid_cases=0)
     out = tmp_path / "eval"
     assert R.main(["--config", str(cfg_path), "size=128"]) == 0
-    real_letterbox = R.letterbox_mask
+    real_letterbox = pair_store.letterbox_mask
     built = []
 
     def dies_on_the_second_pair(mask, size):
@@ -292,10 +292,10 @@ def test_rebuild_killed_half_way_does_not_vouch_for_mixed_pairs(tmp_path, shards
         built.append(size)
         return real_letterbox(mask, size)
 
-    monkeypatch.setattr(R, "letterbox_mask", dies_on_the_second_pair)
+    monkeypatch.setattr(pair_store, "letterbox_mask", dies_on_the_second_pair)
     with pytest.raises(Killed):  # the 64-px rebuild dies after rewriting s0
         R.main(["--config", str(cfg_path), "size=64"])
-    monkeypatch.setattr(R, "letterbox_mask", real_letterbox)
+    monkeypatch.setattr(pair_store, "letterbox_mask", real_letterbox)
     assert R.main(["--config", str(cfg_path), "size=128"]) == 0  # back to the first config
     sides = {np.asarray(Image.open(p)).shape[0] for p in (out / "pairs" / "shards").glob("*/target.png")}
     assert sides == {128}
@@ -305,7 +305,7 @@ def test_rebuild_killed_half_way_does_not_vouch_for_mixed_pairs(tmp_path, shards
 
 def test_changed_metric_settings_rescore_without_erasing(tmp_path, shards, monkeypatch, capsys):
     fake = CountingErasers()
-    monkeypatch.setattr(R, "build_method", fake)
+    monkeypatch.setattr(method_run, "build_method", fake)
     cfg_path = _config(tmp_path, shards, grid_cases=0)
     out = tmp_path / "eval"
     assert R.main(["--config", str(cfg_path)]) == 0
@@ -324,7 +324,7 @@ def test_changed_metric_settings_rescore_without_erasing(tmp_path, shards, monke
 def test_reordered_pairs_erase_again_only_where_the_noise_seed_moved(tmp_path, shards, monkeypatch):
     """Diffusion methods draw their noise from seed + the pair's position; classical ones do not."""
     fake = CountingErasers()
-    monkeypatch.setattr(R, "build_method", fake)
+    monkeypatch.setattr(method_run, "build_method", fake)
     methods = [{"name": "meanfill", "kind": "telea"}, {"name": "identity", "kind": "sd"}]
     cfg_path = _config(tmp_path, shards, methods=methods, grid_cases=0)
     assert R.main(["--config", str(cfg_path)]) == 0
@@ -336,7 +336,7 @@ def test_reordered_pairs_erase_again_only_where_the_noise_seed_moved(tmp_path, s
 def test_edited_prompts_file_erases_again(tmp_path, shards, monkeypatch):
     """The per-image prompts are part of the method: editing the file must not keep the old images."""
     fake = CountingErasers()
-    monkeypatch.setattr(R, "build_method", fake)
+    monkeypatch.setattr(method_run, "build_method", fake)
     prompts = tmp_path / "captions.json"
     prompts.write_text(json.dumps({"s0": "a lawn"}))
     methods = [{"name": "identity", "kind": "sd", "prompts": str(prompts)}]
@@ -380,8 +380,8 @@ def test_labels_sharing_a_folder_are_refused_at_load(tmp_path, shards, capsys, f
 @pytest.mark.parametrize("optional,code", [(False, 2), (True, 0)])
 def test_a_missing_method_fails_the_run_unless_optional(tmp_path, shards, monkeypatch, capsys, optional, code):
     """Issue 9: a method skipped for missing weights left a table without its row and exit 0."""
-    real_build, fake = R.build_method, CountingErasers()
-    monkeypatch.setattr(R, "build_method", lambda cfg, **kw: real_build(cfg, **kw) if cfg.kind == "lama" else fake(cfg, **kw))
+    real_build, fake = method_run.build_method, CountingErasers()
+    monkeypatch.setattr(method_run, "build_method", lambda cfg, **kw: real_build(cfg, **kw) if cfg.kind == "lama" else fake(cfg, **kw))
     cfg_path = _config(tmp_path, shards, grid_cases=0, methods=[
         {"name": "meanfill", "kind": "telea"},
         {"name": "LaMa", "kind": "lama", "lama_path": str(tmp_path / "missing-big-lama.pt"),

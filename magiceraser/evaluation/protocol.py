@@ -1,0 +1,149 @@
+"""The paper's protocol as one object: ``Evaluation(cfg)()`` runs datasets x methods and returns an
+:class:`EvaluationResult`, the way a diffusers pipeline is one class with one ``__call__``.
+
+Data flow (everything under ``out_dir``, every file written atomically; the parts own their files):
+
+    pairs/<dataset>/<key>/{input,mask,target}.png   pair_store.py: letterboxed pairs, built once (manifest.json last)
+                                                    (folder names: magiceraser.keys.file_name_key of the labels)
+    methods/<dataset>/<method>/images/<key>.png     method_run.py: erased images
+    methods/<dataset>/<method>/metrics/<key>.json   method_run.py + scoring.py: per-image metrics + their cache key
+    methods/<dataset>/<method>/method.json          method_run.py: method deps and metric settings of the last run
+    methods/<dataset>/<method>/inception_*.npz      fid.py: FID features, keyed on the images they came from
+    per_image.jsonl, skipped.jsonl                  outputs.py: all per-image records; what could not be used
+    results.md, results.csv                         outputs.py + report.py: the table in the paper's layout
+    grids/<dataset>__<method>__{best,worst}.png     outputs.py: best / worst cases by PSNR
+
+Every cached file carries a key of what it depends on (``magiceraser.evaluation.cache``): pairs
+the dataset config, size and source files; erased images and per-image metrics the pair's bytes,
+the method's config and, per metric, the metric settings; FID features the images they came from.
+A rerun reuses what still matches and recomputes the rest, logging how many were invalidated and
+why: a cached image with missing or stale metrics (e.g. LPIPS switched on later) is scored without
+erasing again; a changed pair or method config erases again. A resume never reports a stale score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from magiceraser.config import save_config
+from magiceraser.evaluation.cache import pair_digest
+from magiceraser.evaluation.config import EvalConfig
+from magiceraser.evaluation.console import log
+from magiceraser.evaluation.fid import compute_fid
+from magiceraser.evaluation.layout import pairs_dir
+from magiceraser.evaluation.method_run import run_method
+from magiceraser.evaluation.outputs import log_wandb, write_grids, write_tables
+from magiceraser.evaluation.pair_store import materialise_pairs
+from magiceraser.evaluation.report import ResultRow, aggregate, results_markdown
+from magiceraser.evaluation.scoring import Scorer
+
+
+@dataclass
+class EvaluationResult:
+    """What one evaluation produced; the files under ``out_dir`` hold the same, for later readers."""
+
+    out_dir: Path
+    rows: list[ResultRow] = field(default_factory=list)
+    """The table, one row per (dataset, method) that ran, in config order."""
+    table: str = ""
+    """The table as Markdown (``results.md``)."""
+    records: list[dict] = field(default_factory=list)
+    """One record per (dataset, method, image): metrics, prompt, tag, seconds, or ``error`` (``per_image.jsonl``)."""
+    skipped: list[dict] = field(default_factory=list)
+    """Pairs that could not be built and images a method failed on, with reasons (``skipped.jsonl``)."""
+    fid: dict[tuple[str, str], float] = field(default_factory=dict)
+    """FID per (dataset, method), where computed."""
+    grids: list[Path] = field(default_factory=list)
+    """The best / worst grid files written."""
+    not_evaluated: list[str] = field(default_factory=list)
+    """``dataset/method: reason`` for every method that could not run."""
+    missing: dict[str, str] = field(default_factory=dict)
+    """Required (not ``optional``) methods that could not run -> why: the table lacks their rows."""
+    nothing_to_do: bool = False
+    """The config listed no datasets or no methods."""
+
+    @property
+    def per_image_path(self) -> Path:
+        return self.out_dir / "per_image.jsonl"
+
+    @property
+    def exit_code(self) -> int:
+        """2: nothing to do, or a required method missing; 1: no row at all; 0: a complete table."""
+        if self.nothing_to_do or self.missing:
+            return 2
+        return 0 if self.rows else 1
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+class Evaluation:
+    """``Evaluation(cfg)()``: materialise pairs, erase, score, cache, tabulate; see the module docstring.
+
+    Nothing is loaded or written until the call, so building one is free; the call raises
+    ``MissingWeightsError`` / ``FileNotFoundError`` for missing weights or data (before any work
+    where they can be known up front).
+    """
+
+    def __init__(self, cfg: EvalConfig) -> None:
+        self.cfg = cfg
+
+    def __call__(self) -> EvaluationResult:
+        cfg = self.cfg
+        out = Path(cfg.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        device = resolve_device(cfg.device)
+        if not cfg.datasets or not cfg.methods:
+            log("nothing to do: the config lists no datasets or no methods")
+            return EvaluationResult(out, nothing_to_do=True)
+        scorer = Scorer(cfg.metrics, device)  # missing LPIPS weights / segmenter: fail before any work
+        inception = None
+        if cfg.metrics.fid:
+            from magiceraser.evaluation.perceptual import InceptionFeatures
+
+            inception = InceptionFeatures(cfg.metrics.fid_inception_weights or None, device=device)
+        result = EvaluationResult(out)
+        order: list[tuple[str, str]] = []
+        for ds in cfg.datasets:
+            root = pairs_dir(out, ds.name)
+            keys, ds_skipped = materialise_pairs(ds, root, cfg.size)
+            result.skipped += ds_skipped
+            if not keys:
+                log(f"{ds.name}: no usable pairs; see skipped.jsonl")
+                continue
+            digests = {k: pair_digest(root, k) for k in keys}
+            for mcfg in cfg.methods:
+                if not mcfg.enabled:
+                    continue
+                recs, reason = run_method(cfg, ds, mcfg, keys, digests, scorer, device)
+                if reason is not None:
+                    log(f"skipping {'optional ' if mcfg.optional else ''}method {mcfg.name!r} on {ds.name}: {reason}")
+                    result.not_evaluated.append(f"{ds.name}/{mcfg.name}: {reason}")
+                    if not mcfg.optional:
+                        result.missing.setdefault(mcfg.name, reason)
+                    continue
+                order.append((ds.name, mcfg.name))
+                result.records += recs
+                result.skipped += [{"dataset": ds.name, "method": mcfg.name, "key": r["key"], "reason": "method_failed",
+                                    "detail": r["error"]} for r in recs if "error" in r]
+                if inception is not None:
+                    scored = [r["key"] for r in recs if "error" not in r]
+                    value = compute_fid(cfg, ds.name, mcfg.name, scored, device, inception)
+                    if value is not None:
+                        result.fid[(ds.name, mcfg.name)] = value
+        result.rows = aggregate(result.records, result.fid, order)
+        result.table = results_markdown(result.rows)
+        write_tables(out, result.rows, result.table, result.records, result.skipped)
+        if cfg.grid_cases:
+            result.grids = write_grids(cfg, result.records)
+        if cfg.wandb.enabled:
+            log_wandb(cfg, result.rows, result.records)
+        return result
