@@ -14,6 +14,13 @@ Which parts of the libraries need torchvision (checked against torchmetrics 1.9 
   LPIPS linear heads ship inside torchmetrics (``lpips_models/alex.pth``). :class:`AlexNetFeatures`
   is that ``features`` stack layer for layer (same module indices, so torchvision's checkpoint
   ``alexnet-owt-7be5be79.pth`` loads into it unchanged), handed to torchmetrics' own ``_LPIPS``.
+  ``_LPIPS`` builds its backbone inside its constructor through ``_get_tv_model_features`` and
+  takes no backbone argument, so that one function is replaced for the duration of the
+  constructor. The alternatives are worse: a stub ``torchvision`` in ``sys.modules`` would change
+  what every later import sees, and writing LPIPS' formula ourselves would no longer be the
+  library's. The tests check the architecture against torchvision's definition layer for layer,
+  the value against the paper's formula, and, wherever torchvision is installed, against
+  torchmetrics' public ``LearnedPerceptualImagePatchSimilarity`` on the same weights.
 
 Weights are never downloaded here: each metric resolves a local file (config path, else the
 torch hub cache where torchvision / torch-fidelity would have stored it) and raises

@@ -102,3 +102,80 @@ def test_weights_found_in_torch_hub_cache(tmp_path, monkeypatch, weights):
     target.parent.mkdir(parents=True)
     target.write_bytes(Path(weights["alexnet"]).read_bytes())
     assert P.resolve_weights(None, P.ALEXNET_URL, "LPIPS", "k") == target
+
+
+def _torchvision_alexnet_features() -> torch.nn.Sequential:
+    """``torchvision.models.AlexNet().features`` as torchvision defines it (torchvision/models/alexnet.py),
+    re-declared here because torchvision is never installed in this project."""
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+    )
+
+
+def _reference_features() -> torch.nn.Sequential:
+    """torchvision's own module where it is installed, else the re-declared definition."""
+    if importlib.util.find_spec("torchvision") is not None:
+        import torchvision
+
+        return torchvision.models.alexnet(weights=None).features
+    return _torchvision_alexnet_features()
+
+
+def test_alexnet_features_are_torchvisions_layer_for_layer():
+    """Same layers in the same order with the same settings, the same state-dict keys and shapes
+    (so torchvision's checkpoint loads unchanged), and the same feature map shapes at each LPIPS tap."""
+    ours, ref = P.AlexNetFeatures(), _reference_features()
+    assert [repr(m) for m in ours] == [repr(m) for m in ref]
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+    ref.load_state_dict(ours.state_dict(), strict=True)
+    x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), ref(x), rtol=0, atol=0)
+        assert ours(x).shape == (1, 256, 6, 6)  # torchvision's documented features output at 224 px
+        # torchmetrics' LPIPS taps the stack after layers 1, 4, 7, 9 and 11 (its Alexnet slices)
+        taps, h = [], x
+        for i, layer in enumerate(ours):
+            h = layer(h)
+            if i in (1, 4, 7, 9, 11):
+                taps.append(h.shape[1])
+    assert taps == [64, 192, 384, 256, 256]  # the channels of torchmetrics' shipped alex.pth heads
+
+
+def test_lpips_matches_torchmetrics_own_class_on_the_same_weights(weights, monkeypatch):
+    """Where torchvision is installed, torchmetrics' public LearnedPerceptualImagePatchSimilarity (its
+    backbone built by torchvision) gives our numbers on the same AlexNet weights."""
+    tv = pytest.importorskip(
+        "torchvision", reason="torchmetrics' LearnedPerceptualImagePatchSimilarity builds its AlexNet with torchvision, "
+        "which this project never installs; this test runs wherever torchvision is present")
+    from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+    ours_state = torch.load(weights["alexnet"], weights_only=True)
+
+    def same_weights(self, *args, **kwargs):  # torchvision would download its checkpoint; give it ours instead
+        state = tv.models.alexnet(weights=None).state_dict()
+        state.update(ours_state)
+        return state
+
+    monkeypatch.setattr(tv.models.AlexNet_Weights, "get_state_dict", same_weights)
+    library = LearnedPerceptualImagePatchSimilarity(net_type="alex", reduction="mean", normalize=False)
+    lp = P.LPIPSAlex(weights["alexnet"])
+    rng = np.random.default_rng(2)
+    for size in ((64, 64), (96, 80)):
+        a = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        b = np.clip(a.astype(int) + rng.integers(-60, 60, a.shape), 0, 255).astype(np.uint8)
+        expected = float(library(P.LPIPSAlex._to_tensor(a, "cpu"), P.LPIPSAlex._to_tensor(b, "cpu")))
+        assert lp(a, b)[0] == pytest.approx(expected, rel=1e-5)
