@@ -49,8 +49,8 @@ def smoke_run(tmp_path_factory):
     probe = subprocess.run([sys.executable, "-c", "import importlib.util as u; print(u.find_spec('wandb'))"],
                            env=env, capture_output=True, text=True, timeout=60)
     assert probe.stdout.strip() == "None", probe.stdout + probe.stderr
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--total-limit", "240"], env=env, cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--cpu-smoke", "--total-limit", "900"], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=960)
     return proc
 
 
