@@ -18,6 +18,25 @@ from magiceraser.panoptic import PanopticResult, Segment
 __all__ = ["Mask2FormerSegmenter", "CocoPanopticAnnotations", "AnnotationError"]
 
 
+def _image_processor(model: str):
+    """The checkpoint's image processor, without torchvision.
+
+    transformers >= 5.2x falls back to the PIL processor by itself when torchvision is absent;
+    5.17 (the GPU machines' stack) raises instead, so the PIL class is asked for directly there.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is None:
+        from transformers.models.mask2former.image_processing_pil_mask2former import (
+            Mask2FormerImageProcessorPil,
+        )
+
+        return Mask2FormerImageProcessorPil.from_pretrained(model)
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(model)
+
+
 class Mask2FormerSegmenter:
     """Mask2Former panoptic segmentation (implements :class:`magiceraser.panoptic.PanopticSegmenter`)."""
 
@@ -33,7 +52,7 @@ class Mask2FormerSegmenter:
         fuse_stuff: bool = True,
     ):
         import torch
-        from transformers import AutoImageProcessor, Mask2FormerForUniversalSegmentation
+        from transformers import Mask2FormerForUniversalSegmentation
 
         self.model_id = model
         self.device = resolve_device(device)
@@ -41,7 +60,7 @@ class Mask2FormerSegmenter:
         self.batch_size = batch_size
         self.threshold, self.mask_threshold = threshold, mask_threshold
         self.overlap_mask_area_threshold = overlap_mask_area_threshold
-        self.processor = AutoImageProcessor.from_pretrained(model)
+        self.processor = _image_processor(model)
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model, dtype=self.dtype)
         self.model.to(self.device).eval()
         # Map the checkpoint's label ids onto our COCO panoptic labels by name, so a checkpoint
