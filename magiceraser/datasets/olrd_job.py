@@ -231,16 +231,14 @@ def input_blocks(items: Sequence[InputItem], rows_per_block: int) -> list[Any]:
     """
     import pyarrow as pa
 
-    blocks = []
-    for start in range(0, len(items), rows_per_block):
-        chunk = items[start : start + rows_per_block]
-        blocks.append(pa.table({
-            "source": pa.array([it.source for it in chunk], pa.string()),
-            "key": pa.array([it.key for it in chunk], pa.string()),
-            "index": pa.array([it.index for it in chunk], pa.int64()),
-            "shard": pa.array([it.shard for it in chunk], pa.int64()),
-        }))
-    return blocks
+    # One table, then zero-copy slices: a table per block cost ~1.5 ms each (15 s for 62K blocks).
+    table = pa.table({
+        "source": pa.array([it.source for it in items], pa.string()),
+        "key": pa.array([it.key for it in items], pa.string()),
+        "index": pa.array([it.index for it in items], pa.int64()),
+        "shard": pa.array([it.shard for it in items], pa.int64()),
+    })
+    return [table.slice(start, rows_per_block) for start in range(0, len(items), rows_per_block)]
 
 
 def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str, elastic: bool = False):
