@@ -48,6 +48,28 @@ class MissingWeightsError(FileNotFoundError):
     """A metric's backbone weights are not on this machine (and nothing is downloaded)."""
 
 
+class MissingDependencyError(ImportError):
+    """A metric's library is not installed; the message says how to install it without torchvision."""
+
+
+TORCH_FIDELITY_INSTALL = "pip install --no-deps 'torch-fidelity>=0.3,<0.5'"
+"""torch-fidelity declares torchvision, which must not be installed, so it cannot be in the ``eval``
+extra: it is installed on its own without its dependencies (``make env`` does this). Its Inception
+is plain torch."""
+
+
+def require_torch_fidelity() -> None:
+    """Refuse FID up front when torch-fidelity is missing. torchmetrics' own message would say
+    ``pip install torch-fidelity``, which installs torchvision; this one says what works here."""
+    # sys.modules first: the bare package import_torchmetrics registers has no __spec__ for find_spec
+    if "torch_fidelity" not in sys.modules and importlib.util.find_spec("torch_fidelity") is None:
+        raise MissingDependencyError(
+            f"FID needs torch-fidelity, which is not installed (the eval extra cannot declare it: it requires "
+            f"torchvision, which must not be installed). Install it without its dependencies: "
+            f"`{TORCH_FIDELITY_INSTALL}`, or turn FID off (metrics.fid=false)."
+        )
+
+
 def hub_checkpoint(url: str) -> Path:
     """Where ``torch.hub.load_state_dict_from_url`` caches ``url`` (``$TORCH_HOME/hub/checkpoints``)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
@@ -81,9 +103,9 @@ def import_torchmetrics() -> types.ModuleType:
     try:
         return importlib.import_module("torchmetrics")
     except ImportError as exc:
-        raise ImportError(
+        raise MissingDependencyError(
             f"LPIPS/FID need torchmetrics and torch-fidelity ({exc}); install the eval extra: "
-            "`pip install -c constraints.txt -e '.[eval]'` and `pip install --no-deps 'torch-fidelity>=0.3,<0.5'`"
+            f"`pip install -c constraints.txt -e '.[eval]'` and `{TORCH_FIDELITY_INSTALL}`"
         ) from exc
 
 
@@ -171,6 +193,7 @@ class InceptionFeatures:
     """2048-d pool3 features of torch-fidelity's TF-ported InceptionV3 (the standard FID network)."""
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", batch_size: int = 16) -> None:
+        require_torch_fidelity()
         path = resolve_weights(weights, INCEPTION_URL, "FID", "metrics.fid_inception_weights")
         import_torchmetrics()
         from torchmetrics.image.fid import NoTrainInceptionV3

@@ -2,7 +2,7 @@
 
 It loads the config, runs the evaluation, prints the table and what could not be evaluated, and
 turns the result into the exit code (0 a complete table, 1 no row, 2 a required method missing,
-nothing to do, or missing weights / data). The protocol itself, and the files it writes, are
+nothing to do, or missing weights, data or metric library). The protocol itself, and the files it writes, are
 described in ``protocol.py``.
 """
 
@@ -41,11 +41,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = config_argparser("evaluate", "Evaluate methods with the paper's protocol (letterbox 512, PSNR/SSIM/LPIPS/FID).")
     args = parser.parse_args(argv)
     cfg = load_cli_config(EvalConfig, args)
-    from magiceraser.evaluation.perceptual import MissingWeightsError
+    from magiceraser.evaluation.perceptual import MissingDependencyError, MissingWeightsError
 
     try:
         result = Evaluation(cfg)()
-    except (MissingWeightsError, FileNotFoundError) as exc:
+    except (MissingWeightsError, MissingDependencyError, FileNotFoundError) as exc:
         print(f"magiceraser evaluate: {exc}", file=sys.stderr)
         return 2
     print_result(result)

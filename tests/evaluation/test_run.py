@@ -396,3 +396,20 @@ def test_a_missing_method_fails_the_run_unless_optional(tmp_path, shards, monkey
     else:
         assert "\n" not in err and "'LaMa'" in err and "missing-big-lama.pt" in err and "optional: true" in err
 
+
+
+def test_fid_without_torch_fidelity_says_how_to_install_it(tmp_path, shards, monkeypatch, capsys):
+    """torch-fidelity is not in the eval extra (it declares torchvision): a user with only that extra
+    gets one line with the --no-deps install, never torchmetrics' `pip install torch-fidelity`."""
+    import importlib.util
+    import sys
+
+    monkeypatch.delitem(sys.modules, "torch_fidelity", raising=False)  # earlier tests may have imported it
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a, **k: None if name == "torch_fidelity" else real_find_spec(name, *a, **k))
+    cfg_path = _config(tmp_path, shards, metrics={"fid": True})
+    assert R.main(["--config", str(cfg_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install --no-deps 'torch-fidelity>=0.3,<0.5'" in err[0] and "metrics.fid=false" in err[0]
+    assert not (tmp_path / "eval" / "pairs").exists()
