@@ -146,6 +146,7 @@ def _node_of_actors(class_name: str) -> list[str]:
     return [a["Address"]["NodeID"] for a in state.actors().values() if class_name in a.get("ActorClassName", "")]
 
 
+@pytest.mark.slow
 def test_cache_latents_runs_one_task_per_shard_on_the_cluster(cluster, single_node_reference, tiny_sd, tmp_path):
     """``cache-latents executor=ray`` as a driver joining the cluster: the same cache as a local build."""
     from magiceraser.training.latent_cache import LatentCacheConfig, build_cache
@@ -179,6 +180,7 @@ def _members(path: Path) -> dict[str, bytes]:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
 
+@pytest.mark.slow
 def test_ray_train_places_two_workers_on_two_nodes(cluster, single_node_reference, tiny_sd, tmp_path):
     """Ray Train with 2 workers of 1 CPU on a cluster whose only CPUs are one per worker node."""
     import ray
