@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from magiceraser.prompts import DEFAULT_TOKEN
+from magiceraser.storage import is_object_store
 
 
 @dataclass
@@ -256,7 +257,7 @@ class RayConfig:
 @dataclass
 class TrainConfig:
     out_dir: str = "runs/train"
-    """Output directory: the final export (loadable by stock diffusers), checkpoints/, validation/, wandb/."""
+    """Output directory (local or shared filesystem, not s3://): the final export (loadable by stock diffusers), checkpoints/, validation/, wandb/."""
     data: DataConfig = field(default_factory=DataConfig)
     """Training data."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -296,6 +297,15 @@ class TrainConfig:
             raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
         if not self.out_dir:
             raise ValueError("out_dir must be set")
+        if is_object_store(self.out_dir):
+            # Refused rather than half supported: a checkpoint is complete because its folder is
+            # renamed into place whole, and W&B's offline files and the validation grids need a
+            # filesystem too. The export is three files: copy them up once the run is done.
+            raise ValueError(
+                f"out_dir must be a local or shared filesystem path, not an object store ({self.out_dir!r}): checkpoints "
+                "are renamed into place whole and W&B writes files there; train into a local/shared out_dir and copy "
+                "its export (magiceraser.json, *.safetensors) up afterwards; data.urls and data.latent_cache may be URLs"
+            )
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: --resume continues the run in out_dir, --overwrite replaces it")
         if self.log_every < 1:

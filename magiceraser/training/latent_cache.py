@@ -23,6 +23,11 @@ record equals the current one and re-encodes it otherwise, saying which keys cha
 it lists the shards with their fingerprints and the settings the trainer checks against its
 config (and the base model's VAE). The trainer reads exactly the shards it lists. A source shard
 that cannot be read fails the build with its URL: it is never an empty cache shard marked done.
+
+``out_dir`` may be an object store (``s3://bucket/cache``, any fsspec URL; credentials from the
+AWS variables, fsspec's configuration or ``storage_options``): each shard is encoded into a local
+temporary file and uploaded once under its final key (no temporary keys), its ``.stats.json``
+after it and ``cache.json`` last, exactly the order that makes the local folder safe.
 """
 
 from __future__ import annotations
@@ -38,9 +43,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from magiceraser.atomic import atomic_open, atomic_write_json
 from magiceraser.errors import UserError
 from magiceraser.fingerprint import changed, config_digest, describe_changes, digest
+from magiceraser.storage import Folder, public_options
 
 log = logging.getLogger(__name__)
 CACHE_META = "cache.json"
@@ -53,7 +58,9 @@ class LatentCacheConfig:
     urls: list[str] = field(default_factory=list)
     """OLRD shards to encode (paths, globs, brace patterns, fsspec URLs)."""
     out_dir: str = "runs/latent-cache"
-    """Directory of the cache shards (local path)."""
+    """Directory of the cache shards: a local path or an fsspec URL (s3://bucket/cache)."""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """fsspec options for an object-store out_dir (e.g. {endpoint_url: ...}); empty: AWS_* / FSSPEC_* variables. Masked in cache.json."""
     base_model: str = "stable-diffusion-v1-5/stable-diffusion-inpainting"
     """Model whose VAE encodes the images (must be the model you train)."""
     revision: str | None = None
@@ -142,8 +149,14 @@ def shard_dependencies(url: str, cfg: LatentCacheConfig, vae_config_digest: str)
     }
 
 
+def _split(out_path: str, cfg: LatentCacheConfig) -> tuple[Folder, str]:
+    """``out_path`` (a path or URL) as its folder and file name."""
+    parent, _, name = str(out_path).rstrip("/").rpartition("/")
+    return Folder(parent or ".", cfg.storage_options), name
+
+
 def encode_shard(url: str, out_path: str, cfg: LatentCacheConfig, deps: dict[str, Any], vae=None) -> dict[str, Any]:
-    """Encode one shard into ``out_path`` (atomically) and write its stats sidecar; returns the stats.
+    """Encode one shard into ``out_path`` (complete or not at all) and write its stats sidecar; returns the stats.
 
     A source shard that cannot be opened or is damaged raises OSError naming ``url``; nothing is
     marked done for it.
@@ -181,7 +194,8 @@ def encode_shard(url: str, out_path: str, cfg: LatentCacheConfig, deps: dict[str
         stats["written"] += len(pending)
         pending.clear()
 
-    with atomic_open(out_path, "wb") as fh:
+    folder, name = _split(out_path, cfg)
+    with folder.open_final(name) as fh:
         sink = wds.TarWriter(fh)
         try:
             samples = list(read_tar_samples([url], strict=True))
@@ -198,30 +212,34 @@ def encode_shard(url: str, out_path: str, cfg: LatentCacheConfig, deps: dict[str
                 flush(sink)
         flush(sink)
         sink.close()
-    atomic_write_json(str(out_path)[: -len(".tar")] + ".stats.json", stats)
+    folder.write_json(_stats_name(name), stats)
     return stats
 
 
-def _stats_path(out: Path, name: str) -> Path:
-    return out / (name[: -len(".tar")] + ".stats.json")
+def _stats_name(name: str) -> str:
+    return name[: -len(".tar")] + ".stats.json"
 
 
-def _reusable(stats_path: Path, deps: dict[str, Any]) -> tuple[bool, str]:
-    """Whether a cache shard's stats record ``deps``; else why not (for the log)."""
-    if not stats_path.is_file():
+def _reusable(out: Folder, name: str, deps: dict[str, Any], listing: dict[str, int]) -> tuple[bool, str]:
+    """Whether cache shard ``name``'s stats record ``deps``; else why not (for the log).
+
+    ``listing``: the folder's files (one listing for all shards, one request on object storage).
+    """
+    if _stats_name(name) not in listing:
         return False, "not built"
     try:
-        old = json.loads(stats_path.read_text())
+        old = json.loads(out.read_text(_stats_name(name)))
+    except FileNotFoundError:
+        return False, "not built"
     except ValueError:
         return False, "unreadable stats"
-    if old.get("fingerprint") == digest(deps) and stats_path.with_name(stats_path.name[: -len(".stats.json")] + ".tar").is_file():
+    if old.get("fingerprint") == digest(deps) and name in listing:
         return True, ""
     return False, describe_changes(changed(old.get("dependencies") or {}, deps))
 
 
 def build_cache(cfg: LatentCacheConfig) -> dict[str, Any]:
     """Encode every shard whose cache is missing or stale; write ``cache.json`` last. Returns the summary."""
-    from magiceraser.atomic import remove_stale_temporaries
     from magiceraser.config import config_to_dict
     from magiceraser.olrd_samples import expand_urls
 
@@ -229,22 +247,27 @@ def build_cache(cfg: LatentCacheConfig) -> dict[str, Any]:
     names = [Path(u.rstrip("/").split("/")[-1]).name for u in urls]
     if len(set(names)) != len(names):
         raise UserError("urls: shard file names must be unique across urls (cache shards are named after them)")
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(out)
+    out = Folder(cfg.out_dir, cfg.storage_options)
+    try:
+        out.ensure()
+    except (OSError, ValueError) as exc:
+        raise UserError(f"out_dir={cfg.out_dir!r} cannot be used ({exc}); check the path, or the bucket, "
+                        "credentials (AWS_* variables, storage_options) and endpoint") from None
+    out.sweep_temporaries()
     vae_config = stored_vae_digest(cfg)
     deps = {n: shard_dependencies(u, cfg, vae_config) for u, n in zip(urls, names)}
     todo, reasons = [], {}
+    listing = out.list()
     for u, n in zip(urls, names):
-        ok, why = _reusable(_stats_path(out, n), deps[n])
+        ok, why = _reusable(out, n, deps[n], listing)
         if not ok:
-            todo.append((u, str(out / n), deps[n]))
+            todo.append((u, out.url(n), deps[n]))
             reasons[why] = reasons.get(why, 0) + 1
     log.info("latent cache: %d of %d shards to encode into %s%s", len(todo), len(urls), out,
              "".join(f"; {k} x{v}" for k, v in reasons.items()))
     if todo:
         # The marker goes first: a build killed half-way must not leave a cache.json vouching for it.
-        (out / CACHE_META).unlink(missing_ok=True)
+        out.remove(CACHE_META)
     results, failures = _run_encodes(cfg, todo)
     if failures:
         raise UserError(f"latent cache: {len(failures)} source shard(s) could not be encoded; "
@@ -252,8 +275,9 @@ def build_cache(cfg: LatentCacheConfig) -> dict[str, Any]:
     written = sum(r["written"] for r in results)
     meta = {k: getattr(cfg, k) for k in MATCHED_FIELDS}
     meta.update(format=CACHE_FORMAT, base_model=cfg.base_model, revision=cfg.revision, vae_config=vae_config,
-                storage_dtype=cfg.storage_dtype, shards={n: digest(deps[n]) for n in names}, config=config_to_dict(cfg))
-    atomic_write_json(out / CACHE_META, meta)
+                storage_dtype=cfg.storage_dtype, shards={n: digest(deps[n]) for n in names},
+                config={**config_to_dict(cfg), "storage_options": public_options(cfg.storage_options)})
+    out.write_json(CACHE_META, meta)
     return {"encoded_shards": len(results), "written": written, "out_dir": str(out)}
 
 
