@@ -12,17 +12,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from magiceraser import coco
 from magiceraser.imageio import ImageDecodeError, decode_image, decode_mask
+from magiceraser.serve.segments import THING_NAMES, parse_class_names
 
 __all__ = [
     "ApiError", "EraseParams", "parse_erase_params", "parse_classes", "decode_upload", "decode_upload_mask",
     "check_mask", "THING_NAMES",
 ]
-
-#: Class names a ``classes=`` list may name: the COCO panoptic thing classes (objects one can erase).
-THING_NAMES: tuple[str, ...] = tuple(c.name for c in coco.COCO_PANOPTIC if c.isthing)
-_STUFF_NAMES = frozenset(c.name for c in coco.COCO_PANOPTIC if not c.isthing)
 
 # Decode failure reason -> HTTP status: too big is 413 (Content Too Large), every other unusable file is 422.
 _STATUS_FOR_REASON = {"too_large": 413}
@@ -100,28 +96,11 @@ def _text(field: str, value: str | None, limit: int = 500) -> str | None:
 
 
 def parse_classes(text: str | None) -> tuple[str, ...]:
-    """``"person, car"`` -> ("person", "car"): COCO thing class names, case-insensitive, duplicates dropped.
-
-    Stuff classes (sky, grass-merged) are refused: they are the background an object is erased into.
-    """
-    if _blank(text):
-        return ()
-    names: list[str] = []
-    by_lower = {n.lower(): n for n in THING_NAMES}
-    for raw in text.split(","):  # type: ignore[union-attr]
-        word = raw.strip()
-        if not word:
-            continue
-        name = by_lower.get(word.lower())
-        if name is None:
-            if word.lower() in {s.lower() for s in _STUFF_NAMES}:
-                raise ApiError(422, "classes", f"{word!r} is a background (stuff) class, not an object; name thing classes such as person or car")
-            raise ApiError(422, "classes", f"unknown class {word!r}; known classes: {', '.join(THING_NAMES)}")
-        if name not in names:
-            names.append(name)
-    if not names:
-        raise ApiError(422, "classes", f"classes={text!r} names no class; give e.g. classes=person,car")
-    return tuple(names)
+    """``classes=`` -> COCO thing class names (:func:`~magiceraser.serve.segments.parse_class_names`); ApiError 422."""
+    try:
+        return parse_class_names(text)
+    except ValueError as exc:
+        raise ApiError(422, "classes", str(exc)) from None
 
 
 def parse_erase_params(

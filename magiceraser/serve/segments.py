@@ -17,9 +17,41 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from magiceraser import coco
 from magiceraser.panoptic import PanopticResult, Segment, dilate
 
-__all__ = ["rle_encode", "rle_decode", "segment_bbox", "segments_payload", "ClassMask", "class_mask"]
+__all__ = ["THING_NAMES", "parse_class_names", "rle_encode", "rle_decode", "segment_bbox", "segments_payload", "ClassMask", "class_mask"]
+
+#: Class names a ``classes`` list may name: the COCO panoptic thing classes (objects one can erase).
+THING_NAMES: tuple[str, ...] = tuple(c.name for c in coco.COCO_PANOPTIC if c.isthing)
+# Stuff classes by their name and by their plain words (sky-other-merged is also "sky").
+_STUFF_LOWER = frozenset(n.lower() for c in coco.COCO_PANOPTIC if not c.isthing for n in (c.name, coco.tag_text(c.name)))
+
+
+def parse_class_names(text: str | None) -> tuple[str, ...]:
+    """``"person, car"`` -> ("person", "car"): COCO thing class names, case-insensitive, duplicates dropped.
+
+    ValueError for an unknown name, for a stuff class (sky, grass-merged: the background an object
+    is erased into) and for a list naming nothing. Empty or None text gives ().
+    """
+    if text is None or not text.strip():
+        return ()
+    by_lower = {n.lower(): n for n in THING_NAMES}
+    names: list[str] = []
+    for raw in text.split(","):
+        word = raw.strip()
+        if not word:
+            continue
+        name = by_lower.get(word.lower())
+        if name is None:
+            if word.lower() in _STUFF_LOWER:
+                raise ValueError(f"{word!r} is a background (stuff) class, not an object; name thing classes such as person or car")
+            raise ValueError(f"unknown class {word!r}; known classes: {', '.join(THING_NAMES)}")
+        if name not in names:
+            names.append(name)
+    if not names:
+        raise ValueError(f"classes {text!r} names no class; give e.g. person,car")
+    return tuple(names)
 
 
 def rle_encode(mask: np.ndarray) -> dict[str, list[int]]:

@@ -3,7 +3,8 @@
 Pairing. Images and masks are matched by file stem (``a.jpg`` ↔ ``a.png``). Two images or two
 masks with one stem (``a.png`` and ``a.jpg``; compared ignoring case, as on a case-insensitive
 disk) are refused before any work: their results would share ``a.{format}``, or which mask is
-meant would be a guess. Masks without an image are reported (``orphan_masks``).
+meant would be a guess. Masks without an image are reported (``orphan_masks``). With ``--classes``
+every image is an item without a mask file (its mask comes from the segmenter).
 
 Report. ``OUT/erase_report.json`` is written atomically before the first item (every item
 ``not_done`` with reason ``pending``), after every erased item, and at the end. So a killed run
@@ -32,7 +33,7 @@ from typing import Any
 from magiceraser.pipelines.erase.checks import EraseUserError
 from magiceraser.pipelines.erase.config import EraseConfig
 
-__all__ = ["REPORT_NAME", "IMAGE_SUFFIXES", "Pair", "BatchPlan", "plan_batch", "settings_key", "fingerprint", "sha256_file", "BatchReport"]
+__all__ = ["REPORT_NAME", "IMAGE_SUFFIXES", "Pair", "classes_key", "BatchPlan", "plan_batch", "settings_key", "fingerprint", "sha256_file", "BatchReport"]
 
 REPORT_NAME = "erase_report.json"
 REPORT_VERSION = 2  # 1: the unversioned report of earlier releases (no fingerprints, never reused)
@@ -44,11 +45,22 @@ NOT_IN_FINGERPRINT = ("num_threads", "save_inputs")
 
 @dataclass(frozen=True)
 class Pair:
-    """One image, its mask and where its result goes."""
+    """One image, its mask (None with ``--classes``: the mask is built from the segmentation) and where its result goes."""
 
     image: Path
-    mask: Path
+    mask: Path | None
     out: Path
+    classes: tuple[str, ...] = ()
+    class_dilation: int = 0
+
+    def mask_bytes(self) -> bytes:
+        """What stands for the mask in the fingerprint: the mask file's bytes, or the class list and dilation."""
+        return self.mask.read_bytes() if self.mask is not None else classes_key(self.classes, self.class_dilation)
+
+
+def classes_key(classes: tuple[str, ...], dilation: int) -> bytes:
+    """The fingerprint's stand-in for a mask built from classes (the segmenter is in the settings key)."""
+    return f"classes:{','.join(classes)};dilation={dilation}".encode()
 
 
 @dataclass
@@ -80,14 +92,18 @@ def _clash_error(what: str, folder: Path, clashes: list[list[Path]], why: str) -
     )
 
 
-def plan_batch(image_dir: Path, mask_dir: Path, out_dir: Path, fmt: str) -> BatchPlan:
-    """Pair images with masks by stem; refuse stem clashes (EraseUserError) before any work starts."""
-    images, masks = list_images(image_dir), list_images(mask_dir)
+def plan_batch(image_dir: Path, mask_dir: Path | None, out_dir: Path, fmt: str, classes: tuple[str, ...] = ()) -> BatchPlan:
+    """Pair images with masks by stem (or, without a mask folder, every image with ``classes``); refuse stem clashes."""
+    images = list_images(image_dir)
     if not images:
         raise EraseUserError(f"--image {image_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): check the folder")
     image_stems, clashes = _by_stem(images)
     if clashes:
         raise _clash_error("images", image_dir, clashes, f"each result is written as {{stem}}.{fmt} and one would replace another")
+    if mask_dir is None:
+        pairs = [Pair(img, None, out_dir / f"{s}.{fmt}", classes) for s, img in image_stems.items()]
+        return BatchPlan(sorted(pairs, key=lambda p: p.image.name), [], [])
+    masks = list_images(mask_dir)
     mask_stems, clashes = _by_stem(masks)
     if clashes:
         raise _clash_error("masks", mask_dir, clashes, "masks are matched to images by stem and it is unclear which one is meant")

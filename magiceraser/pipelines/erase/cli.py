@@ -3,6 +3,7 @@
     magiceraser erase --image IMG --mask MASK --out OUT_DIR [--config FILE] [key=value ...]
     magiceraser erase --image IMG --mask MASK --out RESULT.{png,jpg,jpeg,webp,tif,tiff}
     magiceraser erase --image IMAGES_DIR --mask MASKS_DIR --out OUT_DIR     # matched by file stem
+    magiceraser erase --image IMG_OR_DIR --classes person,car --out OUT     # masks from the segmenter
 
 A single image writes ``result.png`` (plus ``input.png`` and ``mask.png`` with save_inputs) and
 ``erase.json`` into OUT_DIR, or just the result when OUT names a file (its format follows the
@@ -11,6 +12,10 @@ every image ends erased, skipped with a reason (unreadable files, size mismatch,
 matching mask, an exception while erasing) or not done (interrupted); a bad item never stops the
 batch, the report is rewritten atomically as items finish, and a rerun reuses results whose
 image, mask and settings are unchanged (see ``batch.py``). Masks are binarised at mask_threshold.
+With ``--classes`` there are no mask files: each image's mask is every thing segment of those
+classes found by the config's segmenter, grown by ``--class-dilation`` px (``classes.py``); the
+report (or erase.json) records per image which segments were erased, and an image without any of
+them is skipped with reason ``no_class_found``.
 
 Everything that can be checked is checked before models load: paths exist and are readable, the
 output is writable and is not (inside) an input, no two inputs share a stem, model folders exist.
@@ -46,6 +51,7 @@ from magiceraser.pipelines.erase.batch import (  # noqa: F401 - IMAGE_SUFFIXES r
     sha256_file,
 )
 from magiceraser.pipelines.erase.checks import EraseUserError, SingleTarget
+from magiceraser.pipelines.erase.classes import NoClassFound, select_classes
 from magiceraser.pipelines.erase.config import EraseConfig
 
 
@@ -126,14 +132,34 @@ def decode_pair(image_name: str, image_data: bytes, mask_name: str, mask_data: b
     return image, mask
 
 
-def erase_one(pipe, cfg: EraseConfig, image: np.ndarray, mask: np.ndarray):
-    """One pipeline call with the config's settings."""
+def decode_classes(image_name: str, image_data: bytes, pipe, cfg: EraseConfig, classes: tuple[str, ...], dilation: int):
+    """Decode an image and build its mask from ``classes``: (image, mask, full-image segmentation, erased segments)."""
+    from magiceraser.imageio import ImageDecodeError, decode_image
+
+    try:
+        image = decode_image(image_data)
+    except ImageDecodeError as exc:
+        raise SkipItem(f"image_{exc.reason}", f"{image_name}: {exc}") from exc
+    try:
+        sel = select_classes(pipe.segmenter, image, classes, dilation)
+    except NoClassFound as exc:
+        raise SkipItem("no_class_found", f"{image_name}: {exc}") from exc
+    return image, sel.mask, sel.pan, sel.segments
+
+
+def erase_one(pipe, cfg: EraseConfig, image: np.ndarray, mask: np.ndarray, pan=None):
+    """One pipeline call with the config's settings (``pan``: a full-image segmentation to use for the crops)."""
     return pipe(
         image, mask, tag=cfg.tag, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
         num_inference_steps=cfg.num_inference_steps, strength=cfg.strength, guidance_scale=cfg.guidance_scale,
         refocus=cfg.refocus, seed=cfg.seed, mask_dilation=cfg.mask_dilation, crop_margin=cfg.crop_margin,
-        feather=cfg.feather, min_region_area=cfg.min_region_area, max_regions=cfg.max_regions or None,
+        feather=cfg.feather, pan=pan, min_region_area=cfg.min_region_area, max_regions=cfg.max_regions or None,
     )
+
+
+def _mask_fields(pair: Pair) -> dict[str, Any]:
+    """How a record names the mask: its file, or the classes it was built from."""
+    return {"mask": str(pair.mask)} if pair.mask is not None else {"classes": list(pair.classes)}
 
 
 def region_notes(result, cfg: EraseConfig) -> dict[str, int]:
@@ -168,16 +194,24 @@ def write_image(path: Path, arr: np.ndarray, fmt: str) -> bytes:
 
 
 # ---------------------------------------------------------------------------------------- single image
-def run_single(pipe, cfg: EraseConfig, image_path: Path, mask_path: Path, target: SingleTarget) -> int:
-    """Erase one image; an unusable input is a user error (exit 2)."""
+def run_single(pipe, cfg: EraseConfig, image_path: Path, mask_path: Path | None, target: SingleTarget,
+               classes: tuple[str, ...] = (), class_dilation: int = 0) -> int:
+    """Erase one image; an unusable input is a user error (exit 2); no object of ``classes`` found: exit 1."""
     from magiceraser.atomic import atomic_write_json
 
+    pan, segments = None, None
     try:
-        image, mask = decode_pair(str(image_path), image_path.read_bytes(), str(mask_path), mask_path.read_bytes(), cfg)
+        if mask_path is None:
+            image, mask, pan, segments = decode_classes(str(image_path), image_path.read_bytes(), pipe, cfg, classes, class_dilation)
+        else:
+            image, mask = decode_pair(str(image_path), image_path.read_bytes(), str(mask_path), mask_path.read_bytes(), cfg)
     except SkipItem as exc:
+        if exc.reason == "no_class_found":
+            print(f"magiceraser erase: {exc}; nothing erased", file=sys.stderr)
+            return 1
         return user_error(exc)
     t0 = time.time()
-    result = erase_one(pipe, cfg, image, mask)
+    result = erase_one(pipe, cfg, image, mask, pan)
     seconds = time.time() - t0
     notes = region_notes(result, cfg)
     if (line := region_warning(image_path.name, notes, cfg)) is not None:
@@ -192,8 +226,9 @@ def run_single(pipe, cfg: EraseConfig, image_path: Path, mask_path: Path, target
     if cfg.save_inputs:
         write_image(out / "input.png", image, "png")
         write_image(out / "mask.png", mask.astype(np.uint8) * 255, "png")
+    source = {"mask": str(mask_path)} if mask_path is not None else {"classes": list(classes), "segments": segments}
     atomic_write_json(out / "erase.json", {
-        "image": str(image_path), "mask": str(mask_path), "seconds": round(seconds, 3),
+        "image": str(image_path), **source, "seconds": round(seconds, 3),
         "prompt": result.prompt, "tag": result.tag, **notes,
         "regions": [{"box": list(r.box), "model_shape": list(r.model_shape), "tag": r.tag, "prompt": r.prompt} for r in result.regions],
     })
@@ -214,16 +249,21 @@ def erase_item(pipe, cfg: EraseConfig, pair: Pair, settings: str) -> tuple[str, 
 
     The fingerprint is taken from the very bytes that are decoded, so the record describes what was erased.
     """
-    base: dict[str, Any] = {"mask": str(pair.mask)}
+    base: dict[str, Any] = _mask_fields(pair)
     try:
-        image_data, mask_data = pair.image.read_bytes(), pair.mask.read_bytes()
+        image_data, mask_data = pair.image.read_bytes(), pair.mask_bytes()
     except OSError as exc:
         return "skipped", {**base, "reason": "unreadable", "error_type": type(exc).__name__,
                            "message": f"{exc.filename}: cannot read the file ({exc.strerror or exc})"}
     try:
-        image, mask = decode_pair(str(pair.image), image_data, str(pair.mask), mask_data, cfg)
         t0 = time.time()
-        result = erase_one(pipe, cfg, image, mask)
+        if pair.mask is None:
+            image, mask, pan, segments = decode_classes(str(pair.image), image_data, pipe, cfg, pair.classes, pair.class_dilation)
+            base["segments"] = segments
+        else:
+            image, mask = decode_pair(str(pair.image), image_data, str(pair.mask), mask_data, cfg)
+            pan = None
+        result = erase_one(pipe, cfg, image, mask, pan)
         data = write_image(pair.out, result.image, cfg.output_format)
     except SkipItem as exc:
         return "skipped", {**base, "reason": exc.reason, "message": str(exc)}
@@ -240,7 +280,7 @@ def erase_item(pipe, cfg: EraseConfig, pair: Pair, settings: str) -> tuple[str, 
 def _reused(pair: Pair, previous: dict[str, dict[str, Any]], settings: str) -> dict[str, Any] | None:
     """The earlier record of ``pair`` if its inputs and settings are unchanged and its result file is intact."""
     try:
-        rec = previous.get(fingerprint(pair.image.read_bytes(), pair.mask.read_bytes(), settings))
+        rec = previous.get(fingerprint(pair.image.read_bytes(), pair.mask_bytes(), settings))
         if rec is None or rec.get("out") != str(pair.out) or not pair.out.is_file():
             return None
         return rec if sha256_file(pair.out) == rec.get("out_sha256") else None
@@ -276,7 +316,7 @@ def start_report(cfg: EraseConfig, plan: BatchPlan, out: Path) -> tuple[BatchRep
         if rec is not None:
             report.set(pair.image, "erased", **{**{k: v for k, v in rec.items() if k not in ("image", "status")}, "reused": True})
         else:
-            report.set(pair.image, "not_done", mask=str(pair.mask), reason="pending", message="not erased yet")
+            report.set(pair.image, "not_done", **_mask_fields(pair), reason="pending", message="not erased yet")
             todo.append(pair)
     for img in plan.no_mask:
         report.set(img, "skipped", reason="no_mask", message=f"{img}: no mask named {img.stem}.* in the --mask directory")
@@ -346,17 +386,47 @@ def run_batch(pipe, cfg: EraseConfig, plan: BatchPlan, out: Path) -> int:
 
 
 # ---------------------------------------------------------------------------------------- entry point
-def prepare(cfg: EraseConfig, image: Path, mask: Path, out: Path) -> SingleTarget | BatchPlan:
-    """Every check that needs no model, in the order a user would fix them; EraseUserError on the first failure."""
+def prepare(cfg: EraseConfig, image: Path, mask: Path | None, out: Path, classes: tuple[str, ...] = (),
+            class_dilation: int = 0) -> SingleTarget | BatchPlan:
+    """Every check that needs no model, in the order a user would fix them; EraseUserError on the first failure.
+
+    ``mask`` None: the masks are built from ``classes`` (which then need the config's segmenter).
+    """
     checks.check_input(image, "--image")
-    checks.check_input(mask, "--mask")
-    checks.check_inputs_pair(image, mask)
+    if mask is None:
+        if not cfg.segmenter:
+            raise EraseUserError("--classes needs a segmenter: set segmenter= to a Mask2Former COCO panoptic checkpoint")
+    else:
+        checks.check_input(mask, "--mask")
+        checks.check_inputs_pair(image, mask)
     if image.is_dir():
-        checks.check_batch_out(out, image, mask)
-        return plan_batch(image, mask, out, cfg.output_format)
+        checks.check_batch_out(out, image, mask if mask is not None else image)
+        plan = plan_batch(image, mask, out, cfg.output_format, classes)
+        if mask is None:
+            plan.pairs = [dataclasses.replace(p, class_dilation=class_dilation) for p in plan.pairs]
+        return plan
     target = checks.single_target(out)
-    checks.check_single_outputs(target, image, mask, cfg.save_inputs)
+    checks.check_single_outputs(target, image, mask if mask is not None else image, cfg.save_inputs)
     return target
+
+
+def parse_class_flags(mask: str | None, classes: str | None, class_dilation: int) -> tuple[str, ...]:
+    """``--mask`` xor ``--classes``; the class names checked (EraseUserError naming the flag)."""
+    from magiceraser.serve.segments import parse_class_names
+
+    if (mask is None) == (classes is None):
+        raise EraseUserError("give either --mask (a mask file or folder) or --classes (e.g. --classes person,car), not both or neither")
+    if class_dilation < 0:
+        raise EraseUserError(f"--class-dilation must be >= 0, got {class_dilation}")
+    if classes is None:
+        return ()
+    try:
+        names = parse_class_names(classes)
+    except ValueError as exc:
+        raise EraseUserError(f"--classes: {exc}") from exc
+    if not names:
+        raise EraseUserError("--classes names no class; give e.g. --classes person,car")
+    return names
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -364,13 +434,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = config_argparser("erase", __doc__.split("\n\n")[0])
     parser.add_argument("--image", required=True, help="image file, or a directory of images")
-    parser.add_argument("--mask", required=True, help="mask file (white = erase), or a directory of masks named like the images")
+    parser.add_argument("--mask", default=None, help="mask file (white = erase), or a directory of masks named like the images")
+    parser.add_argument("--classes", default=None, help="instead of --mask: erase every object of these COCO classes, e.g. person,car")
+    parser.add_argument("--class-dilation", type=int, default=4, help="px the --classes mask is grown by (default 4)")
     parser.add_argument("--out", required=True, help="output directory, or a .png/.jpg/.webp/.tif file for a single image")
     args = parser.parse_args(argv)
     cfg = load_cli_config(EraseConfig, args)
-    image, mask, out = Path(args.image), Path(args.mask), Path(args.out)
+    image, mask, out = Path(args.image), Path(args.mask) if args.mask is not None else None, Path(args.out)
     try:
-        job = prepare(cfg, image, mask, out)
+        classes = parse_class_flags(args.mask, args.classes, args.class_dilation)
+        job = prepare(cfg, image, mask, out, classes, args.class_dilation)
         checks.check_models(cfg)
         if cfg.num_threads:
             import torch
@@ -380,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EraseUserError as exc:
         return user_error(exc)
     if isinstance(job, SingleTarget):
-        return run_single(pipe, cfg, image, mask, job)
+        return run_single(pipe, cfg, image, mask, job, classes, args.class_dilation)
     return run_batch(pipe, cfg, job, out)
 
 
