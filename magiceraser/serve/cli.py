@@ -43,7 +43,7 @@ def start(cfg: ServeConfig) -> str:
         # tracebacks reach this terminal, access logs do not (serve log level WARNING).
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, logging_level="WARNING")
     serve.start(http_options={"host": s.host, "port": s.port}, logging_config={"log_level": "WARNING"})
-    serve.run(build_app(cfg), name=s.app_name, route_prefix="/")
+    serve.run(build_app(cfg), name=s.app_name, route_prefix="/", logging_config={"log_level": "WARNING"})
     return url_of(s.host, s.port)
 
 

@@ -6,5 +6,6 @@
     geometry.py      regions, crops, resizing, feathered paste (full resolution)
     pipeline.py      MagicEraserPipeline: __call__ (one image), erase_many (crops batched across calls)
     config.py        EraseConfig (CLI / YAML)
+    classes.py       `erase --classes`: masks from the panoptic segmentation
     cli.py           `magiceraser erase`
 """
