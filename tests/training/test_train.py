@@ -175,37 +175,90 @@ def test_checkpoint_save_interrupted_leaves_previous_loadable(tiny_sd, olrd_shar
     assert ckpt.sweep_temporaries(root) and not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
 
 
-@pytest.mark.numeric
-def test_two_process_data_parallel_matches_one_process_with_doubled_batch(tiny_sd, tmp_path):
-    data = tmp_path / "data"
-    write_olrd_shards(data, num_shards=2, per_shard=3, size=(72, 72), repeat_one=True)
-    over = {"phases.total_steps": 2, "phases.textual_inversion_steps": 1, "data.crop_scale_min": 1.0,
-            "data.prompt_learned_prob": 1.0, "data.shuffle_buffer": 0}
-    urls = [data / "olrd-*.tar"]
-    single = run_training(tiny_train_config(tiny_sd, urls, tmp_path / "one", **{**over, "data.batch_size": 4}))
+def _merged_rank_batches(trainer: Trainer, world: int, phase: int):
+    """One process's stand-in for ``world`` ranks: each step, the batches rank 0..world-1 would read, concatenated.
 
-    cfg2 = tiny_train_config(tiny_sd, urls, tmp_path / "two", **{**over, "data.batch_size": 2})
+    Each rank's stream is built by the trainer itself, with its context set to that rank; the
+    noise of a step is drawn for the global batch and sliced per rank, so one process fed these
+    batches computes what ``world`` processes compute together.
+    """
+    import dataclasses
+
+    real, cfg = trainer.ctx, trainer.cfg
+    trainer.cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, batch_size=cfg.data.batch_size // world))
+    streams = []
+    for rank in range(world):
+        trainer.ctx = dataclasses.replace(real, rank=rank, world_size=world)
+        streams.append(Trainer._loader(trainer, phase))  # the class method: tests may replace the instance attribute
+    trainer.ctx, trainer.cfg = real, cfg
+    while True:
+        parts = [next(s) for s in streams]
+        merged = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if torch.is_tensor(parts[0][k])}
+        merged.update(keys=[k for p in parts for k in p["keys"]], prompts=[q for p in parts for q in p["prompts"]],
+                      worker=parts[0]["worker"], position=parts[0]["position"], ranks=[[k for k in p["keys"]] for p in parts])
+        yield merged
+
+
+@pytest.mark.numeric
+@pytest.mark.slow
+def test_two_node_launch_matches_one_process_with_the_ranks_batches(tiny_sd, tmp_path):
+    """cluster/launch_train_multinode.sh as two nodes on localhost (node_rank 0 and 1, one CPU process each, gloo)."""
+    data = tmp_path / "data"
+    write_olrd_shards(data, num_shards=2, per_shard=4, size=(72, 72), seed=4)  # distinct samples: a wrong split shows
+    over = {"phases.total_steps": 3, "phases.textual_inversion_steps": 1, "data.crop_scale_min": 1.0, "data.shuffle_buffer": 0,
+            "num_threads": 1}
+    urls = [data / "olrd-*.tar"]
     from magiceraser.config import save_config
 
-    save_config(cfg2, tmp_path / "two.yaml")
-    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "magiceraser.training.train", "--config", str(tmp_path / "two.yaml")]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=str(REPO))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    meta = json.loads((tmp_path / "two" / "magiceraser.json").read_text())
-    assert meta["world_size"] == 2 and meta["steps"] == 2
-    assert "training process 0 of 2" in proc.stdout and "training process 1 of 2" in proc.stdout
-    two_v = load_file(str(tmp_path / "two" / "learned_embeds.safetensors"))[DEFAULT_TOKEN][0]
+    save_config(tiny_train_config(tiny_sd, urls, tmp_path / "two", **{**over, "data.batch_size": 2}), tmp_path / "two.yaml")
+    port = 29500 + os.getpid() % 2000
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPATH=str(REPO), NUM_NODES="2", GPUS_PER_NODE="1",
+               MAIN_IP="127.0.0.1", MAIN_PORT=str(port), CONFIG=str(tmp_path / "two.yaml"),
+               PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    script = str(REPO / "cluster" / "launch_train_multinode.sh")
+    nodes = [subprocess.Popen(["bash", script], env={**env, "NODE_RANK": str(r)}, cwd=str(REPO), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for r in (1, 0)]
+    try:
+        logs = [n.communicate(timeout=400)[0] for n in nodes]
+    finally:
+        for n in nodes:
+            n.kill()
+    assert all(n.returncode == 0 for n in nodes), "\n".join(log[-3000:] for log in logs)
+    assert "training process 1 of 2" in logs[0] and "training process 0 of 2" in logs[1]
+    assert json.loads((tmp_path / "two" / "magiceraser.json").read_text())["world_size"] == 2
+
+    one = Trainer(tiny_train_config(tiny_sd, urls, tmp_path / "one", **{**over, "data.batch_size": 4}))
+    seen = []
+
+    def loader(phase):
+        for batch in _merged_rank_batches(one, 2, phase):
+            seen.append(batch["ranks"])
+            yield batch
+
+    one._loader = loader
+    single = one.train()
+    # The data really is split: rank 0 read only shard 0, rank 1 only shard 1.
+    assert {k[:4] for step in seen for k in step[0]} == {"s000"} and {k[:4] for step in seen for k in step[1]} == {"s000"} ^ {"s000", "s001"}
+    from magiceraser.training.export import unet_lora_state_dict
+
+    init = Trainer(tiny_train_config(tiny_sd, urls, tmp_path / "init", **{**over, "data.batch_size": 2}))
+    init_lora = {f"unet.{k}": v for k, v in unet_lora_state_dict(init.model.unet).items()}  # the file keys have the prefix
     two_lora = load_file(str(tmp_path / "two" / "pytorch_lora_weights.safetensors"))
     one_lora = load_file(str(tmp_path / "one" / "pytorch_lora_weights.safetensors"))
-    torch.testing.assert_close(two_v, single.model.placeholder.vector.detach(), atol=1e-5, rtol=1e-4)
-    assert two_lora.keys() == one_lora.keys()
-    for k in one_lora:
-        torch.testing.assert_close(two_lora[k], one_lora[k], atol=1e-5, rtol=1e-4)
-    # and the runs did train: the weights moved away from the shared initialisation
-    init = Trainer(tiny_train_config(tiny_sd, urls, tmp_path / "init", **{**over, "data.batch_size": 2}))
-    assert not torch.allclose(single.model.placeholder.vector.detach(), init.model.placeholder.vector.detach())
+    two_v = load_file(str(tmp_path / "two" / "learned_embeds.safetensors"))[DEFAULT_TOKEN][0]
+    assert two_lora.keys() == one_lora.keys() == init_lora.keys()
+
+    def flat(state):
+        return torch.cat([state[k].flatten() for k in sorted(one_lora)])
+
+    # Gradient averages round differently in 2 processes than in 1, and Adam magnifies that for
+    # near-zero gradients, so the runs agree to within a small share of how far the weights moved;
+    # another split of the data moves them differently by about as much as they move.
+    for name, two, one, start in [("v*", two_v, single.model.placeholder.vector.detach(), init.model.placeholder.vector.detach()),
+                                  ("LoRA", flat(two_lora), flat(one_lora), flat(init_lora))]:
+        moved = float((one - start).norm())
+        assert moved > 1e-4, name  # the runs did train
+        assert float((two - one).norm()) <= 0.05 * moved, (name, float((two - one).norm()) / moved)
 
 
 def test_latent_cache_skips_and_records_corrupt_samples(tiny_sd, olrd_shards, tmp_path):
