@@ -46,6 +46,9 @@ CONFIG_CHECK_ONLY: dict[str, str] = {
     "erase --config configs/erase/default.yaml --image photo.jpg": "SD 1.5 + trained weights; placeholder photo",
     "erase --config configs/erase/default.yaml --image images/": "SD 1.5 + trained weights; placeholder folders",
     "erase --config configs/erase/demo.yaml": "needs the demo's trained model (demo/train) from `make demo`",
+    # Service: a running server (Ray Serve) and, for demo.yaml, the demo's trained model.
+    "serve --config configs/erase/demo.yaml": "starts a server until Ctrl-C; needs demo/train from `make demo`",
+    "serve --config configs/erase/serve.yaml": "SD 1.5 + trained weights + GPUs; starts a server",
     # Command line section.
     "--debug evaluate --config configs/eval/demo.yaml": "needs the demo's models and shards from `make demo`",
 }
