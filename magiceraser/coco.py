@@ -4,7 +4,7 @@
 the model's contiguous label ids 0..132, with the original COCO category ids (used by the COCO
 panoptic annotation format) alongside.
 
-``BACKGROUND_STUFF`` is the project's decision (method.md, "background stuff"): stuff classes
+``BACKGROUND_STUFF`` is the project's decision (docs/method.md, "Background stuff"): stuff classes
 that are scenery an object can stand on or in front of (ground, water, vegetation, sky, walls,
 floors, buildings). Object-like stuff (table, shelf, pillow, food, ...) is not background: an
 object pasted there is not on "background", and such pixels count as negative in the refocus.

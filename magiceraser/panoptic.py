@@ -17,7 +17,7 @@ import numpy as np
 
 from magiceraser import coco
 
-# Refocus labels (method.md, "Attention refocus"): 0 = inside the erase mask, 1 = positive
+# Refocus labels (docs/method.md, "Attention refocus"): 0 = inside the erase mask, 1 = positive
 # (outside the mask, background stuff), 2 = negative (everything else).
 LABEL_MASK, LABEL_POS, LABEL_NEG = 0, 1, 2
 
@@ -134,7 +134,7 @@ def dominant_background_tag(
     ring: int | None = None,
     background_labels: frozenset[int] = coco.BACKGROUND_LABELS,
 ) -> str | None:
-    """The background stuff class covering most of a ring around ``mask`` (method.md, prompt tag).
+    """The background stuff class covering most of a ring around ``mask`` (docs/method.md, "Prompt tag").
 
     The ring is the dilated mask minus the mask; its width defaults to 5% of the image's long side
     (at least 3 px). Returns the category name, or None when no background stuff borders the mask.

@@ -1,4 +1,4 @@
-"""Prompt conventions shared by the data engine, the trainer and the eraser (method.md)."""
+"""Prompt conventions shared by the data engine, the trainer and the eraser (docs/method.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The OLRD data engine (method.md part 1): scene images -> WebDataset shards of removal samples.
+"""The OLRD data engine (docs/method.md part 1): scene images -> WebDataset shards of removal samples.
 
 Modules, in the order data flows through them:
 

@@ -1,4 +1,4 @@
-"""Captioning backends: LLaVA-1.5 describes the background of the ORIGINAL image I (method.md).
+"""Captioning backends: LLaVA-1.5 describes the background of the ORIGINAL image I (docs/method.md part 1).
 
 The question is :func:`magiceraser.prompts.caption_question` of the sample's background tags
 ("Describe the grass and gravel in the image."), put in LLaVA-1.5's chat format

@@ -1,6 +1,6 @@
 """Compose one OLRD sample: shift a segmented thing onto background stuff and blend it in.
 
-Pure numpy/OpenCV over arrays (method.md part 1), no I/O and no Ray:
+Pure numpy/OpenCV over arrays (docs/method.md part 1), no I/O and no Ray:
 
 1. Eligible objects: thing segments whose area lies in ``[min_object_area, max_object_area]`` of
    the image and which are not cut by the image border (no pixel in the outer ``border_margin`` rows
@@ -15,8 +15,8 @@ Pure numpy/OpenCV over arrays (method.md part 1), no I/O and no Ray:
    re-checked exactly at full resolution before it is used.
 3. A random generator seeded from the sample key and the global seed (:func:`rng_for`) picks the
    object and the offset, so the same input and seed give the same sample.
-4. Blend (method.md): Ĩ = m̃·õ + (1 − m̃)·I with the binary shifted mask m̃; the original object
-   stays where it was.
+4. Blend (docs/method.md, Eq. 10): Ĩ = m̃·õ + (1 − m̃)·I with the binary shifted mask m̃; the
+   original object stays where it was.
 5. Tags: background stuff classes under m̃, largest area first.
 """
 

@@ -1,4 +1,4 @@
-"""The paper's evaluation protocol as a tool (method.md, "Evaluation protocol").
+"""The paper's evaluation protocol as a tool (docs/method.md, "Evaluation protocol").
 
     protocol.py    Evaluation(cfg)() -> EvaluationResult: datasets x methods, the one entry point
     run.py         ``magiceraser evaluate``: config, call, print, exit code

@@ -1,6 +1,6 @@
 """The paper's test-time geometry: long side linearly scaled to 512, short side padded with 0.
 
-method.md, "Evaluation protocol": every image is brought to 512x512 by mapping its long side to
+docs/method.md, "Letterbox": every image is brought to 512x512 by mapping its long side to
 512 with linear interpolation and padding the short side with zeros. The paper does not say where
 the padding goes; we pad at the bottom/right (content anchored top-left), so that a pixel keeps
 its coordinates up to the scale factor and the inverse is a plain crop. Masks go through the same

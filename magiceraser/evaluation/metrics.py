@@ -1,7 +1,8 @@
 """Pixel metrics of the paper's protocol, as pure functions: PSNR, SSIM and the Fréchet distance.
 
 All image metrics take HxWx3 uint8 arrays (data range 255) and optionally a bool HxW mask; with a
-mask the statistic is averaged over the masked pixels only ("beyond the paper" in method.md).
+mask the statistic is averaged over the masked pixels only (docs/method.md, "Masked-region
+metrics", beyond the paper).
 
 * PSNR: per image, 10·log10(255² / MSE) with the MSE over all pixels and channels (the dataset
   figure is the mean of per-image values, as the paper reports). Identical images would give +inf;

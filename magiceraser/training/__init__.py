@@ -1,4 +1,4 @@
-"""Prompt-tuning trainer (method.md part 2): textual-inversion v* + LoRA on SD 1.5 Inpainting.
+"""Prompt-tuning trainer (docs/method.md part 2): textual-inversion v* + LoRA on SD 1.5 Inpainting.
 
 Data flows: OLRD shards -> :mod:`data` (webdataset stream, crops, stock inpainting inputs, prompt
 mixing) -> :mod:`loop` (phase 1: v* only; phase 2: v* + LoRA; :mod:`model` holds the loss) ->

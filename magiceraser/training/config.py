@@ -1,4 +1,4 @@
-"""Typed configuration of the prompt-tuning trainer (method.md part 2).
+"""Typed configuration of the prompt-tuning trainer (docs/method.md part 2).
 
 ``TrainConfig`` nests one dataclass per component: data, model (placeholder token + LoRA), phases,
 optimisation, checkpoints, W&B, validation and the Ray launcher. Every field has a default that
@@ -40,7 +40,7 @@ class DataConfig:
     random_mask_max_boxes: int = 4
     """random_mask mode: at most this many rectangles/ellipses/strokes per mask."""
     mask_dilate_max: int = 0
-    """Mask jitter: dilate the training mask by a random 0..N pixels (0 = off; method.md robust masks)."""
+    """Mask jitter: dilate the training mask by a random 0..N px (0 = off; docs/method.md, "Robust masks")."""
     latent_cache: str = ""
     """Directory (or fsspec URL) of latent-cache shards written by ``magiceraser cache-latents``; when
     set, training reads VAE latents from it instead of encoding images every step."""

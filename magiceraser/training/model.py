@@ -1,4 +1,4 @@
-"""Models of the prompt tuner and its loss (method.md part 2, Eq. 4).
+"""Models of the prompt tuner and its loss (docs/method.md part 2, Eq. 4).
 
 ``PromptTuner`` holds the frozen SD 1.5 Inpainting components with the two trainable parts
 installed: v* (:mod:`placeholder`) and LoRA adapters on the UNet (peft through diffusers'

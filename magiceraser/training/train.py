@@ -1,4 +1,4 @@
-"""``magiceraser train``: prompt-tune v* and LoRA on SD 1.5 Inpainting (method.md part 2).
+"""``magiceraser train``: prompt-tune v* and LoRA on SD 1.5 Inpainting (docs/method.md part 2).
 
     magiceraser train --config configs/train/sd15_inpaint.yaml 'data.urls=[s3://bucket/olrd-{000000..000999}.tar]'
     magiceraser train --config configs/train/demo.yaml --resume          # continue from the newest checkpoint

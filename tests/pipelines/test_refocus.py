@@ -1,4 +1,4 @@
-"""refocused_attention against a direct float64 transcription of method.md Eq. 5-9."""
+"""refocused_attention against a direct float64 transcription of docs/method.md Eq. 5-9."""
 
 from __future__ import annotations
 

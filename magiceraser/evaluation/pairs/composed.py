@@ -32,7 +32,7 @@ def compose_pair(key: str, image: np.ndarray, pan, seed: int, compose_cfg, extra
     if object_meta is not None:
         meta.update(object_meta.get(moved_segment_id(pan, c), {}))
     meta.update(extra_meta)
-    # The blended copy is the input, the untouched scene the ground truth (method.md, OLRD).
+    # The blended copy is the input, the untouched scene the ground truth (docs/method.md part 1, OLRD).
     return check_pair(key, np.asarray(c.blended, np.uint8), np.asarray(c.mask, bool), image, meta)
 
 

@@ -1,4 +1,4 @@
-"""The eraser (method.md part 3).
+"""The eraser (docs/method.md part 3).
 
     refocus.py       refocused_attention: Eq. 5-9 as a pure tensor function (no N×N mask held)
     processor.py     RefocusAttnProcessor for the UNet's self-attention, active while t ≥ 700

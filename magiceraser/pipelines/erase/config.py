@@ -31,7 +31,7 @@ class EraseConfig:
     num_inference_steps: int = 50
     """Scheduler steps T; ⌊T·strength⌋ of them run."""
     strength: float = 0.9
-    """Noise level the content-initialised image is started from (method.md: 0.9)."""
+    """Noise level the content-initialised image is started from (docs/method.md, Eq. 3: 0.9)."""
     guidance_scale: float = 7.5
     """Classifier-free guidance weight (<= 1 disables CFG)."""
     refocus: bool = True

@@ -1,4 +1,4 @@
-"""Content initialisation (method.md part 3): fill the mask in pixel space before diffusion.
+"""Content initialisation (docs/method.md part 3, Eq. 3): fill the mask in pixel space before diffusion.
 
 Each initialiser is a callable ``(image HxWx3 uint8, mask bool HxW) -> HxWx3 uint8`` that keeps
 every pixel outside the mask. The pipeline encodes the filled image x̃₀ and noises it to the

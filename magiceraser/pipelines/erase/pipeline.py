@@ -1,4 +1,4 @@
-"""``MagicEraserPipeline``: erase masked objects at the input's own resolution (method.md part 3).
+"""``MagicEraserPipeline``: erase masked objects at the input's own resolution (docs/method.md part 3).
 
 Data flow for one call::
 
@@ -13,7 +13,8 @@ Data flow for one call::
 
 Built from stock diffusers components: a ``StableDiffusionInpaintPipeline`` supplies the VAE,
 text encoder (with ``load_textual_inversion``), UNet (with ``load_lora_weights``) and scheduler;
-this class only owns the steps method.md changes (content init, start step, refocus, geometry).
+this class only owns the steps docs/method.md part 3 changes (content init, start step, refocus,
+geometry).
 """
 
 from __future__ import annotations
@@ -228,8 +229,8 @@ class MagicEraserPipeline:
         if scheduler == "ddim":
             from diffusers import DDIMScheduler
 
-            # One UNet evaluation per step, so exactly ⌊T·s⌋ steps run from z_T' (method.md); the
-            # model's own PNDM repeats its first step, which would make it ⌊T·s⌋ + 1 evaluations.
+            # One UNet evaluation per step, so exactly ⌊T·s⌋ steps run from z_T' (docs/method.md, Eq. 3);
+            # the model's own PNDM repeats its first step, which would make it ⌊T·s⌋ + 1 evaluations.
             sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
         elif scheduler != "model":
             raise ValueError(f"scheduler must be 'ddim' or 'model', got {scheduler!r}")
@@ -417,7 +418,7 @@ class MagicEraserPipeline:
 
     # ------------------------------------------------------------------ diffusion
     def start_timesteps(self, num_inference_steps: int, strength: float):
-        """Scheduler timesteps actually run: the last ⌊T·s⌋ of T (method.md: T' = ⌊T·s⌋)."""
+        """Scheduler timesteps actually run: the last ⌊T·s⌋ of T (docs/method.md, Eq. 3)."""
         sched = self.sd.scheduler
         sched.set_timesteps(num_inference_steps, device=self.device)
         n_run = min(int(num_inference_steps * strength), num_inference_steps)
@@ -457,7 +458,7 @@ class MagicEraserPipeline:
                 torch.randn(z0.shape[1:], generator=torch.Generator("cpu").manual_seed(c.seed), dtype=torch.float32)
                 for c in crops
             ]).to(device, dtype)
-            # z_T' = sqrt(ᾱ_T') z̃₀ + sqrt(1 − ᾱ_T') ε (method.md part 3).
+            # z_T' = sqrt(ᾱ_T') z̃₀ + sqrt(1 − ᾱ_T') ε (docs/method.md, Eq. 3).
             latents = sd.scheduler.add_noise(z0, noise, timesteps[:1])
             self.refocus.enabled = key.refocus
             self.refocus.set_images([c.mask for c in crops], [c.pan for c in crops])

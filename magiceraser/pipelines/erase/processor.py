@@ -1,4 +1,4 @@
-"""The UNet attention processor that applies the attention refocus (method.md, "Attention refocus").
+"""The UNet attention processor that applies the attention refocus (docs/method.md, "Attention refocus").
 
 Where: self-attention (``attn1``) of the UNet only; cross-attention keeps diffusers' stock
 processor. When: only while the scheduler timestep t ≥ ``t_min`` (0.7 · 1000). Labels: built once

@@ -1,4 +1,4 @@
-"""Semantics-aware attention refocus, method.md "Attention refocus" (paper Eq. 5-9), as a pure function.
+"""Semantics-aware attention refocus, docs/method.md "Attention refocus" (Eq. 5-9), as a pure function.
 
 For query i and key j with labels l ∈ {m (0), p (1), n (2)}:
 
@@ -168,7 +168,7 @@ def refocused_attention(
     per_head: bool | None = None,
     _path: str = "auto",
 ) -> torch.Tensor:
-    """softmax((QKᵀ + M)/√d) V with the refocus term M of method.md Eq. 5-9.
+    """softmax((QKᵀ + M)/√d) V with the refocus term M of docs/method.md Eq. 5-9.
 
     Args:
         q, k, v: (batch, heads, N, d) self-attention queries, keys, values.
