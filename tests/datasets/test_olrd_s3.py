@@ -69,6 +69,7 @@ def _assert_same_shards(objects: dict[str, bytes], local: Path) -> None:
         assert objects[name] == (local / name).read_bytes(), name
 
 
+@pytest.mark.slow  # its fixtures run the two uninterrupted Ray jobs
 def test_s3_output_is_byte_identical_to_a_local_output_and_written_once_per_key(local_full, s3_full, s3_server):
     bucket, url, stats = s3_full
     objects = _objects(s3_server, bucket)
@@ -135,6 +136,7 @@ def _run_and_kill_part_way(job_config: Path, url: str, s3_server, bucket: str) -
         _kill_tree(proc)
 
 
+@pytest.mark.slow
 def test_killed_s3_run_resumes_to_the_same_bytes(local_full, job_config, s3_server, ray_s3, capsys):  # noqa: F811
     n_shards = len(list(local_full.glob("olrd-*.tar")))
     for _ in range(3):  # on a fast machine every shard can land within one poll: repeat on a fresh bucket

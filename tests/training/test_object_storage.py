@@ -56,7 +56,7 @@ def test_cache_on_s3_written_once_per_key_and_training_reads_it(tiny_sd, tmp_pat
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
 
 
-def test_a_trainer_out_dir_on_an_object_store_is_refused_before_anything_runs(tiny_sd, tmp_path, s3_server):
+def test_a_trainer_out_dir_on_an_object_store_is_refused_before_anything_runs(tiny_sd, tmp_path):
     with pytest.raises(ConfigError, match=r"out_dir must be a local or shared filesystem path, not an object store"):
         tiny_train_config(tiny_sd, [tmp_path / "olrd-*.tar"], "s3://bucket/run")
     proc = subprocess.run([sys.executable, "-m", "magiceraser", "train", "out_dir=s3://bucket/run"],
