@@ -33,6 +33,7 @@ CONFIG_CHECK_ONLY: dict[str, str] = {
     "olrd --config configs/olrd/places365.yaml input=/data/places365_standard": "placeholder /data input; Ray + GPUs",
     "input=/data/places365_train_standard.txt": "placeholder /data list file; Ray + GPUs",
     "input=s3://bucket/places365_standard": "placeholder s3:// input behind ray job submit",
+    "output=s3://bucket/olrd": "placeholder bucket (Object storage); Ray + GPUs",
     # Not config-driven: only its arguments are parsed (the shard path is a placeholder).
     "preview /data/olrd/olrd-000000.tar": "placeholder shard under /data",
     # Trainer: real SD 1.5 weights, s3:// shards, GPUs, or the shards `make demo` builds first.
