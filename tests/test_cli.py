@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from magiceraser import cli
-from magiceraser.cli import COMMANDS, CONFIG_CLASSES, config_argparser, load_cli_config, main
+from magiceraser import cli_args
+from magiceraser.cli import COMMANDS, main
+from magiceraser.cli_args import CONFIG_CLASSES, config_argparser, load_cli_config
 from magiceraser.config import ConfigError, config_keys
 from magiceraser.errors import UserError
 
@@ -81,7 +82,7 @@ def test_other_exceptions_keep_their_traceback(toy):
 def test_debug_flag_reraises(toy, argv):
     with pytest.raises(UserError, match="user's mistake"):
         main(argv)
-    assert not cli._debug_from_argv  # reset after the command
+    assert not cli_args._debug_from_argv  # reset after the command
 
 
 def test_debug_env_reraises(toy, monkeypatch):
@@ -192,7 +193,7 @@ def test_registered_config_class_is_the_one_loaded(command, monkeypatch):
     monkeypatch.setattr(magiceraser.config, "load_config", capture)
     with pytest.raises(_Loaded) as exc:
         main([command, *REQUIRED_ARGS.get(command, [])])
-    assert exc.value.args[0] is cli.resolve_config_class(CONFIG_CLASSES[command])
+    assert exc.value.args[0] is cli_args.resolve_config_class(CONFIG_CLASSES[command])
 
 
 @pytest.mark.parametrize("command", sorted(CONFIG_CLASSES))
@@ -201,7 +202,7 @@ def test_help_lists_every_config_key(command, capsys):
         main([command, "--help"])
     assert exc.value.code == 0
     out = capsys.readouterr().out
-    rows = config_keys(cli.resolve_config_class(CONFIG_CLASSES[command]))
+    rows = config_keys(cli_args.resolve_config_class(CONFIG_CLASSES[command]))
     assert rows
     for key, tp, default, _doc in rows:
         assert re.search(rf"^  {re.escape(key)}\s+{re.escape(tp)} = {re.escape(default)}", out, re.M), (key, out)

@@ -719,7 +719,7 @@ def _write(cfg: OLRDConfig, out: Folder, job: dict, sidecars: dict[int, dict], l
         lock.check()  # never write over the shards of a job that took our lock over
     sidecars[shard] = write_shard(out, result, job)
 def main(argv: Sequence[str] | None = None) -> int:
-    from magiceraser.cli import config_argparser, load_cli_config
+    from magiceraser.cli_args import config_argparser, load_cli_config
 
     parser = config_argparser("olrd", "Build OLRD training shards (segment, shift+blend, caption) on Ray.")
     args = parser.parse_args(argv)

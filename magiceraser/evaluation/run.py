@@ -36,7 +36,7 @@ def print_result(result: EvaluationResult) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from magiceraser.cli import config_argparser, load_cli_config
+    from magiceraser.cli_args import config_argparser, load_cli_config
 
     parser = config_argparser("evaluate", "Evaluate methods with the paper's protocol (letterbox 512, PSNR/SSIM/LPIPS/FID).")
     args = parser.parse_args(argv)

@@ -61,7 +61,7 @@ def _wait_for_stop() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from magiceraser.cli import config_argparser, load_cli_config
+    from magiceraser.cli_args import config_argparser, load_cli_config
     from magiceraser.pipelines.erase import checks
 
     parser = config_argparser("serve", __doc__.split("\n\n")[0])

@@ -362,7 +362,7 @@ def check_cache_matches(cache_dir: str, train_cfg, train_vae_digest: str) -> Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from magiceraser.cli import config_argparser, load_cli_config
+    from magiceraser.cli_args import config_argparser, load_cli_config
 
     parser = config_argparser("cache-latents", "precompute VAE latents of OLRD shards for the trainer")
     args = parser.parse_args(argv)

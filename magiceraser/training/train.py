@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from magiceraser.cli import config_argparser, load_cli_config
+from magiceraser.cli_args import config_argparser, load_cli_config
 from magiceraser.training.logs import setup_logging
 
 

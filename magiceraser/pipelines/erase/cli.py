@@ -430,7 +430,7 @@ def parse_class_flags(mask: str | None, classes: str | None, class_dilation: int
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from magiceraser.cli import config_argparser, load_cli_config
+    from magiceraser.cli_args import config_argparser, load_cli_config
 
     parser = config_argparser("erase", __doc__.split("\n\n")[0])
     parser.add_argument("--image", required=True, help="image file, or a directory of images")
