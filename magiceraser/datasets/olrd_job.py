@@ -37,7 +37,6 @@ line naming the key, with exit code 2, instead of a traceback or an ActorDiedErr
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -76,6 +75,9 @@ from magiceraser.datasets.shards import (
     write_skip_log,
 )
 from magiceraser.errors import UserError
+from magiceraser.fingerprint import changed, flatten
+from magiceraser.fingerprint import describe_changes as fingerprint_changes
+from magiceraser.fingerprint import digest as fingerprint_digest
 from magiceraser.storage import Folder, public_options
 
 
@@ -101,27 +103,8 @@ def job_fingerprint(cfg: OLRDConfig, items: list[InputItem]) -> dict[str, Any]:
         "segmenter": [cfg.segmenter.backend, cfg.segmenter.model if cfg.segmenter.backend == "mask2former" else cfg.segmenter.annotations],
         "captioner": [cfg.captioner.model, cfg.captioner.max_new_tokens, cfg.captioner.max_tags],
     }
-    digest = hashlib.sha256(json.dumps(deps, sort_keys=True).encode()).hexdigest()
+    digest = fingerprint_digest(deps)
     return {"fingerprint": digest, "num_inputs": len(items), **deps}
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested settings as dotted keys, so a change is named down to the field (``compose.seed_x``)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-_MISSING = object()
-
-
-def _short(value: Any) -> str:
-    text = "(none)" if value is _MISSING else json.dumps(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -129,13 +112,12 @@ def describe_changes(old: dict[str, Any], new: dict[str, Any]) -> str:
 
     'unknown' when ``old`` holds none of them (a record that kept only the digest).
     """
-    flat_old, flat_new = _flatten({k: v for k, v in old.items() if k != "fingerprint"}), _flatten(
-        {k: v for k, v in new.items() if k != "fingerprint"})
-    if not flat_old:
+    old = {k: v for k, v in old.items() if k != "fingerprint"}
+    new = {k: v for k, v in new.items() if k != "fingerprint"}
+    if not flatten(old):
         return "unknown"
-    changed = [f"{k}: {_short(flat_old.get(k, _MISSING))} -> {_short(v)}"
-               for k, v in sorted(flat_new.items()) if flat_old.get(k, _MISSING) != v]
-    return ", ".join(changed) or "unknown"
+    in_new = flatten(new)
+    return fingerprint_changes({k: ab for k, ab in changed(old, new).items() if k in in_new})
 
 
 def _refuse_other_job(out: Folder, what: str, old: dict[str, Any], job: dict[str, Any]) -> JobError:
