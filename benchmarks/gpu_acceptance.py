@@ -566,7 +566,7 @@ def section_mask2former(ctx: Ctx) -> None:
     """The data engine's Mask2Former segmenter (fp16 on GPU), batch 1 and 16, post-processing included."""
     import numpy as np
 
-    from magiceraser.datasets.segment import Mask2FormerSegmenter
+    from magiceraser.models.segmenter import Mask2FormerSegmenter
 
     s = ctx.sizes
     rng = np.random.default_rng(0)
@@ -637,7 +637,7 @@ def section_llava(ctx: Ctx) -> None:
     import torch
     from transformers import LlavaForConditionalGeneration
 
-    from magiceraser.datasets.caption import TransformersCaptioner
+    from magiceraser.models.captioner import TransformersCaptioner
     from magiceraser.tiny_models.llava import CHAT_TEMPLATE, _train_tokenizer
 
     s = ctx.sizes

@@ -167,11 +167,11 @@ class SegmentStage:
         cfg = dict(segmenter)
         self.backend = cfg["backend"]
         if self.backend == "coco_panoptic":
-            from magiceraser.datasets.segment import CocoPanopticAnnotations
+            from magiceraser.datasets.coco_panoptic import CocoPanopticAnnotations
 
             self.model = CocoPanopticAnnotations(cfg["annotations"], cfg.get("png_dir") or None)
         else:
-            from magiceraser.datasets.segment import Mask2FormerSegmenter
+            from magiceraser.models.segmenter import Mask2FormerSegmenter
 
             self.model = Mask2FormerSegmenter(
                 cfg["model"], device=cfg.get("device", "auto"), dtype=cfg.get("dtype", "auto"),
@@ -189,7 +189,7 @@ class SegmentStage:
         return compose_batch(self.segment(batch), **self.compose)
 
     def segment(self, batch: Batch) -> Batch:
-        from magiceraser.datasets.segment import AnnotationError
+        from magiceraser.datasets.coco_panoptic import AnnotationError
 
         batch = _mutable(batch)
         alive = _alive(batch)
@@ -267,8 +267,8 @@ class CaptionStage:
 
     def __init__(self, captioner: dict[str, Any]):
         from magiceraser.config import build_config
-        from magiceraser.datasets.caption import build_captioner
         from magiceraser.datasets.config import CaptionerConfig
+        from magiceraser.models.captioner import build_captioner
 
         self.model = build_captioner(build_config(CaptionerConfig, captioner))
         self.model_id = self.model.model_id

@@ -113,7 +113,8 @@ def build_method(cfg: MethodConfig, device: str = "cpu", dtype: str | None = Non
     """The callable that erases ``size`` x ``size`` images with ``cfg``; MethodUnavailable when weights are absent."""
     if cfg.kind in ("telea", "lama"):
         try:
-            from magiceraser.pipelines.erase.content_init import LamaInpainter, TeleaInpainter
+            from magiceraser.models.lama import LamaInpainter
+            from magiceraser.pipelines.erase.content_init import TeleaInpainter
         except ImportError as exc:
             raise MethodUnavailable(f"the eraser's content initialisers are not importable: {exc}") from exc
         if cfg.kind == "telea":
@@ -192,7 +193,7 @@ def read_prompts(path: str) -> dict[str, str]:
 def load_segmenter(model: str, device: str = "cpu"):
     """Mask2Former panoptic segmenter from the data engine; MethodUnavailable when absent."""
     try:
-        from magiceraser.datasets.segment import Mask2FormerSegmenter
+        from magiceraser.models.segmenter import Mask2FormerSegmenter
     except ImportError as exc:
         raise MethodUnavailable(f"the data engine's segmenter is not importable: {exc}") from exc
     try:

@@ -48,7 +48,7 @@ def build_segmenter(cfg: ServeConfig, device: str):
     """The config's Mask2Former with the service's post-processing thresholds, or None."""
     if not cfg.segmenter:
         return None
-    from magiceraser.datasets.segment import Mask2FormerSegmenter
+    from magiceraser.models.segmenter import Mask2FormerSegmenter
 
     s = cfg.serve
     return Mask2FormerSegmenter(

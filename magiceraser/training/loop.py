@@ -25,6 +25,7 @@ from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME
 from magiceraser.config import config_to_dict, save_config
 from magiceraser.errors import UserError
 from magiceraser.fingerprint import digest
+from magiceraser.models.stable_diffusion import load_base_components
 from magiceraser.olrd_samples import expand_urls
 from magiceraser.training import checkpoint as ckpt
 from magiceraser.training import resume as resume_checks
@@ -45,7 +46,6 @@ from magiceraser.training.model import (
     PromptTuner,
     diffusion_loss,
     draw_step_noise,
-    load_base_components,
 )
 from magiceraser.training.tracking import NullLogger, RunLogger
 

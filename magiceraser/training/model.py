@@ -29,28 +29,6 @@ log = logging.getLogger(__name__)
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def load_base_components(base_model: str, revision: str | None = None) -> dict[str, Any]:
-    """Tokenizer, text encoder, VAE, UNet and DDPM noise scheduler of an SD-inpainting model."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    kw = dict(revision=revision)
-    unet = UNet2DConditionModel.from_pretrained(base_model, subfolder="unet", **kw)
-    if unet.config.in_channels != 9:
-        raise ValueError(
-            f"{base_model} has a UNet with {unet.config.in_channels} input channels; the trainer needs an "
-            "inpainting UNet (9 = noisy latent 4 + mask 1 + masked-image latent 4), e.g. stable-diffusion-v1-5/stable-diffusion-inpainting"
-        )
-    return dict(
-        tokenizer=CLIPTokenizer.from_pretrained(base_model, subfolder="tokenizer", **kw),
-        text_encoder=CLIPTextModel.from_pretrained(base_model, subfolder="text_encoder", attn_implementation="sdpa", **kw),
-        vae=AutoencoderKL.from_pretrained(base_model, subfolder="vae", **kw),
-        unet=unet,
-        # The paper trains with DDPM noise; the base model's scheduler config carries its betas.
-        noise_scheduler=DDPMScheduler.from_pretrained(base_model, subfolder="scheduler", **kw),
-    )
-
-
 class PromptTuner(nn.Module):
     """Frozen SD-inpainting components + trainable v* and UNet LoRA."""
 

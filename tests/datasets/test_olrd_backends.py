@@ -26,7 +26,7 @@ def test_tiny_mask2former_files_and_label_map(tiny_mask2former):
 def test_mask2former_segmenter_fuses_stuff_and_maps_labels(tiny_mask2former):
     import torch
 
-    from magiceraser.datasets.segment import Mask2FormerSegmenter
+    from magiceraser.models.segmenter import Mask2FormerSegmenter
 
     seg = Mask2FormerSegmenter(str(tiny_mask2former), device="cpu", batch_size=2, mask_threshold=0.0,
                                overlap_mask_area_threshold=0.0)
@@ -55,8 +55,7 @@ def test_mask2former_segmenter_fuses_stuff_and_maps_labels(tiny_mask2former):
 def test_coco_panoptic_round_trip_and_png_encoding(tmp_path):
     from PIL import Image
 
-    from magiceraser.datasets.coco_panoptic import write_coco_panoptic
-    from magiceraser.datasets.segment import CocoPanopticAnnotations
+    from magiceraser.datasets.coco_panoptic import CocoPanopticAnnotations, write_coco_panoptic
 
     seg = np.zeros((40, 50), np.int32)
     seg[:20] = 7
@@ -91,7 +90,7 @@ def test_coco_panoptic_round_trip_and_png_encoding(tmp_path):
 def test_tiny_llava_loads_with_stock_classes_and_captions(tiny_llava):
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
-    from magiceraser.datasets.caption import TransformersCaptioner
+    from magiceraser.models.captioner import TransformersCaptioner
 
     processor = AutoProcessor.from_pretrained(tiny_llava)
     assert "<image>" in processor.tokenizer.get_vocab()
@@ -109,7 +108,7 @@ def test_tiny_llava_loads_with_stock_classes_and_captions(tiny_llava):
 
 @pytest.mark.gpu
 def test_vllm_captioner_on_gpu(tiny_llava):
-    from magiceraser.datasets.caption import VllmCaptioner
+    from magiceraser.models.captioner import VllmCaptioner
 
     cap = VllmCaptioner(str(tiny_llava), max_new_tokens=8, gpu_memory_utilization=0.3, max_model_len=256)
     captions = cap.caption(_images(4, 64, 80), ["Describe the grass in the image."] * 4)
@@ -121,8 +120,7 @@ def test_vllm_captioner_on_gpu(tiny_llava):
 
 def test_coco_panoptic_matches_places365_trees_by_path_not_base_name(tmp_path):
     """``airfield/00000001.jpg`` and ``beach/00000001.jpg`` keep their own segments (the second used to win)."""
-    from magiceraser.datasets.coco_panoptic import write_coco_panoptic
-    from magiceraser.datasets.segment import CocoPanopticAnnotations
+    from magiceraser.datasets.coco_panoptic import CocoPanopticAnnotations, write_coco_panoptic
 
     dog, sky = coco.BY_NAME["dog"].label, coco.BY_NAME["sky-other-merged"].label
     a = np.full((30, 40), 3, np.int32)

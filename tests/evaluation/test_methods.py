@@ -125,7 +125,7 @@ def test_evaluate_with_tiny_models(tmp_path, tiny_sd, trained_dir, tiny_mask2for
     assert [r["method"] for r in rows] == ["Telea", "LaMa", "SD Inpainting", "MagicEraser"]
     assert all(r["count"] == "2" and r["failed"] == "0" for r in rows)
 
-    from magiceraser.datasets.segment import Mask2FormerSegmenter
+    from magiceraser.models.segmenter import Mask2FormerSegmenter
     from magiceraser.panoptic import regrowth_fraction
 
     seg = Mask2FormerSegmenter(str(tiny_mask2former))

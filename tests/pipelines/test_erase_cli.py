@@ -96,7 +96,7 @@ def test_shipped_configs_load():
 
 
 def test_with_tiny_mask2former(tiny_sd, tiny_mask2former):
-    seg_mod = pytest.importorskip("magiceraser.datasets.segment")
+    seg_mod = pytest.importorskip("magiceraser.models.segmenter")
     from magiceraser.coco import BY_NAME
     from magiceraser.pipelines import MagicEraserPipeline
 

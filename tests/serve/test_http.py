@@ -40,7 +40,7 @@ def client(app):
 @pytest.fixture(scope="module")
 def segmenter(thing_segmenter):
     """The service's segmenter, in this process."""
-    from magiceraser.datasets.segment import Mask2FormerSegmenter
+    from magiceraser.models.segmenter import Mask2FormerSegmenter
 
     return Mask2FormerSegmenter(str(thing_segmenter), threshold=0.0, mask_threshold=0.0, overlap_mask_area_threshold=0.0)
 

@@ -92,7 +92,7 @@ def test_upload_brush_click_erase_and_see_the_result(app, browser, thing_segment
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from magiceraser.datasets.segment import Mask2FormerSegmenter
+    from magiceraser.models.segmenter import Mask2FormerSegmenter
 
     h, w = 120, 160
     img = photo(h, w, seed=9)

@@ -19,10 +19,11 @@ from safetensors.torch import load_file
 
 from magiceraser.artifacts import read_trained_output
 from magiceraser.errors import UserError
+from magiceraser.models.stable_diffusion import load_base_components
 from magiceraser.prompts import DEFAULT_TOKEN, learned_prompt
 from magiceraser.training import checkpoint as ckpt
 from magiceraser.training.loop import Trainer, run_training
-from magiceraser.training.model import diffusion_loss, draw_step_noise, load_base_components
+from magiceraser.training.model import diffusion_loss, draw_step_noise
 
 REPO = Path(__file__).resolve().parents[2]
 

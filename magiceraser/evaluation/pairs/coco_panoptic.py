@@ -17,8 +17,8 @@ def iter_coco_panoptic(
     min_long_side: int = 0, compose_cfg=None,
 ) -> Iterator[PairOrSkip]:
     """Up to ``num_pairs`` OLRD pairs from COCO panoptic ground truth, images in a seeded order."""
+    from magiceraser.datasets.coco_panoptic import CocoPanopticAnnotations
     from magiceraser.datasets.compose import ComposeConfig
-    from magiceraser.datasets.segment import CocoPanopticAnnotations
 
     images_dir = Path(images_dir)
     ann = CocoPanopticAnnotations(panoptic_json, panoptic_dir)

@@ -78,7 +78,7 @@ def build_pipeline(cfg: EraseConfig):
     device = resolve_device(cfg.device)
     segmenter = None
     if cfg.segmenter:
-        from magiceraser.datasets.segment import Mask2FormerSegmenter
+        from magiceraser.models.segmenter import Mask2FormerSegmenter
 
         segmenter = Mask2FormerSegmenter(cfg.segmenter, device=device)
     content_init: Any = cfg.content_init

@@ -208,34 +208,9 @@ class MagicEraserPipeline:
         ``scheduler``: "ddim" (default, deterministic, one evaluation per step, built from the
         model's scheduler config) or "model" (the checkpoint's own scheduler).
         """
-        import torch
-        from diffusers import StableDiffusionInpaintPipeline
+        from magiceraser.models.stable_diffusion import load_inpaint_pipeline
 
-        from magiceraser.artifacts import read_trained_output
-
-        if dtype is None:
-            dtype = torch.float16 if str(device).startswith("cuda") else torch.float32
-        elif isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
-        trained = read_trained_output(trained_dir) if trained_dir else None
-        sd = StableDiffusionInpaintPipeline.from_pretrained(
-            str(base_model), dtype=dtype, safety_checker=None, requires_safety_checker=False
-        )
-        token = None
-        if trained is not None:
-            sd.load_lora_weights(str(trained.path))
-            sd.load_textual_inversion(str(trained.embeds_path), token=trained.token)
-            token = trained.token
-        if scheduler == "ddim":
-            from diffusers import DDIMScheduler
-
-            # One UNet evaluation per step, so exactly ⌊T·s⌋ steps run from z_T' (docs/method.md, Eq. 3);
-            # the model's own PNDM repeats its first step, which would make it ⌊T·s⌋ + 1 evaluations.
-            sd.scheduler = DDIMScheduler.from_config(sd.scheduler.config)
-        elif scheduler != "model":
-            raise ValueError(f"scheduler must be 'ddim' or 'model', got {scheduler!r}")
-        sd.to(device)
-        sd.set_progress_bar_config(disable=True)
+        sd, token = load_inpaint_pipeline(base_model, trained_dir=trained_dir, device=device, dtype=dtype, scheduler=scheduler)
         if isinstance(content_init, str) and content_init == "lama":
             content_init = make_content_initializer("lama", lama_path, device=str(device))
         return cls(sd, segmenter=segmenter, content_init=content_init, lama_path=lama_path, token=token,

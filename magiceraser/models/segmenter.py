@@ -1,9 +1,9 @@
-"""Panoptic segmentation backends of the data engine.
+"""The panoptic segmenter every part uses (data engine, eraser, evaluation, service).
 
-* :class:`Mask2FormerSegmenter`: ``Mask2FormerForUniversalSegmentation`` through transformers
-  (no detectron2), batched, float16 on GPU, stuff instances fused (``label_ids_to_fuse``), labels
-  mapped by name onto :mod:`magiceraser.coco`'s contiguous COCO panoptic label space.
-* :class:`CocoPanopticAnnotations` (from :mod:`magiceraser.datasets.coco_panoptic`): ground truth.
+:class:`Mask2FormerSegmenter`: ``Mask2FormerForUniversalSegmentation`` through transformers (no
+detectron2), batched, float16 on GPU, stuff instances fused (``label_ids_to_fuse``), labels mapped
+by name onto :mod:`magiceraser.coco`'s contiguous COCO panoptic label space. The ground-truth
+backend of the data engine is :class:`magiceraser.datasets.coco_panoptic.CocoPanopticAnnotations`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from magiceraser import coco
-from magiceraser.datasets.coco_panoptic import AnnotationError, CocoPanopticAnnotations
 from magiceraser.devices import default_dtype, resolve_device
 from magiceraser.panoptic import PanopticResult, Segment
 
-__all__ = ["Mask2FormerSegmenter", "CocoPanopticAnnotations", "AnnotationError"]
+__all__ = ["Mask2FormerSegmenter"]
 
 
 def _image_processor(model: str):
