@@ -7,11 +7,12 @@ Both weight files are in the formats stock diffusers loads:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from magiceraser.fingerprint import file_sha256
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 EMBEDS_NAME = "learned_embeds.safetensors"
@@ -32,14 +33,6 @@ class TrainedOutput:
     @property
     def embeds_path(self) -> Path:
         return self.path / EMBEDS_NAME
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_trained_output(path: str | Path) -> TrainedOutput:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
-__all__ = ["digest", "config_digest", "flatten", "changed", "describe_changes"]
+__all__ = ["digest", "file_sha256", "config_digest", "flatten", "changed", "describe_changes"]
 
 _MISSING = object()
 
@@ -21,6 +22,15 @@ _MISSING = object()
 def digest(obj: Any) -> str:
     """sha256 of the canonical JSON of ``obj`` (key order does not matter)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 hex of a file's bytes, read in 1 MiB chunks (weights and results can be large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def config_digest(config: Mapping[str, Any]) -> str:

@@ -23,8 +23,9 @@ from typing import Any
 
 import torch
 
-from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME, file_sha256
+from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME
 from magiceraser.atomic import TMP_PREFIX, atomic_write_json, make_shareable, remove_stale_temporaries
+from magiceraser.fingerprint import file_sha256
 
 
 def unet_lora_state_dict(unet) -> dict[str, torch.Tensor]:

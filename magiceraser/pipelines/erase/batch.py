@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from magiceraser.fingerprint import digest
+from magiceraser.fingerprint import file_sha256 as sha256_file
 from magiceraser.pipelines.erase.checks import EraseUserError
 from magiceraser.pipelines.erase.config import EraseConfig
 
@@ -113,15 +115,6 @@ def plan_batch(image_dir: Path, mask_dir: Path | None, out_dir: Path, fmt: str, 
     return BatchPlan(sorted(pairs, key=lambda p: p.image.name), sorted(no_mask), sorted(orphans))
 
 
-def sha256_file(path: Path) -> str:
-    """sha256 hex of a file's bytes, read in chunks (results can be tens of MB)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _model_listing(name: str | None) -> Any:
     """What a model setting points at: for a local file or folder a listing (path, size, mtime) of its files,
     so a retrained ``trained_dir`` under the same name changes the fingerprint; else the id itself."""
@@ -140,8 +133,7 @@ def settings_key(cfg: EraseConfig) -> str:
     """sha256 of everything besides the two inputs that decides a result: config fields, model files, code version."""
     fields = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in NOT_IN_FINGERPRINT}
     models = {k: _model_listing(getattr(cfg, k)) for k in ("base_model", "trained_dir", "segmenter", "lama_path")}
-    blob = json.dumps({"eraser_version": ERASER_VERSION, "config": fields, "models": models}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return digest({"eraser_version": ERASER_VERSION, "config": fields, "models": models})
 
 
 def fingerprint(image_bytes: bytes, mask_bytes: bytes, settings: str) -> str:
