@@ -202,7 +202,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="200 and 600 images instead of 200 and 2000")
     parser.add_argument("--workdir", default=None, help="keep inputs/outputs here (default: a temp dir)")
-    parser.add_argument("overrides", nargs="*", help="key=value overrides of the job config (e.g. layout=segment)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the job config (e.g. layout=decode_in_segmenter)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

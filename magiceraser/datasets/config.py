@@ -26,6 +26,9 @@ def _check_pool(prefix: str, num_actors: int, num_gpus: float, num_cpus: float, 
         raise ValueError(f"{prefix}.batch_size must be >= 1, got {batch_size}")
 
 
+# Layout names before they said what they are -> their names now (old configs keep working).
+LEGACY_LAYOUTS = {"split": "per_stage", "segment": "decode_in_segmenter", "single": "one_pool"}
+
 @dataclass
 class SegmenterConfig:
     """Panoptic segmentation stage (a Ray actor pool)."""
@@ -149,16 +152,17 @@ class OLRDConfig:
     """Panoptic segmentation backend and its actor pool."""
     captioner: CaptionerConfig = field(default_factory=CaptionerConfig)
     """Captioning backend and its actor pool."""
-    layout: Literal["auto", "split", "segment", "single"] = "auto"
-    """How stages map onto Ray. 'split': decode and compose are Ray tasks, segmentation and captioning
-    actor pools (CPU work overlaps GPU models; for GPU clusters). 'segment': decode and compose run
-    inside the segmentation actors (no decoded pixels or panoptic maps cross the object store).
-    'single': one pool of captioner.num_actors actors runs every stage, each holding both models
-    with the resources of one segmentation plus one caption actor (no queue between stages: the
-    fastest and leanest on CPUs). 'auto': 'single' when neither model has a GPU, 'segment' when only
-    the captioner has one, else 'split'."""
+    layout: Literal["auto", "per_stage", "decode_in_segmenter", "one_pool", "split", "segment", "single"] = "auto"
+    """How stages map onto Ray. 'per_stage': decode and compose are Ray tasks, segmentation and
+    captioning actor pools (CPU work overlaps GPU models; for GPU clusters). 'decode_in_segmenter':
+    decode and compose run inside the segmentation actors (no decoded pixels or panoptic maps cross
+    the object store). 'one_pool': one pool of captioner.num_actors actors runs every stage, each
+    holding both models with the resources of one segmentation plus one caption actor (no queue
+    between stages: the fastest and leanest on CPUs). 'auto': 'one_pool' when neither model has a
+    GPU, 'decode_in_segmenter' when only the captioner has one, else 'per_stage'. The former names
+    'split', 'segment', 'single' are still accepted."""
     read_batch_size: int = 16
-    """Inputs per batch of the read/decode and compose tasks (layout split)."""
+    """Inputs per batch of the read/decode and compose tasks (layout per_stage)."""
     task_num_cpus: float = 1.0
     """CPUs per read/decode and compose task (fractions let tasks share cores with model actors)."""
     ray_address: str = ""
@@ -185,6 +189,7 @@ class OLRDConfig:
     """A job's output lock (OUT/job.lock) whose heartbeat is older than this is stale and taken over; keep it well above clock skew between hosts."""
 
     def __post_init__(self) -> None:
+        self.layout = LEGACY_LAYOUTS.get(self.layout, self.layout)
         if self.samples_per_shard < 1:
             raise ValueError(f"samples_per_shard must be >= 1, got {self.samples_per_shard}")
         if not 1 <= self.jpeg_quality <= 100:

@@ -2,10 +2,10 @@
 
 Data flow (every stage streams; Ray Data's bars show each operator), by ``layout``::
 
-    split:   listing (driver) -> read+decode (tasks) -> segment (actor pool) -> compose (tasks)
-                 -> caption (actor pool) -> driver: one shard at a time, tar + sidecar, atomically
-    segment: listing -> read+decode+segment+compose (actor pool) -> caption (actor pool) -> driver
-    single:  listing -> every stage in one actor pool -> driver
+    per_stage:            listing (driver) -> read+decode (tasks) -> segment (actor pool) -> compose (tasks)
+                          -> caption (actor pool) -> driver: one shard at a time, tar + sidecar, atomically
+    decode_in_segmenter:  listing -> read+decode+segment+compose (actor pool) -> caption (actor pool) -> driver
+    one_pool:             listing -> every stage in one actor pool -> driver
 
 The stage code is the same in every layout (``stages.py``), so the shards are byte-identical.
 
@@ -265,16 +265,16 @@ def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str, el
             )
 
     # One input block per first-stage batch keeps its work small and evenly spread.
-    first_batch = {"split": cfg.read_batch_size, "segment": seg.batch_size, "single": cap.batch_size}[layout]
+    first_batch = {"per_stage": cfg.read_batch_size, "decode_in_segmenter": seg.batch_size, "one_pool": cap.batch_size}[layout]
     ds = ray.data.from_arrow(input_blocks(items, first_batch))
-    if layout == "single":
+    if layout == "one_pool":
         return actor_stage(
             ds, SingleStage, cap.num_actors, seg.num_cpus + cap.num_cpus, seg.num_gpus + cap.num_gpus, cap.batch_size,
             fn_constructor_kwargs={"segmenter": config_to_dict(seg), "read": read_kwargs, "compose": compose_kwargs,
                                    "captioner": config_to_dict(cap)},
             **caption_env,
         )
-    fused = layout == "segment"
+    fused = layout == "decode_in_segmenter"
     if not fused:
         ds = ds.map_batches(read_images, batch_size=cfg.read_batch_size, batch_format="numpy",
                             num_cpus=cfg.task_num_cpus, fn_kwargs=read_kwargs)
@@ -292,12 +292,12 @@ def build_dataset(cfg: OLRDConfig, items: list[InputItem], segmenter_id: str, el
 
 
 def stage_layout(cfg: OLRDConfig) -> str:
-    """The layout ``cfg.layout`` resolves to: 'split', 'segment' or 'single' (see ``OLRDConfig.layout``)."""
+    """The layout ``cfg.layout`` resolves to: 'per_stage', 'decode_in_segmenter' or 'one_pool' (see ``OLRDConfig.layout``)."""
     if cfg.layout != "auto":
         return cfg.layout
     if cfg.segmenter.num_gpus == 0 and cfg.captioner.num_gpus == 0:
-        return "single"
-    return "segment" if cfg.segmenter.num_gpus == 0 else "split"
+        return "one_pool"
+    return "decode_in_segmenter" if cfg.segmenter.num_gpus == 0 else "per_stage"
 
 
 def segmenter_id(cfg: OLRDConfig) -> str:

@@ -291,7 +291,7 @@ class CaptionStage:
 
 
 class SingleStage:
-    """Every stage in one actor (the ``single`` layout): decode, segment, compose, caption.
+    """Every stage in one actor (the ``one_pool`` layout): decode, segment, compose, caption.
 
     Nothing but the encoded outputs crosses the object store and no stage queues work for the
     next, so memory does not depend on how far one stage runs ahead of another.

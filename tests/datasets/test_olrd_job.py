@@ -150,7 +150,7 @@ def test_shards_read_back_with_ray_data(uninterrupted):
     assert keys == sorted(k for t in out.glob("olrd-*.tar") for k in _tar_keys(t))
 
 
-@pytest.mark.parametrize("layout", ["split", "segment"])
+@pytest.mark.parametrize("layout", ["per_stage", "segment"])  # "segment": the former name of decode_in_segmenter
 def test_every_layout_writes_the_same_bytes(uninterrupted, job_config, local_ray, tmp_path, layout):
     """Decode/compose as Ray tasks or inside the segment actors: same shards as the single-pool run."""
     full, _ = uninterrupted
