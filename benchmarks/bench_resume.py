@@ -38,16 +38,12 @@ def main() -> None:
     from olrd_fixture import write_olrd_shards
     from transformers import CLIPTokenizer
 
+    from magiceraser.olrd_samples import expand_urls
     from magiceraser.prompts import DEFAULT_TOKEN
     from magiceraser.tiny_models import write_tiny_models
-    from magiceraser.training.data import (
-        ExampleSpec,
-        StreamSpec,
-        expand_urls,
-        make_loader,
-        shuffled_windows,
-        stable_seed,
-    )
+    from magiceraser.training.data import StreamSpec, make_loader, shuffled_windows
+    from magiceraser.training.examples import ExampleSpec
+    from magiceraser.training.sampling import stable_seed
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-resume-"))
     model_dir = write_tiny_models(tmp / "models", ["sd-inpaint"])["sd-inpaint"]

@@ -37,8 +37,9 @@ def main() -> None:
     from conftest import tiny_train_config
     from olrd_fixture import write_olrd_shards
 
+    from magiceraser.olrd_samples import expand_urls
     from magiceraser.tiny_models import write_tiny_models
-    from magiceraser.training.data import expand_urls, make_loader
+    from magiceraser.training.data import make_loader
     from magiceraser.training.loop import Trainer
     from magiceraser.training.model import sample_latents
 

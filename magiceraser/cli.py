@@ -25,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo-scenes": ("magiceraser.datasets.demo_scenes", "main", "build demo scenes with panoptic annotations from skimage.data"),
     "olrd": ("magiceraser.datasets.olrd_job", "main", "build OLRD training shards on Ray"),
     "preview": ("magiceraser.datasets.preview", "main", "render a grid of samples from an OLRD shard to PNG"),
-    "cache-latents": ("magiceraser.training.latent_cache", "main", "precompute VAE latents of OLRD shards"),
+    "cache-latents": ("magiceraser.training.latent_cache.cli", "main", "precompute VAE latents of OLRD shards"),
     "train": ("magiceraser.training.train", "main", "prompt-tune v* and LoRA on SD 1.5 Inpainting"),
     "erase": ("magiceraser.pipelines.erase.cli", "main", "erase masked objects from images"),
     "serve": ("magiceraser.serve.cli", "main", "serve the eraser on Ray Serve: HTTP API and a browser page"),

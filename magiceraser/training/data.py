@@ -15,8 +15,9 @@ Per DataLoader worker of each training process:
 6. position: (first draw of the window, samples taken from it) is the data position saved in
    checkpoints; a resumed run reads that one window again and skips into it, so the cost of a
    resume does not grow with the step (shard and offset arithmetic, as mosaicml/streaming does).
-7. ``make_example``: decode, crop containing the whole mask, resize, build the stock diffusers
-   inpainting inputs, pick the prompt, tokenize. A corrupt sample is logged and skipped.
+7. ``examples.make_pixel_example``: decode, crop containing the whole mask, resize, build the
+   stock diffusers inpainting inputs; then pick the prompt (``sampling.choose_prompt``) and
+   tokenize. A corrupt sample is logged and skipped.
 8. batching inside the worker, so each batch carries (worker, position) for checkpoints.
 
 Geometric randomness (crop, mask jitter) is a function of (seed, sample key), so the latent cache
@@ -25,9 +26,6 @@ can store it; prompt choice is a function of (seed, rank, worker, position), so 
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -37,8 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from magiceraser.olrd_samples import CorruptSample, _member, decode_olrd, expand_urls, read_tar_samples
-from magiceraser.prompts import learned_prompt
+from magiceraser.olrd_samples import CorruptSample, decode_olrd, expand_urls, read_tar_samples
+from magiceraser.training.examples import ExampleSpec, InpaintingInputs, decode_cached, make_pixel_example
+from magiceraser.training.sampling import choose_prompt, in_subset, stable_seed
 
 log = logging.getLogger(__name__)
 
@@ -59,88 +58,6 @@ def assign_shards(urls: Sequence[str], rank: int, world_size: int, worker: int, 
     if len(urls) >= streams:
         return list(urls[index::streams])
     return list(urls)
-
-
-def stable_seed(*parts: Any) -> int:
-    """A 63-bit seed from any printable parts, identical in every process and Python version."""
-    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1
-
-
-def in_subset(key: str, seed: int, fraction: float) -> bool:
-    """Deterministic random subset membership of a sample key (phase-1 textual inversion)."""
-    if fraction >= 1.0:
-        return True
-    return stable_seed("subset", seed, key) / 2**63 < fraction
-
-
-def crop_box_containing(
-    bbox: tuple[int, int, int, int], height: int, width: int, scale_min: float, rng: np.random.Generator
-) -> tuple[int, int, int, int]:
-    """A crop (x0, y0, x1, y1), exclusive ends, that contains ``bbox`` and lies inside the image.
-
-    Square with side in [max(mask extent, scale_min * short side), short side] when the mask fits
-    in a square; otherwise the smallest rectangle spanning the mask and the short side (resizing
-    then squeezes it, which keeps the whole mask, as required, at the cost of aspect).
-    """
-    x0, y0, x1, y1 = bbox
-    if not (0 <= x0 < x1 <= width and 0 <= y0 < y1 <= height):
-        raise ValueError(f"bbox {bbox} is empty or outside a {width}x{height} image")
-    short = min(height, width)
-    need = max(x1 - x0, y1 - y0)
-    if need <= short:
-        lo = max(need, int(np.ceil(scale_min * short)))
-        side_x = side_y = int(rng.integers(lo, short + 1))
-    else:
-        side_x, side_y = min(width, max(need, short)), min(height, max(need, short))
-    cx = int(rng.integers(max(0, x1 - side_x), min(x0, width - side_x) + 1))
-    cy = int(rng.integers(max(0, y1 - side_y), min(y0, height - side_y) + 1))
-    return cx, cy, cx + side_x, cy + side_y
-
-
-def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """Bounding box (x0, y0, x1, y1), exclusive ends, of a non-empty bool mask."""
-    ys, xs = np.nonzero(mask)
-    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
-
-
-def random_mask(size: int, rng: np.random.Generator, max_shapes: int = 4) -> np.ndarray:
-    """A random inpainting mask (bool size x size) of rectangles, ellipses and thick strokes."""
-    import cv2
-
-    canvas = np.zeros((size, size), np.uint8)
-    for _ in range(int(rng.integers(1, max_shapes + 1))):
-        kind = int(rng.integers(3))
-        cx, cy = (int(v) for v in rng.integers(0, size, 2))
-        w, h = (int(v) for v in rng.integers(max(2, size // 10), max(3, size // 2), 2))
-        if kind == 0:
-            cv2.rectangle(canvas, (cx - w // 2, cy - h // 2), (cx + w // 2, cy + h // 2), 255, -1)
-        elif kind == 1:
-            cv2.ellipse(canvas, (cx, cy), (w // 2, h // 2), float(rng.uniform(0, 180)), 0, 360, 255, -1)
-        else:
-            pts = np.cumsum(rng.integers(-size // 4, size // 4 + 1, (4, 2)), axis=0) + [cx, cy]
-            thickness = max(1, int(rng.integers(size // 20 + 1, size // 8 + 2)))
-            cv2.polylines(canvas, [pts.astype(np.int32).reshape(-1, 1, 2)], False, 255, thickness)
-    if not canvas.any():  # every shape fell off the canvas
-        canvas[size // 4 : size // 2, size // 4 : size // 2] = 255
-    return canvas > 0
-
-
-def choose_prompt(
-    tags: Sequence[str], caption: str, token: str, learned_prob: float, rng: np.random.Generator, tag_choice: str = "first"
-) -> tuple[str, bool]:
-    """Prompt of one sample: ``learned_prompt(token, tag)`` with probability ``learned_prob``, else the caption.
-
-    Returns (prompt, used_learned). A sample without caption always gets the learned prompt and
-    one without tags gets "A photo of R*".
-    """
-    use_learned = rng.random() < learned_prob or not caption.strip()
-    if not use_learned:
-        return caption.strip(), False
-    tag = None
-    if tags:
-        tag = tags[0] if tag_choice == "first" else tags[int(rng.integers(len(tags)))]
-    return learned_prompt(token, tag), True
 
 
 # ----------------------------------------------------------------------------------------------
@@ -199,97 +116,6 @@ def shuffled_windows(
             # there reads one window, not a finished one and then the next.
             yield ((window_start, j + 1) if j + 1 < len(window) else (draw, 0)), window[j]
         skip = 0
-
-
-# ----------------------------------------------------------------------------------------------
-# Sample -> training example
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass
-class ExampleSpec:
-    """How samples become examples (everything a DataLoader worker needs, picklable)."""
-
-    resolution: int
-    vae_scale_factor: int = 8
-    mode: str = "olrd"
-    crop_scale_min: float = 0.5
-    mask_dilate_max: int = 0
-    random_mask_max_boxes: int = 4
-    seed: int = 0
-
-
-class InpaintingInputs:
-    """Stock ``StableDiffusionInpaintPipeline`` preprocessing of an image/mask pair (its own processors)."""
-
-    def __init__(self, vae_scale_factor: int):
-        from diffusers.image_processor import VaeImageProcessor
-
-        # Exactly the two processors StableDiffusionInpaintPipeline.__init__ builds.
-        self.vae_scale_factor = vae_scale_factor
-        self.image_processor = VaeImageProcessor(vae_scale_factor=vae_scale_factor)
-        self.mask_processor = VaeImageProcessor(
-            vae_scale_factor=vae_scale_factor, do_normalize=False, do_binarize=True, do_convert_grayscale=True
-        )
-
-    def __call__(
-        self, target: np.ndarray, condition: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int] | None, size: int
-    ) -> dict[str, torch.Tensor]:
-        """Tensors of one example: target I and masked Ĩ in [-1, 1], mask at latent size (as the pipeline)."""
-        from PIL import Image
-
-        kw = dict(height=size, width=size, crops_coords=box)
-        target_t = self.image_processor.preprocess(Image.fromarray(target), **kw).float()
-        cond_t = self.image_processor.preprocess(Image.fromarray(condition), **kw).float()
-        mask_t = self.mask_processor.preprocess(Image.fromarray(mask.astype(np.uint8) * 255), **kw)
-        # pipeline: masked_image = init_image * (mask_condition < 0.5)
-        masked_t = cond_t * (mask_t < 0.5)
-        # pipeline.prepare_mask_latents: F.interpolate(mask, size=latent size), default (nearest) mode
-        lat = size // self.vae_scale_factor
-        mask_latent = torch.nn.functional.interpolate(mask_t, size=(lat, lat))
-        return dict(pixel_values=target_t[0], masked_pixel_values=masked_t[0], mask_latent=mask_latent[0])
-
-
-def make_pixel_example(decoded: dict[str, Any], spec: ExampleSpec, inputs: InpaintingInputs) -> dict[str, Any]:
-    """Crop/resize/mask one decoded sample into pixel-space training tensors (deterministic per key)."""
-    import cv2
-
-    rng = np.random.default_rng(stable_seed("geometry", spec.seed, decoded["key"]))
-    original = decoded["original"]
-    h, w = original.shape[:2]
-    if spec.mode == "random_mask":
-        short = min(h, w)
-        side = int(rng.integers(int(np.ceil(spec.crop_scale_min * short)), short + 1))
-        x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
-        target = condition = original[y0 : y0 + side, x0 : x0 + side]
-        mask = random_mask(side, rng, spec.random_mask_max_boxes)
-        box = None
-    else:
-        target, condition, mask = original, decoded["blended"], decoded["mask"]
-        box = crop_box_containing(mask_bbox(mask), h, w, spec.crop_scale_min, rng)
-    if spec.mask_dilate_max > 0:
-        r = int(rng.integers(0, spec.mask_dilate_max + 1))
-        if r:
-            kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1))
-            mask = cv2.dilate(mask.astype(np.uint8), kernel) > 0
-    tensors = inputs(target, condition, mask, box, spec.resolution)
-    return dict(key=decoded["key"], tags=decoded["tags"], caption=decoded["caption"], **tensors)
-
-
-def decode_cached(sample: dict[str, Any]) -> dict[str, Any]:
-    """Decode a latent-cache sample (see latent_cache.py): latent distribution parameters + mask."""
-    key = sample.get("__key__", "?")
-    try:
-        meta = json.loads(_member(sample, "json"))
-        arrays = {
-            name: torch.from_numpy(np.load(io.BytesIO(_member(sample, f"{name}.npy")), allow_pickle=False)).float()
-            for name in ("image_latent_params", "masked_latent_params", "mask_latent")
-        }
-    except CorruptSample:
-        raise
-    except Exception as exc:
-        raise CorruptSample("bad_cache_entry", f"latent-cache sample {key} cannot be decoded: {exc}") from exc
-    return dict(key=key, tags=list(meta.get("tags") or []), caption=str(meta.get("caption") or ""), **arrays)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -30,7 +30,7 @@ from magiceraser.olrd_samples import expand_urls
 from magiceraser.training import checkpoint as ckpt
 from magiceraser.training import resume as resume_checks
 from magiceraser.training.config import TrainConfig
-from magiceraser.training.data import ExampleSpec, StreamSpec, make_loader, stable_seed
+from magiceraser.training.data import StreamSpec, make_loader
 from magiceraser.training.distributed import (
     DistContext,
     all_reduce_mean_,
@@ -40,6 +40,7 @@ from magiceraser.training.distributed import (
     gather_objects,
     init_distributed,
 )
+from magiceraser.training.examples import ExampleSpec
 from magiceraser.training.export import sweep_incomplete_export
 from magiceraser.training.model import (
     DTYPES,
@@ -47,6 +48,7 @@ from magiceraser.training.model import (
     diffusion_loss,
     draw_step_noise,
 )
+from magiceraser.training.sampling import stable_seed
 from magiceraser.training.tracking import NullLogger, RunLogger
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from magiceraser.prompts import learned_prompt
-from magiceraser.training.data import crop_box_containing, mask_bbox, stable_seed
+from magiceraser.training.sampling import crop_box_containing, mask_bbox, stable_seed
 from magiceraser.training.tracking import image_grid
 
 

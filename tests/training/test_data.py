@@ -10,19 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
+from magiceraser.olrd_samples import expand_urls
 from magiceraser.prompts import DEFAULT_TOKEN, learned_prompt
-from magiceraser.training.data import (
-    ExampleSpec,
-    InpaintingInputs,
-    StreamSpec,
-    assign_shards,
-    choose_prompt,
-    crop_box_containing,
-    expand_urls,
-    in_subset,
-    make_loader,
-    random_mask,
-)
+from magiceraser.training.data import StreamSpec, assign_shards, make_loader
+from magiceraser.training.examples import ExampleSpec, InpaintingInputs
+from magiceraser.training.sampling import choose_prompt, crop_box_containing, in_subset, random_mask
 
 
 def test_assign_shards_splits_disjointly_and_covers_when_enough_shards():
