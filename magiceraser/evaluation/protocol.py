@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from magiceraser.config import save_config
+from magiceraser.devices import resolve_device
 from magiceraser.evaluation.cache import pair_digest
 from magiceraser.evaluation.config import EvalConfig
 from magiceraser.evaluation.console import log
@@ -75,15 +76,6 @@ class EvaluationResult:
         return 0 if self.rows else 1
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; anything else as given."""
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
 class Evaluation:
     """``Evaluation(cfg)()``: materialise pairs, erase, score, cache, tabulate; see the module docstring.
 
@@ -100,7 +92,7 @@ class Evaluation:
         out = Path(cfg.out_dir)
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
-        device = resolve_device(cfg.device)
+        device = resolve_device(cfg.device, key="device")
         if not cfg.datasets or not cfg.methods:
             log("nothing to do: the config lists no datasets or no methods")
             return EvaluationResult(out, nothing_to_do=True)
