@@ -291,21 +291,3 @@ def test_training_on_cached_latents_equals_on_the_fly_encoding(tiny_sd, tmp_path
     assert not torch.equal(a["placeholder.vector"], Trainer(tiny_train_config(tiny_sd, urls, tmp_path / "x")).model.placeholder.vector.detach())
     with pytest.raises(UserError, match="data.resolution: 64 -> 128"):
         Trainer(tiny_train_config(tiny_sd, urls, tmp_path / "bad", **{"data.latent_cache": str(tmp_path / "cache"), "data.resolution": 128}))
-
-
-def test_ray_train_runs_two_workers_on_local_ray(tiny_sd, olrd_shards, tmp_path):
-    import ray
-
-    from magiceraser.training.ray_launch import run_on_ray
-
-    cfg = tiny_train_config(tiny_sd, [olrd_shards / "olrd-*.tar"], tmp_path / "out",
-                            **{"phases.total_steps": 2, "ray.enabled": True, "ray.num_workers": 2, "ray.storage_path": str(tmp_path / "ray"),
-                               "num_threads": 1})
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        result = run_on_ray(cfg)
-    finally:
-        ray.shutdown()
-    assert result.error is None
-    meta = json.loads((tmp_path / "out" / "magiceraser.json").read_text())
-    assert meta["world_size"] == 2 and meta["steps"] == 2  # world size as seen by the process group Ray created
