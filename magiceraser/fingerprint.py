@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["digest", "file_sha256", "config_digest", "flatten", "changed", "describe_changes"]
+__all__ = ["digest", "file_sha256", "config_digest", "flatten", "matches", "changed", "describe_changes"]
 
 _MISSING = object()
 
@@ -53,7 +53,7 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _matches(key: str, patterns: Iterable[str]) -> bool:
+def matches(key: str, patterns: Iterable[str]) -> bool:
     """``key`` equals a pattern or lies under it (``wandb`` covers ``wandb.mode``)."""
     return any(key == p or key.startswith(p + ".") for p in patterns)
 
@@ -68,7 +68,7 @@ def changed(old: Mapping[str, Any], new: Mapping[str, Any], ignore: Iterable[str
     ignore = tuple(ignore)
     out: dict[str, tuple[Any, Any]] = {}
     for key in sorted(set(a) | set(b)):
-        if _matches(key, ignore):
+        if matches(key, ignore):
             continue
         va, vb = a.get(key, _MISSING), b.get(key, _MISSING)
         if va != vb:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import sys
 import types
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import pytest
+from cli_sources import config_driven_commands
 
 from magiceraser import cli_args
 from magiceraser.cli import COMMANDS, main
@@ -160,18 +159,8 @@ def test_toy_help_lists_keys(toy, capsys):
     assert "--debug" in out
 
 
-def _config_driven_modules() -> set[str]:
-    """Subcommands whose module builds its parser with config_argparser (found in the source)."""
-    found = set()
-    for name, (module, _, _) in COMMANDS.items():
-        spec = importlib.util.find_spec(module)
-        if spec and spec.origin and "config_argparser(" in Path(spec.origin).read_text(encoding="utf-8"):
-            found.add(name)
-    return found
-
-
 def test_every_config_driven_subcommand_is_registered():
-    assert _config_driven_modules() == set(CONFIG_CLASSES)
+    assert config_driven_commands() == set(CONFIG_CLASSES)
 
 
 # Arguments a subcommand requires besides the config (its parser exits before loading without them).

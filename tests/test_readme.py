@@ -14,13 +14,13 @@ than it shows is reported.
 
 from __future__ import annotations
 
-import importlib.util
 import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from cli_sources import config_driven_commands
 
 from magiceraser.cli import COMMANDS, main
 
@@ -214,7 +214,7 @@ def _check_config(line: Line, argv: list[str], monkeypatch, capsys) -> None:
         raise _Loaded(real_load(cls, path, overrides))
 
     monkeypatch.setattr(magiceraser.config, "load_config", load_then_stop)
-    if argv[0] not in _config_driven():
+    if argv[0] not in config_driven_commands():
         real_parse = argparse.ArgumentParser.parse_args
         monkeypatch.setattr(argparse.ArgumentParser, "parse_args", lambda self, *a, **k: _stop(real_parse(self, *a, **k)))
     try:
@@ -228,16 +228,6 @@ def _check_config(line: Line, argv: list[str], monkeypatch, capsys) -> None:
 
 def _stop(parsed):
     raise _Loaded(parsed)
-
-
-def _config_driven() -> set[str]:
-    """Subcommands whose module builds its parser with ``config_argparser`` (read from the source)."""
-    found = set()
-    for name, (module, _, _) in COMMANDS.items():
-        spec = importlib.util.find_spec(module)
-        if spec and spec.origin and "config_argparser(" in Path(spec.origin).read_text(encoding="utf-8"):
-            found.add(name)
-    return found
 
 
 def test_readme_check_catches_an_unquoted_brace_pattern():

@@ -19,7 +19,7 @@ from typing import Any
 from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME
 from magiceraser.config import config_to_dict
 from magiceraser.errors import UserError
-from magiceraser.fingerprint import changed, config_digest, describe_changes, digest
+from magiceraser.fingerprint import changed, config_digest, describe_changes, digest, matches
 
 #: Config keys that do not change what the weights become and may differ on ``--resume``.
 #: ``phases.total_steps`` extends or shortens the run (a decaying schedule then follows the new total).
@@ -82,7 +82,7 @@ def check_resume(
         )
     diff = changed(saved, current, ignore=ignore)
     allowed = tuple(allowed)
-    refused = {k: v for k, v in diff.items() if not _under(k, RESUMABLE_KEYS + allowed)}
+    refused = {k: v for k, v in diff.items() if not matches(k, RESUMABLE_KEYS + allowed)}
     if refused:
         keys = ",".join(refused)
         raise UserError(
@@ -90,10 +90,6 @@ def check_resume(
             f"use the same settings, a new out_dir, or --allow-change {keys} to continue anyway"
         )
     return [f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()]
-
-
-def _under(key: str, patterns: Iterable[str]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in patterns)
 
 
 def previous_run_files(out_dir: Path) -> list[str]:
