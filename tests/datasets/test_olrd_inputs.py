@@ -127,3 +127,102 @@ def test_missing_input_fails_with_a_clear_message(tmp_path):
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00x")
     with pytest.raises(InputError, match="not a UTF-8 text list file"):
         list_inputs(str(tmp_path / "binary.txt"), 10)
+
+
+def _tricky_entries() -> list[str]:
+    import itertools
+
+    comps = ["a", "b c", ".", "..", "", ".h", "h.", "...", "x.jpg", "..a"]
+    entries = set()
+    for k in range(1, 4):
+        for combo in itertools.product(comps, repeat=k):
+            e = "/".join(combo)
+            entries |= {e, "/" + e, "./" + e, e + "/", "//" + e}
+    return sorted(e for e in entries if e)
+
+
+@pytest.mark.parametrize("base", ["/data/lists", "/", "//a", ".", "..", "../x", "rel/dir", "/a b/c", "bucket",
+                                  "a/..", "a//b", "/a/./b", "x/", ""])
+def test_the_listing_fast_path_equals_normpath_and_relpath(base, tmp_path, monkeypatch):
+    """entry_normaliser skips relpath (most of listing a million lines) where the result is known;
+    path and rel must equal normalise_entry's (posixpath.normpath + relpath) for every spelling,
+    or keys and shards of existing outputs would change. Relative bases depend on the cwd: two."""
+    from magiceraser.datasets.inputs import entry_normaliser, normalise_entry
+
+    def outcome(f, *args):
+        try:
+            return f(*args)
+        except ValueError as exc:  # relpath's, for an empty base
+            return str(exc)
+
+    for cwd in (tmp_path, "/"):
+        monkeypatch.chdir(cwd)
+        fast = entry_normaliser(base)
+        for entry in _tricky_entries():
+            assert outcome(fast, entry) == outcome(normalise_entry, base, entry), (base, entry)
+
+
+def test_list_lines_split_as_the_label_rule_says():
+    """parse_list_line's rsplit shortcut gives the path the _LABELLED rule gives, blanks and digits of any script."""
+    import random
+
+    from magiceraser.datasets.inputs import _LABELLED, parse_list_line
+
+    def rule(line: str) -> str | None:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            return None
+        m = _LABELLED.fullmatch(line)
+        return m.group("path") if m else line
+
+    rng = random.Random(0)
+    alphabet = ["a", " ", "\t", "1", "-", "+", "#", ".", "/", "\u00a0", "\u0663", "\u00b2", "\x0b", "\x1c", "\n", "x.jpg"]
+    lines = ["/a/airfield/00000001.jpg 0", "a b/c d.jpg 17", "my photo 2.jpg", "12", "x.jpg -3", "x.jpg +3", "x.jpg 1 2",
+             "x.jpg \u0663", "x.jpg \u00b2", "a\nb 1"]
+    lines += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 8))) for _ in range(20000)]
+    for line in lines:
+        assert parse_list_line(line) == rule(line), repr(line)
+
+
+def test_tricky_list_lines_keep_their_keys(tmp_path):
+    """A list mixing ./, .., blanks, absolute and dot-led paths lists (source, rel, key) as normpath + relpath say."""
+    import hashlib
+    import posixpath
+
+    from magiceraser.datasets.inputs import listing_fingerprint
+
+    data = tmp_path / "d"
+    data.mkdir()
+    lines = {  # line -> the path it names
+        "/c/cat1/00000001.jpg 1": "/c/cat1/00000001.jpg", "./x.png": "./x.png", "sub/./../sub/y.png 3": "sub/./../sub/y.png",
+        "a b/c d.jpg 17": "a b/c d.jpg", "  my photo 2.jpg  ": "my photo 2.jpg", "../outside/z.jpg 4": "../outside/z.jpg",
+        "/abs/with space/q.jpg": "/abs/with space/q.jpg", "d//e.jpg": "d//e.jpg", "f/g/ 5": "f/g/", ".hidden/h.jpg": ".hidden/h.jpg",
+        "i/..j.jpg": "i/..j.jpg", "k/l/../../m.jpg -2": "k/l/../../m.jpg", "\u00e9t\u00e9/\u6771.jpg 3": "\u00e9t\u00e9/\u6771.jpg",
+        "../../../../q.jpg": "../../../../q.jpg",
+    }
+    (data / "list.txt").write_text("\n".join(lines) + "\n")
+    items = list_inputs(str(data / "list.txt"), 4)
+    base = str(data)
+    expected = []
+    for entry in lines.values():
+        path = posixpath.normpath(f"{base}/{entry.lstrip('/')}")
+        expected.append((path, posixpath.relpath(path, base)))
+    assert [(it.source, it.rel) for it in items] == expected
+    assert [it.key for it in items] == [sample_key(rel) for _, rel in expected]
+    assert [it.shard for it in items] == [i // 4 for i in range(len(lines))]
+    assert items[5].rel == "../outside/z.jpg" and items[2].rel == "sub/y.png" and items[0].rel == "c/cat1/00000001.jpg"
+    assert listing_fingerprint(items) == hashlib.sha256(b"".join(it.key.encode() + b"\n" for it in items)).hexdigest()
+
+
+def test_listing_fingerprint_is_one_sha256_over_the_keys_across_chunks():
+    """The fingerprint hashes keys in chunks now: the digest must stay sha256(key\\n for every key), past a chunk."""
+    import hashlib
+
+    items = make_items([(f"/x/{i}.jpg", f"{i}.jpg") for i in range(70_000)], 100)
+    from magiceraser.datasets.inputs import listing_fingerprint
+
+    expected = hashlib.sha256()
+    for it in items:
+        expected.update(it.key.encode() + b"\n")
+    assert listing_fingerprint(items) == expected.hexdigest()
+    assert listing_fingerprint([]) == hashlib.sha256().hexdigest()
