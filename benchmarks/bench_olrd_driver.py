@@ -14,7 +14,8 @@ Phases, timed with the driver's real functions (olrd_job.py, inputs.py, assemble
     pending     the rows of the inputs to do fed through the ShardAssembler in a cluster-like order
                 (blocks of 16 rows shuffled within a window of 4096 blocks, 1% of blocks held back
                 to the very end), tiny payloads, shards not written; reports the most rows held
-                in memory and the shards spilled (max_open_shards=64, samples_per_shard=100)
+                in memory, the shards spilled and the appends to spill files (max_open_shards=64,
+                samples_per_shard=100)
 
 "Starts work" is list + fingerprint + scan + plan: the time before the first input is handed to Ray.
 Goals (issue 12): per-input cost flat within 1.5x from 10K to 1M; 1M listed and planned in under
@@ -79,7 +80,11 @@ def cluster_order(items, seed: int = 0, window: int = 4096, block: int = 16, hel
 
 def run_case(list_path: Path, out: Path, resumed: bool) -> dict:
     """One case, in this process: the driver's phases as ``_run_locked`` runs them."""
-    import pyarrow  # noqa: F401  (imported by Ray Data in a real driver; not a per-input cost)
+    # Imported by Ray Data in a real driver (build_dataset imports ray.data before input_blocks
+    # runs); not a per-input cost. pyarrow's first pa.array() imports pandas (~0.8 s), which was
+    # the fixed cost that made a small resume look slow next to its listing.
+    import pandas  # noqa: F401
+    import pyarrow  # noqa: F401
 
     from magiceraser.config import build_config
     from magiceraser.datasets import olrd_job
@@ -127,7 +132,8 @@ def run_case(list_path: Path, out: Path, resumed: bool) -> dict:
     assert written == len(build) and not assembler.open_shards()
     return {"n": len(items), "todo": len(todo), "shards": n_shards, "done": len(sidecars), **t,
             "peak_planned_bytes": peak_planned, "peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-            "max_pending_rows": assembler.max_pending_rows, "spilled_shards": assembler.spilled_shards}
+            "max_pending_rows": assembler.max_pending_rows, "spilled_shards": assembler.spilled_shards,
+            "spill_writes": assembler.spill_writes}
 
 
 def main() -> None:
@@ -165,6 +171,10 @@ def main() -> None:
         r = results[(n, "resumed")]
         print(f"  resume at {n:>9,} with {r['done']}/{r['shards']} shards done: starts work in {r['starts_work'] / r['list']:.2f}x "
               f"the listing time (goal <= 2)")
+    for n in args.sizes:
+        r = results[(n, "fresh")]
+        print(f"  spill at {n:>9,} fresh: {r['spilled_shards']} shards spilled in {r['spill_writes']} appends to spill files, "
+              f"{r['pending']:.1f} s for {n:,} rows")
     rows = max(r["max_pending_rows"] for r in results.values())
     print(f"  most rows pending in the driver: {rows} (bound {MAX_OPEN_SHARDS} open shards x {SAMPLES_PER_SHARD} = "
           f"{MAX_OPEN_SHARDS * SAMPLES_PER_SHARD})")
