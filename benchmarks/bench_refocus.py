@@ -2,7 +2,7 @@
 
 Time: N = 4096 tokens (the largest self-attention of a 512² image), 8 heads, d = 40, batch 2 (the
 CFG pair), CPU; ``--n 1024 --d 80`` is the next UNet level. Stock SDPA and every refocus path
-(the default dispatch, the flash-LSE path, the fused single-pass path, the two-pass augmented-SDPA
+(the default dispatch, the compiled one-pass kernel, the flash-LSE path, the fused single-pass path, the two-pass augmented-SDPA
 path) measured in the same run, interleaved, best of ``--repeats``; ratios are to that run's SDPA.
 Goal: ≤ 1.3× (issue 14; measure with ``--threads 1``).
 
@@ -116,6 +116,7 @@ def main() -> int:
     fns = {
         "sdpa": lambda: F.scaled_dot_product_attention(q, k, v),
         "refocus": lambda: refocused_attention(q, k, v, labels),
+        "kernel": lambda: refocused_attention(q, k, v, labels, _path="kernel"),
         "flash": lambda: refocused_attention(q, k, v, labels, _path="flash"),
         "fused": lambda: refocused_attention(q, k, v, labels, _path="fused"),
         # The two-pass augmented-SDPA path (the default off CPU), for comparison.
@@ -132,7 +133,8 @@ def main() -> int:
             best[name] = min(best[name], time.perf_counter() - t0)
             cpu[name] = min(cpu[name], time.process_time() - c0)
     print(f"refocused_attention, B={args.batch} H={args.heads} N={args.n} d={args.d}, CPU, {threads} thread(s), best of {args.repeats}")
-    rows = (("sdpa", "stock SDPA"), ("refocus", f"refocus (auto: {_auto_path(q, k, v)})"), ("flash", "  flash-LSE path"),
+    rows = (("sdpa", "stock SDPA"), ("refocus", f"refocus (auto: {_auto_path(q, k, v)})"),
+            ("kernel", "  one-pass CPU kernel"), ("flash", "  flash-LSE path"),
             ("fused", "  fused path"), ("two_pass", "  two-pass SDPA path"))
     for name, label in rows:
         print(f"  {label:26s} {best[name] * 1e3:9.1f} ms wall  {cpu[name] * 1e3:9.1f} ms process CPU"

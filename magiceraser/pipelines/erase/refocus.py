@@ -46,7 +46,20 @@ QKᵀ product plus a max and a min: on the 2-core dev machine with one thread it
 stock SDPA call by itself (the stock call is close to two such products), so this path cannot go
 much below ~1.4× stock SDPA: measured 1.38× at N = 4096, d = 40 and 1.75× at N = 1024, d = 80
 (CPU time, 1 thread), against 2.2× and 1.75-2.2× for the fused path. ``auto`` takes it from
-:data:`FLASH_MIN_KEYS` keys on.
+:data:`FLASH_MIN_KEYS` keys on when the kernel below is unavailable.
+
+Why a compiled kernel on CPU (:func:`_kernel_cpu`, ``refocus_cpu.cpp`` via refocus_kernel): with
+stock kernels the extrema cost a whole extra Q·Kᵀ product (0.4-0.5× a stock SDPA call, more at
+d = 80, where SDPA itself is two matrix products at BLAS speed), so no composition of stock calls
+gets near one attention. The kernel does the flash-LSE computation in one pass: for a block of 64
+queries it runs an online softmax over each key-label group in turn (keys sorted by label), taking
+S_max and S_min from the same cache-resident block of scores, then combines the three groups with
+c_i[L] as above. Its products are torch's own BLAS (sgemm); the extra work over one flash-attention
+pass is a max and a min per score. Measured (benchmarks/bench_refocus.py, 1 thread, CPU time / stock
+SDPA): 1.07-1.13× at N = 4096, d = 40 and 1.22× at N = 1024, d = 80, against 1.50× and 1.66× for
+the flash-LSE path in the same runs. It is built on first use (about 2 s with g++) and used for float32
+on CPU wherever it builds and passes its self-check; float64 and machines without a compiler keep
+the paths above.
 """
 
 from __future__ import annotations
@@ -57,6 +70,7 @@ import torch
 import torch.nn.functional as F
 
 from magiceraser.panoptic import LABEL_MASK, LABEL_NEG, LABEL_POS
+from magiceraser.pipelines.erase import refocus_kernel
 
 __all__ = ["POS_TABLE", "NEG_TABLE", "refocused_attention", "score_extrema", "default_chunk_size"]
 
@@ -148,10 +162,13 @@ def _cpu_flash_kernel():
 
 
 def _auto_path(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> str:
-    """The path ``_path="auto"`` takes: a CPU path for float32/float64, SDPA on GPUs and in half precision."""
+    """The path ``_path="auto"`` takes: a CPU path for float32/float64 (the compiled kernel for
+    float32 where it is available), SDPA on GPUs and in half precision."""
     cpu_ok = q.device.type == "cpu" and q.dtype in (torch.float32, torch.float64) and q.dtype == k.dtype == v.dtype
     if not cpu_ok:
         return "sdpa"
+    if q.dtype == torch.float32 and refocus_kernel.load() is not None:
+        return "kernel"
     if k.shape[-2] >= FLASH_MIN_KEYS and _cpu_flash_kernel() is not None:
         return "flash"
     return "fused"
@@ -179,18 +196,22 @@ def refocused_attention(
         per_head: chunk per (batch, head) pair (default on CPU); see :func:`score_extrema`.
             The fused CPU path always works per (batch, head); ``chunk_size`` is then its
             queries per chunk (default :data:`FUSED_CPU_CHUNK`).
-        _path: "auto" (on CPU for float32/float64: flash-LSE from :data:`FLASH_MIN_KEYS` keys on,
-            fused below; SDPA otherwise), "flash", "fused" or "sdpa"; for tests and benchmarks.
-            The flash path chunks only its extrema pass (``chunk_size``, ``per_head`` as above).
+        _path: "auto" (on CPU: the compiled kernel for float32 where it is available, else for
+            float32/float64 flash-LSE from :data:`FLASH_MIN_KEYS` keys on and fused below; SDPA
+            otherwise), "kernel", "flash", "fused" or "sdpa"; for tests and benchmarks. The flash
+            path chunks only its extrema pass (``chunk_size``, ``per_head`` as above); the kernel
+            has fixed blocks (refocus_kernel.Q_BLOCK × K_BLOCK scores per thread).
 
     Returns:
         (batch, heads, N, d), dtype of ``v``.
     """
     _check(q, k, v, labels)
-    if _path not in ("auto", "flash", "fused", "sdpa"):
-        raise ValueError(f"_path must be 'auto', 'flash', 'fused' or 'sdpa', got {_path!r}")
+    if _path not in ("auto", "kernel", "flash", "fused", "sdpa"):
+        raise ValueError(f"_path must be 'auto', 'kernel', 'flash', 'fused' or 'sdpa', got {_path!r}")
     if _path == "auto":
         _path = _auto_path(q, k, v)
+    if _path == "kernel":
+        return _kernel_cpu(q, k, v, labels, lambda_pos, lambda_neg)
     if _path == "flash":
         return _flash_lse_cpu(q, k, v, labels, lambda_pos, lambda_neg, chunk_size, per_head)
     if _path == "fused":
@@ -351,3 +372,15 @@ def _flash_lse_cpu(
             outs.append(o)
         out[rows] = _combine_groups(logits, outs)[..., :dv]
     return out
+
+
+def _kernel_cpu(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, labels: torch.Tensor, lambda_pos: float, lambda_neg: float
+) -> torch.Tensor:
+    """Eq. 5-9 from the one-pass compiled kernel (refocus_kernel); see the module docstring."""
+    if not (q.dtype == k.dtype == v.dtype == torch.float32) or q.device.type != "cpu":
+        raise ValueError(f"the kernel path takes float32 CPU tensors; got {q.dtype} on {q.device}")
+    if refocus_kernel.load() is None:
+        raise RuntimeError(f"the refocus CPU kernel is unavailable ({refocus_kernel.unavailable_reason()}): use _path='flash'")
+    coef_max, coef_min = _refocus_coefficients(lambda_pos, lambda_neg, torch.float32, q.device)
+    return refocus_kernel.refocus(q, k, v, labels.to(device=q.device, dtype=torch.long), coef_max, coef_min)
