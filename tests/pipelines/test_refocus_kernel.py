@@ -14,8 +14,6 @@ import torch
 from magiceraser.pipelines.erase import refocus_kernel as rk
 from magiceraser.pipelines.erase.refocus import _refocus_coefficients, refocused_attention
 
-pytestmark = pytest.mark.numeric
-
 CAN_BUILD = rk._compiler() is not None and "mkl" in torch.__config__.show().lower()
 needs_kernel = pytest.mark.skipif(not CAN_BUILD, reason="needs a C++ compiler and an MKL-linked torch (x86 builds)")
 
@@ -34,6 +32,7 @@ def test_the_kernel_builds_and_passes_its_self_check_wherever_it_can():
     assert rk.unavailable_reason() is None
 
 
+@pytest.mark.numeric
 @needs_kernel
 @pytest.mark.parametrize(
     "b,h,n,d,dv",
@@ -49,6 +48,7 @@ def test_matches_the_float64_contract_at_unet_head_sizes_and_block_edges(b, h, n
     torch.testing.assert_close(out.double(), rk.reference(q, k, v, labels, coef_max, coef_min), atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.numeric
 @needs_kernel
 def test_large_logits_empty_groups_and_rows_with_their_own_labels():
     """Scores of ±400 (exp underflows to denormals unless clamped), a row with one label only and a
@@ -61,6 +61,7 @@ def test_large_logits_empty_groups_and_rows_with_their_own_labels():
     assert float((q @ k.transpose(-1, -2)).abs().max()) > 300
 
 
+@pytest.mark.numeric
 @needs_kernel
 def test_threads_split_the_work_without_changing_a_bit():
     q, k, v, g = rand(2, 4, 300, 16, seed=5)
@@ -72,6 +73,7 @@ def test_threads_split_the_work_without_changing_a_bit():
     assert torch.equal(one, three)
 
 
+@pytest.mark.numeric
 @needs_kernel
 def test_kernel_path_of_refocused_attention_and_its_argument_checks():
     q, k, v, g = rand(1, 2, 50, 8, seed=6)
