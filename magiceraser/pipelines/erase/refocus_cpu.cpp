@@ -17,6 +17,7 @@
 // Exponentials are clamped at log(FLT_MIN) + 1 so that no denormal ever reaches a matrix product
 // (they make it ~60x slower); each clamped weight changes by < 1e-37.
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
@@ -166,11 +167,16 @@ void run_block(const Args& a, int64_t bh, int64_t i0, Scratch& w) {
   }
 }
 
-void worker(const Args& a, int64_t begin, int64_t end) {
-  if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(1);
+// Workers take blocks from a shared counter, so a thread that starts late or runs slower (another
+// process on its core) takes fewer of them instead of holding the others up.
+void worker(const Args& a, std::atomic<int64_t>* next, int64_t items) {
+  // The setting is per thread and this may be the caller's thread: put back what it was (0 = global).
+  const int before = MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0;
   Scratch w(a.qb, a.kb, a.dv);
   const int64_t blocks = (a.n + a.qb - 1) / a.qb;
-  for (int64_t item = begin; item < end; ++item) run_block(a, item / blocks, (item % blocks) * a.qb, w);
+  for (int64_t item = next->fetch_add(1); item < items; item = next->fetch_add(1))
+    run_block(a, item / blocks, (item % blocks) * a.qb, w);
+  if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(before);
 }
 
 }  // namespace
@@ -183,14 +189,11 @@ extern "C" int me_refocus(const float* q, const float* k, const float* v, const 
   const Args a{q, k, v, bounds, qlabels, heads, n, d, dv, scale, coef, out, qb, kb};
   const int64_t items = batch * heads * ((n + qb - 1) / qb);
   const int64_t nt = std::max<int64_t>(1, std::min<int64_t>(threads, items));
-  if (nt == 1) {
-    worker(a, 0, items);
-    return 0;
-  }
+  std::atomic<int64_t> next{0};
   std::vector<std::thread> pool;
   pool.reserve(nt - 1);
-  for (int64_t t = 1; t < nt; ++t) pool.emplace_back(worker, std::cref(a), items * t / nt, items * (t + 1) / nt);
-  worker(a, 0, items / nt);
+  for (int64_t t = 1; t < nt; ++t) pool.emplace_back(worker, std::cref(a), &next, items);
+  worker(a, &next, items);
   for (auto& th : pool) th.join();
   return 0;
 }
