@@ -55,9 +55,9 @@ gets near one attention. The kernel does the flash-LSE computation in one pass: 
 queries it runs an online softmax over each key-label group in turn (keys sorted by label), taking
 S_max and S_min from the same cache-resident block of scores, then combines the three groups with
 c_i[L] as above. Its products are torch's own BLAS (sgemm); the extra work over one flash-attention
-pass is a max and a min per score. Measured (benchmarks/bench_refocus.py, 1 thread, CPU time / stock
-SDPA): 1.07-1.13× at N = 4096, d = 40 and 1.22× at N = 1024, d = 80, against 1.50× and 1.66× for
-the flash-LSE path in the same runs. It is built on first use (about 2 s with g++) and used for float32
+pass is a max and a min per score. Measured (benchmarks/bench_refocus.py, CPU time / stock SDPA, 1
+thread): 1.02-1.13× at N = 4096, d = 40 and 1.11-1.14× at N = 1024, d = 80, against 1.50× and 1.66-1.73×
+for the flash-LSE path in the same runs; with 2 threads 1.05× and 1.22× wall. It is built on first use (about 2 s with g++) and used for float32
 on CPU wherever it builds and passes its self-check; float64 and machines without a compiler keep
 the paths above.
 """
