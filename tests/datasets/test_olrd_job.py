@@ -60,7 +60,7 @@ def job_config(tmp_path_factory, tiny_llava):
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a `ray start` cluster found on the machine
     yield
     ray.shutdown()
 
