@@ -26,10 +26,8 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(PY) -m magiceraser demo
 
-# Two workers (pytest-xdist): the tests that start a Ray cluster, the Ray Serve app or the S3 server
-# form one group that a single worker runs in order (tests/conftest.py); the other runs the rest.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 --dist loadgroup
+	$(PY) -m pytest -q
 
 # The numerically sensitive tests again on torch's portable kernels: a test whose result depends
 # on the CPU's vector extensions (AVX-512 vs AVX2) shows itself on every machine.
