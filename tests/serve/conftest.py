@@ -1,15 +1,10 @@
-"""Fixtures of the service tests: demo-sized models, a segmenter that finds objects, one Ray Serve app.
+"""Fixtures of the service tests: demo-sized models, a segmenter that finds objects, one Ray Serve app per module.
 
 The tiny random Mask2Former finds no segment at the default thresholds, so ``thing_segmenter``
 writes a copy whose class head answers "person" or "grass" depending on one query feature (about
 half of the queries each): its segmentations hold several person instances and one fused grass
 segment, which is what selecting by class and by click needs. It runs with the service's
 ``serve.segment_*_threshold`` keys at 0 (transformers' post-processing, thresholds only).
-
-The HTTP and page tests share one running app (``app``, package-scoped: a Ray Serve start costs
-~30 s on the shared 2-core machine). It runs with a small capacity (batches of 2, 2 requests per
-replica, 2 queued) so that a burst of 16 requests overflows its queue; the page sends one request
-at a time and its photo is far below ``serve.max_pixels``.
 """
 
 from __future__ import annotations
@@ -25,8 +20,6 @@ import pytest
 from magiceraser import coco
 
 SEGMENT_OVERRIDES = ["serve.segment_threshold=0", "serve.segment_mask_threshold=0", "serve.segment_overlap_threshold=0"]
-CAPACITY = ["serve.max_batch_size=2", "serve.max_ongoing_requests=2", "serve.max_queued_requests=2",
-            "serve.retry_after_s=3", "serve.max_pixels=200000"]
 
 
 def write_thing_segmenter(tiny_mask2former: Path, out: Path) -> Path:
@@ -105,11 +98,3 @@ def start_app(overrides: list[str]) -> ServeApp:
     app = ServeApp(overrides)
     print(f"Ray Serve app up in {time.time() - t0:.1f} s at {app.url}")
     return app
-
-
-@pytest.fixture(scope="package")
-def app(tiny_sd, thing_segmenter):
-    """The service on 127.0.0.1 (a free port) with the demo-sized models and CAPACITY; stopped after the last serve test."""
-    running = start_app(serve_overrides(tiny_sd, thing_segmenter, free_port(), CAPACITY))
-    yield running
-    running.close()

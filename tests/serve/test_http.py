@@ -1,7 +1,7 @@
-"""The API over HTTP: a real Ray Serve app on 127.0.0.1 with the demo-sized models (``app``, shared with the page test).
+"""The API over HTTP: a real Ray Serve app on 127.0.0.1 (one per module) with the demo-sized models.
 
-The app runs with a small capacity (batches of 2, 2 requests per replica, 2 queued; conftest's
-CAPACITY) so that a burst of 16 requests overflows its queue.
+The app runs with a small capacity (batches of 2, 2 requests per replica, 2 queued) so that a
+burst of 16 requests overflows its queue.
 """
 
 from __future__ import annotations
@@ -16,9 +16,19 @@ import pytest
 from magiceraser.imageio import decode_image
 from magiceraser.panoptic import dilate
 
-from .conftest import photo, png_bytes
+from .conftest import free_port, photo, png_bytes, serve_overrides, start_app
 
 pytestmark = pytest.mark.timeout(600)
+
+CAPACITY = ["serve.max_batch_size=2", "serve.max_ongoing_requests=2", "serve.max_queued_requests=2",
+            "serve.retry_after_s=3", "serve.max_pixels=200000"]
+
+
+@pytest.fixture(scope="module")
+def app(tiny_sd, thing_segmenter):
+    running = start_app(serve_overrides(tiny_sd, thing_segmenter, free_port(), CAPACITY))
+    yield running
+    running.close()
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import photo, png_bytes
+from .conftest import free_port, photo, png_bytes, serve_overrides, start_app
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)
@@ -33,6 +33,13 @@ pytestmark = [
                        reason="no headless browser: install Debian's chromium and chromium-driver (.ci/run does)"),
     pytest.mark.skipif(not HAVE_SELENIUM, reason="selenium is not installed (pip install -e '.[dev]')"),
 ]
+
+
+@pytest.fixture(scope="module")
+def app(tiny_sd, thing_segmenter):
+    running = start_app(serve_overrides(tiny_sd, thing_segmenter, free_port(), []))
+    yield running
+    running.close()
 
 
 @pytest.fixture(scope="module")
