@@ -14,10 +14,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from .olrd_job_fixture import BAD, EXPECTED_SKIPS, NUM_SCENES
-from .olrd_job_fixture import run_job as _run
+from .bad_inputs import corpus
 
+BAD = ("bomb.png", "cmyk.jpg", "empty.jpg", "text.jpg", "tiny.png", "truncated.jpg")
+EXPECTED_SKIPS = {"bomb.png": "too_large", "cmyk.jpg": "no_annotation", "empty.jpg": "empty_file",
+                  "text.jpg": "not_an_image", "tiny.png": "too_small", "truncated.jpg": "truncated"}
+NUM_SCENES = 6
 # Ray starts workers at niceness 15: on a busy shared test machine they would starve. Its agent may
 # also need more than the default 60 s to come up there.
 os.environ.setdefault("RAY_worker_niceness", "0")
@@ -25,9 +29,55 @@ os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(olrd_reference):
-    """The job config run once, uninterrupted, on the shared local Ray (tests/datasets/conftest.py)."""
-    return olrd_reference
+def job_config(tmp_path_factory, tiny_llava):
+    from magiceraser.datasets.demo_scenes import write_demo_scenes
+
+    root = tmp_path_factory.mktemp("olrd-job")
+    scenes = write_demo_scenes(root / "scenes", NUM_SCENES)
+    files = corpus()
+    for name in BAD:
+        (scenes / "images" / name).write_bytes(files[name][0])
+    cfg = {
+        "input": str(scenes / "images"),
+        "samples_per_shard": 3,
+        "image_format": "png",
+        "read_batch_size": 2,
+        "task_num_cpus": 0.5,
+        "ray_address": "local",
+        "num_cpus": 2,
+        "progress_interval_s": 1.0,
+        "segmenter": {"backend": "coco_panoptic", "annotations": str(scenes / "panoptic.json"), "batch_size": 2,
+                      "num_cpus": 0.5},
+        "captioner": {"backend": "transformers", "model": str(tiny_llava), "device": "cpu", "batch_size": 2,
+                      "num_cpus": 0.5, "max_new_tokens": 4},
+    }
+    path = root / "olrd.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a `ray start` cluster found on the machine
+    yield
+    ray.shutdown()
+
+
+def _run(config: Path, output: Path, *overrides: str):
+    from magiceraser.config import load_config
+    from magiceraser.datasets.config import OLRDConfig
+    from magiceraser.datasets.olrd_job import run_olrd
+
+    return run_olrd(load_config(OLRDConfig, config, [f"output={output}", *overrides]))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(job_config, local_ray, tmp_path_factory):
+    out = tmp_path_factory.mktemp("olrd-out") / "full"
+    stats = _run(job_config, out)
+    return out, stats
 
 
 def _tar_keys(path: Path) -> list[str]:
@@ -89,7 +139,7 @@ def test_shards_read_back_with_stock_webdataset(uninterrupted):
     assert n == NUM_SCENES
 
 
-def test_shards_read_back_with_ray_data(uninterrupted, local_ray):
+def test_shards_read_back_with_ray_data(uninterrupted):
     import ray
 
     out, _ = uninterrupted
@@ -114,7 +164,7 @@ def test_every_layout_writes_the_same_bytes(uninterrupted, job_config, local_ray
     assert (out / "skipped.jsonl").read_text() == (full / "skipped.jsonl").read_text()
 
 
-def test_rerun_skips_finished_work(uninterrupted, job_config, local_ray):
+def test_rerun_skips_finished_work(uninterrupted, job_config):
     out, _ = uninterrupted
     before = {p.name: p.read_bytes() for p in out.glob("olrd-*.tar")}
     stats = _run(job_config, out)
@@ -143,11 +193,7 @@ def _kill_tree(proc: subprocess.Popen) -> None:
 
 
 class CrashActor(threading.Thread):
-    """SIGKILL the first Ray worker process running the named stage (a crashed actor).
-
-    Only this process's descendants (the workers of the local Ray it started) are candidates:
-    a Ray of another process on the same machine is never touched.
-    """
+    """SIGKILL the first Ray worker process running the named stage (a crashed actor)."""
 
     def __init__(self, stage: str):
         super().__init__(daemon=True)
@@ -156,14 +202,10 @@ class CrashActor(threading.Thread):
     def run(self) -> None:
         import psutil
 
-        me = psutil.Process()
         while not self.stop.is_set() and not self.killed:
-            for p in me.children(recursive=True):
-                try:
-                    cmd = " ".join(p.cmdline())
-                except psutil.Error:
-                    continue
-                if cmd.startswith("ray::") and self.stage in cmd:
+            for p in psutil.process_iter(["pid", "cmdline"]):
+                cmd = " ".join(p.info["cmdline"] or [])
+                if cmd.startswith("ray::") and self.stage in cmd and p.pid != os.getpid():
                     try:
                         p.kill()
                         self.killed = True
@@ -195,7 +237,7 @@ def _run_and_kill_part_way(job_config: Path, out: Path) -> None:
         _kill_tree(proc)
 
 
-def test_killed_run_resumes_to_the_same_shards(uninterrupted, job_config, local_ray, tmp_path):
+def test_killed_run_resumes_to_the_same_shards(uninterrupted, job_config, tmp_path):
     full, _ = uninterrupted
     n_shards = len(list(full.glob("olrd-*.tar")))
     # On a fast machine the last shards can land within one poll of the first: then the run was

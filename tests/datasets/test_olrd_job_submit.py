@@ -17,9 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from .test_olrd_job import _run, job_config  # noqa: F401  (job_config: a fixture)
+
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-NO_AGENT_YET = "No available agent to submit job, please try again later"
 
 
 def _free_port() -> int:
@@ -52,16 +53,16 @@ def _children(p):
 
 
 @pytest.fixture(scope="module")
-def reference(olrd_reference) -> Path:
-    """The same job run in this process on the shared local Ray (tests/datasets/conftest.py)."""
-    out, _ = olrd_reference
+def reference(job_config, tmp_path_factory) -> Path:  # noqa: F811
+    """The same job run here on a local Ray of its own, stopped before the head starts (one cluster at a time)."""
+    out = tmp_path_factory.mktemp("olrd-submit-ref") / "out"
+    _run(job_config, out)
     return out
 
 
 @pytest.fixture
-def local_head(reference, shared_ray):
+def local_head(reference):
     """``ray start --head`` with 2 CPUs and the job server (dashboard) on free ports; stopped however the test ends."""
-    shared_ray.down()  # one cluster at a time
     temp_dir = tempfile.mkdtemp(prefix="ray-head-", dir="/tmp")  # short: Ray's socket paths are length-limited
     port, dash = _free_port(), _free_port()
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
@@ -77,7 +78,7 @@ def local_head(reference, shared_ray):
 
 
 @pytest.mark.slow
-def test_ray_job_submit_runs_olrd_on_a_local_head(local_head, job_config, reference, tmp_path):
+def test_ray_job_submit_runs_olrd_on_a_local_head(local_head, job_config, reference, tmp_path):  # noqa: F811
     """The README's command: the driver joins the head through RAY_ADDRESS (no address in the config)."""
     address, env = local_head
     full = reference
@@ -86,16 +87,10 @@ def test_ray_job_submit_runs_olrd_on_a_local_head(local_head, job_config, refere
     config.write_text(yaml.safe_dump(cfg))
     out = tmp_path / "out"
     t0 = time.monotonic()
-    while True:
-        proc = subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--",
-             "magiceraser", "olrd", "--config", str(config), f"output={out}"],
-            cwd=str(REPO), env=env, capture_output=True, text=True, timeout=400)
-        # A head just started may not have its job agent up yet (on a loaded machine it can take
-        # longer than the 10 s the job server waits for it): nothing was submitted, so submit again.
-        if NO_AGENT_YET not in proc.stdout + proc.stderr or time.monotonic() - t0 > 120:
-            break
-        time.sleep(2)
+    proc = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", ".", "--",
+         "magiceraser", "olrd", "--config", str(config), f"output={out}"],
+        cwd=str(REPO), env=env, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert "succeeded" in proc.stdout, proc.stdout[-3000:]
     assert "[olrd] done:" in proc.stdout  # the driver's log streamed back by ray job submit

@@ -5,9 +5,8 @@ raylet with its own resources, so actors really live on different nodes and remo
 its raylet and every worker process on it, exactly as a crashed machine would. The job runs as a
 separate driver process that joins by address (``RAY_ADDRESS``, what ``ray job submit`` sets).
 
-The reference is an uninterrupted run of the same inputs on a single-node local Ray (2 CPUs: the
-shared one of tests/datasets/conftest.py, in this process), made first and that Ray stopped
-before the cluster starts (only one Ray cluster runs at a time on this shared machine).
+The reference is an uninterrupted run of the same inputs on a single-node local Ray, made first
+(only one Ray cluster runs at a time on this shared machine).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ import pytest
 import yaml
 
 from .bad_inputs import corpus
-from .olrd_job_fixture import run_job
 
 # Ray starts workers at niceness 15 (they starve on a busy 2-core machine); its agent may need
 # more than 60 s to come up there.
@@ -85,20 +83,18 @@ def _finish(proc: subprocess.Popen, timeout: float = 300) -> str:
 
 
 @pytest.fixture(scope="module")
-def single_node_reference(multinode_config, shared_ray, tmp_path_factory) -> Path:
-    """The same job, uninterrupted, on the shared one-node local Ray (2 CPUs) in this process."""
-    shared_ray.up()
+def single_node_reference(multinode_config, tmp_path_factory) -> Path:
+    """The same job, uninterrupted, on a one-node local Ray started (and stopped) by the driver."""
     out = tmp_path_factory.mktemp("olrd-reference") / "out"
-    run_job(multinode_config, out, "ray_address=local", "num_cpus=2")
+    _finish(_olrd(multinode_config, out))
     return out
 
 
 @pytest.fixture(scope="module")
-def cluster(single_node_reference, shared_ray):
+def cluster(single_node_reference):
     """A head without CPUs and two worker nodes of 1 CPU each; shut down however the tests end."""
     from ray.cluster_utils import Cluster
 
-    shared_ray.down()  # one Ray cluster at a time
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     try:
         c.workers = [c.add_node(num_cpus=1) for _ in range(2)]
@@ -132,19 +128,15 @@ def test_a_lost_worker_node_costs_nothing(cluster, multinode_config, single_node
         time.sleep(0.01)
     lost = cluster.workers.pop(0)
     cluster.remove_node(lost, allow_graceful=False)  # its raylet and every worker on it are SIGKILLed
-    try:
-        written_at_kill = len(list(out.glob("olrd-*.json")))
-        log = _finish(proc)
-    finally:
-        # Back to two workers for the next tests, however this one ends (Ray Train's two 1-CPU
-        # workers would otherwise wait for a second node forever).
-        cluster.workers.append(cluster.add_node(num_cpus=1))
-        cluster.wait_for_nodes()
+    written_at_kill = len(list(out.glob("olrd-*.json")))
+    log = _finish(proc)
     assert written_at_kill < n_shards, "the node was lost after the job had finished: not a test of node loss"
     assert_same_output(out, single_node_reference)
     stats = json.loads((out / "stats.json").read_text())
     assert stats["inputs"] == NUM_SCENES + len(BAD) and stats["shards"] == n_shards
     assert "lost" in log, log[-3000:]  # the retry was reported
+    cluster.workers.append(cluster.add_node(num_cpus=1))  # back to two workers for the next tests
+    cluster.wait_for_nodes()
 
 
 def _node_of_actors(class_name: str) -> list[str]:

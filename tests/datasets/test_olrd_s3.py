@@ -1,7 +1,7 @@
 """``output=s3://...`` end to end against a local S3 server (moto): same bytes as a local output.
 
-One uninterrupted Ray job into a local folder (the reference, shared with test_olrd_job), one
-into a bucket, one killed part way into another bucket and resumed. The server records every key written to it, so the tests
+One uninterrupted Ray job into a local folder (the reference), one into a bucket, one killed part
+way into another bucket and resumed. The server records every key written to it, so the tests
 see that no temporary key was ever created (not just that none is left).
 """
 
@@ -19,26 +19,33 @@ from pathlib import Path
 
 import pytest
 
-from .olrd_job_fixture import BAD, NUM_SCENES
-from .olrd_job_fixture import run_job as _run
-from .test_olrd_job import _kill_tree
+from .test_olrd_job import BAD, NUM_SCENES, _kill_tree, _run, _tar_keys, job_config  # noqa: F401 - job_config is a fixture
 
 FINAL = {"job.json", "skipped.jsonl", "stats.json", "job.lock"}
 
 
 @pytest.fixture(scope="module")
-def local_full(olrd_reference):
-    """The uninterrupted run into a local folder, on the shared local Ray (tests/datasets/conftest.py).
+def ray_s3(s3_server):
+    """A local Ray started after the AWS variables point at the S3 server (its workers inherit them)."""
+    import ray
 
-    That Ray is started after the S3 server, so its workers inherit the AWS variables.
-    """
-    out, _ = olrd_reference
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def local_full(job_config, ray_s3, tmp_path_factory):  # noqa: F811
+    out = tmp_path_factory.mktemp("olrd-local") / "full"
+    _run(job_config, out)
     return out
 
 
 @pytest.fixture(scope="module")
-def s3_full(job_config, shared_ray, s3_server):
-    shared_ray.up()
+def s3_full(job_config, ray_s3, s3_server):  # noqa: F811
     bucket = s3_server.new_bucket("olrd")
     url = f"s3://{bucket}/olrd"
     stats = _run(job_config, url)
@@ -81,7 +88,7 @@ def test_s3_output_is_byte_identical_to_a_local_output_and_written_once_per_key(
     assert written[-1] == "stats.json" and written[0] == "job.lock"
 
 
-def test_shards_read_back_from_s3_with_stock_webdataset_and_ray_data(local_full, s3_full, local_ray, monkeypatch):
+def test_shards_read_back_from_s3_with_stock_webdataset_and_ray_data(local_full, s3_full, monkeypatch):
     import importlib
 
     import fsspec
@@ -104,7 +111,7 @@ def test_shards_read_back_from_s3_with_stock_webdataset_and_ray_data(local_full,
     assert {r["__key__"]: bytes(r["original.png"]) for r in rows} == reference
 
 
-def _run_and_kill_part_way(job_config: Path, url: str, s3_server, bucket: str) -> None:
+def _run_and_kill_part_way(job_config: Path, url: str, s3_server, bucket: str) -> None:  # noqa: F811
     """The job in a subprocess (same AWS variables), frozen the moment a sidecar object appears, then killed.
 
     It joins this process's Ray (starting another costs half a minute on a busy machine); killing
@@ -130,7 +137,7 @@ def _run_and_kill_part_way(job_config: Path, url: str, s3_server, bucket: str) -
 
 
 @pytest.mark.slow
-def test_killed_s3_run_resumes_to_the_same_bytes(local_full, job_config, s3_server, local_ray, capsys):
+def test_killed_s3_run_resumes_to_the_same_bytes(local_full, job_config, s3_server, ray_s3, capsys):  # noqa: F811
     n_shards = len(list(local_full.glob("olrd-*.tar")))
     for _ in range(3):  # on a fast machine every shard can land within one poll: repeat on a fresh bucket
         bucket = s3_server.new_bucket("killed")
@@ -156,7 +163,7 @@ def test_killed_s3_run_resumes_to_the_same_bytes(local_full, job_config, s3_serv
     assert all(_is_final(k) for k in written), [k for k in written if not _is_final(k)]
 
 
-def test_a_locked_s3_output_is_refused_in_one_line_naming_the_owner(job_config, s3_server, capsys):
+def test_a_locked_s3_output_is_refused_in_one_line_naming_the_owner(job_config, s3_server, capsys):  # noqa: F811
     from magiceraser.datasets import olrd_job
 
     bucket = s3_server.new_bucket("held")
@@ -169,7 +176,7 @@ def test_a_locked_s3_output_is_refused_in_one_line_naming_the_owner(job_config, 
     assert set(s3_server.keys(bucket)) == {"olrd/job.lock"}  # nothing written, the lock not touched
 
 
-def test_a_missing_bucket_is_one_line(job_config, s3_server, capsys):
+def test_a_missing_bucket_is_one_line(job_config, s3_server, capsys):  # noqa: F811
     from magiceraser.datasets import olrd_job
 
     assert olrd_job.main(["--config", str(job_config), "output=s3://no-such-bucket-olrd/olrd"]) == 2
