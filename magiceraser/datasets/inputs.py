@@ -75,7 +75,7 @@ def make_items(sources: list[tuple[str, str]], samples_per_shard: int) -> list[I
         if key in seen:
             raise ValueError(f"{rel!r} is listed twice (key {key})")
         add(key)
-        append(InputItem(source, rel, key, i, i // samples_per_shard))  # shard_of, inline (a million calls)
+        append(InputItem(source, rel, key, i, shard_of(i, samples_per_shard)))
     return items
 
 

@@ -55,11 +55,11 @@ gets near one attention. The kernel does the flash-LSE computation in one pass: 
 queries it runs an online softmax over each key-label group in turn (keys sorted by label), taking
 S_max and S_min from the same cache-resident block of scores, then combines the three groups with
 c_i[L] as above. Its products are torch's own BLAS (sgemm); the extra work over one flash-attention
-pass is a max and a min per score. Measured (benchmarks/bench_refocus.py, CPU time / stock SDPA, 1
-thread): 1.02-1.13× at N = 4096, d = 40 and 1.11-1.14× at N = 1024, d = 80, against 1.50× and 1.66-1.73×
-for the flash-LSE path in the same runs; with 2 threads 1.05× and 1.22× wall. It is built on first use (about 2 s with g++) and used for float32
-on CPU wherever it builds and passes its self-check; float64 and machines without a compiler keep
-the paths above.
+pass is a max and a min per score. Measured (benchmarks/bench_refocus.py, CPU time / stock SDPA,
+1 thread): 1.02-1.13× at N = 4096, d = 40 and 1.11-1.14× at N = 1024, d = 80, against 1.50× and
+1.66-1.73× for the flash-LSE path in the same runs; with 2 threads 1.05× and 1.22× wall. It is built
+on first use (about 2 s with g++) and used for float32 on CPU wherever it builds and passes its
+self-check; float64 and machines without a compiler keep the paths above.
 """
 
 from __future__ import annotations
@@ -377,10 +377,7 @@ def _flash_lse_cpu(
 def _kernel_cpu(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, labels: torch.Tensor, lambda_pos: float, lambda_neg: float
 ) -> torch.Tensor:
-    """Eq. 5-9 from the one-pass compiled kernel (refocus_kernel); see the module docstring."""
-    if not (q.dtype == k.dtype == v.dtype == torch.float32) or q.device.type != "cpu":
-        raise ValueError(f"the kernel path takes float32 CPU tensors; got {q.dtype} on {q.device}")
-    if refocus_kernel.load() is None:
-        raise RuntimeError(f"the refocus CPU kernel is unavailable ({refocus_kernel.unavailable_reason()}): use _path='flash'")
-    coef_max, coef_min = _refocus_coefficients(lambda_pos, lambda_neg, torch.float32, q.device)
+    """Eq. 5-9 from the one-pass compiled kernel (refocus_kernel, which checks dtype, device and
+    availability); see the module docstring."""
+    coef_max, coef_min = _refocus_coefficients(lambda_pos, lambda_neg, torch.float32, "cpu")
     return refocus_kernel.refocus(q, k, v, labels.to(device=q.device, dtype=torch.long), coef_max, coef_min)
