@@ -5,7 +5,8 @@ imported only when chosen, so ``magiceraser --help`` stays fast and needs no GPU
 
 User errors: a subcommand raises :class:`~magiceraser.errors.UserError` (``ConfigError`` is one)
 for a mistake the user can fix; :func:`main` prints it as one line, ``magiceraser <command>:
-<message>``, and exits 2. Every other exception is a bug and keeps its traceback. ``--debug``
+<message>``, and exits 2; so is a write the storage refused (full, over quota, read-only:
+:mod:`magiceraser.write_errors`). Every other exception is a bug and keeps its traceback. ``--debug``
 (before or after the command) or ``MAGICERASER_DEBUG=1`` re-raise user errors with their traceback.
 """
 
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 
 from magiceraser.cli_args import DEBUG_ENV, DEBUG_FLAG, debug_requested, debug_scope, report_user_error
 from magiceraser.errors import UserError
+from magiceraser.write_errors import as_write_error
 
 # name -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -62,6 +64,13 @@ def _dispatch(argv: list[str]) -> int:
         if debug_requested():
             raise
         return report_user_error(name, exc)
+    except OSError as exc:
+        # A full disk, a quota or a read-only mount that no writer named in its own words: still
+        # one line with the path and the free space (writers wrap their work in write_errors.writing).
+        error = as_write_error(exc)
+        if error is None or debug_requested():
+            raise
+        return report_user_error(name, error)
 
 
 def _top_level_help() -> str:

@@ -143,6 +143,16 @@ class Folder:
             return f"{self.given}/{name}"
         return str(Path(self._root) / name)
 
+    def child(self, name: str) -> Folder:
+        """The sub-folder ``name`` (same storage options, same file system instance)."""
+        if "/" in name or not name:
+            raise ValueError(f"{name!r}: a sub-folder is named by one plain name")
+        sub = Folder(self.url(name), self.options)
+        sub._fs = self._fs
+        if self.remote and self._fs is not None:
+            sub._root = f"{self.root}/{name}"
+        return sub
+
     # -- preparing ------------------------------------------------------------------------------
 
     def ensure(self) -> None:
@@ -338,6 +348,31 @@ class Folder:
             return {}
         return {e["name"].rstrip("/").rsplit("/", 1)[-1]: int(e.get("size") or 0)
                 for e in entries if e.get("type") == "file"}
+
+    def list_tree(self) -> dict[str, int]:
+        """Every file in the folder and in its sub-folders, one level down: ``name`` or ``sub/name`` -> size.
+
+        One recursive listing on an object store (no request per sub-folder).
+        """
+        if not self.remote:
+            out = self.list()
+            try:
+                entries = list(os.scandir(self._root))
+            except (FileNotFoundError, NotADirectoryError):
+                return {}
+            for e in entries:
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                    if e.is_dir():
+                        out.update({f"{e.name}/{n}": size for n, size in self.child(e.name).list().items()})
+            return out
+        try:
+            self.fs.invalidate_cache(self.root)
+            found = self.fs.find(self.root, maxdepth=2, detail=True)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        prefix = self.root + "/"
+        return {name[len(prefix):]: int(info.get("size") or 0) for name, info in found.items()
+                if name.startswith(prefix) and info.get("type", "file") == "file"}
 
     # -- deleting -------------------------------------------------------------------------------
 

@@ -63,7 +63,6 @@ from magiceraser.datasets.inputs import (
     num_shards,
     shard_name,
 )
-from magiceraser.datasets.lock import LockHeld, LockLost, OutputLock
 from magiceraser.datasets.shards import (
     ShardResult,
     as_folder,
@@ -78,15 +77,13 @@ from magiceraser.errors import UserError
 from magiceraser.fingerprint import changed, flatten
 from magiceraser.fingerprint import describe_changes as fingerprint_changes
 from magiceraser.fingerprint import digest as fingerprint_digest
+from magiceraser.lock import OutputLock
 from magiceraser.storage import Folder, public_options
 
 
 class JobError(UserError):
     """A user error the job refuses to start on (wrong or foreign output, no inputs): one line, exit code 2."""
 
-
-# What ``main`` reports as one line with exit code 2 instead of a traceback.
-USER_ERRORS = (JobError, LockHeld, LockLost)
 
 
 def job_fingerprint(cfg: OLRDConfig, items: list[InputItem]) -> dict[str, Any]:
@@ -509,7 +506,7 @@ def prepare_output(out: str | Path | Folder) -> None:
 def run_olrd(cfg: OLRDConfig) -> dict[str, Any]:
     """Build (or finish) the shards of ``cfg.output``; returns the stats written to stats.json.
 
-    Raises :data:`USER_ERRORS` (one-line messages) before any expensive work: a setting
+    Raises :class:`UserError` (one-line messages) before any expensive work: a setting
     :func:`preflight` refuses, an output that is not writable, locked by another job or holding
     another job's shards.
     """
@@ -701,14 +698,15 @@ def _write(cfg: OLRDConfig, out: Folder, job: dict, sidecars: dict[int, dict], l
         lock.check()  # never write over the shards of a job that took our lock over
     sidecars[shard] = write_shard(out, result, job)
 def main(argv: Sequence[str] | None = None) -> int:
-    from magiceraser.cli_args import config_argparser, load_cli_config
+    from magiceraser.cli_args import config_argparser, debug_requested, load_cli_config, report_user_error
 
     parser = config_argparser("olrd", "Build OLRD training shards (segment, shift+blend, caption) on Ray.")
     args = parser.parse_args(argv)
     cfg = load_cli_config(OLRDConfig, args)
     try:
         run_olrd(cfg)
-    except USER_ERRORS as exc:
-        print(f"magiceraser olrd: {exc}", file=sys.stderr)
-        return 2
+    except UserError as exc:  # here too, not only in cli.main: tests and scripts call this main directly
+        if debug_requested(args):
+            raise
+        return report_user_error("olrd", exc)
     return 0

@@ -1,40 +1,48 @@
-"""Training checkpoints: everything needed to continue a run exactly, saved atomically, no pickle.
+"""What a training checkpoint holds: everything needed to continue a run exactly, and no pickle.
 
-Layout of ``{out_dir}/checkpoints/checkpoint-{step:08d}/``:
+The files of ``checkpoint-{step:08d}/`` (where they are stored, and how a checkpoint is known to
+be whole, is :mod:`checkpoint_store`):
 
     trainable.safetensors   v* and the LoRA weights
     optimizer.pt            AdamW state (tensors and plain values; read with ``weights_only=True``)
     scheduler.json          learning-rate scheduler state
     rng.safetensors         the shared noise generator and every process's torch (and CUDA) RNG states
-    state.json              step, world size, run id, what the weights depend on (``dependencies``
-                            and its ``fingerprint``), every process's data-stream position and its
-                            Python/NumPy RNG states; written last
+    state.json              step, world size, run id, launch, what the weights depend on
+                            (``dependencies`` and its ``fingerprint``), every process's data-stream
+                            position and Python/NumPy RNG states, and the size and sha256 of each
+                            file above; written last
 
-Nothing in a checkpoint is unpickled: a checkpoint directory on shared storage cannot run code
-in the training processes that resume from it. The directory is built under a temporary name
-and renamed into place when complete (``magiceraser.atomic.atomic_directory``), so a process
-killed mid-save leaves the previous checkpoint as the newest loadable one; leftovers start with
-``.tmp-`` and are swept on start. Files get the permissions ``open()`` gives (team-readable).
+Nothing in a checkpoint is unpickled: a checkpoint on shared storage cannot run code in the
+training processes that resume from it. Every file is serialised in memory first
+(:func:`encode_checkpoint`), so a full disk surfaces as the OSError of one plain write, and the
+digests are of exactly the bytes written.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import pickle
 import random
-import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from magiceraser.atomic import atomic_directory, make_shareable, remove_stale_temporaries
 from magiceraser.errors import UserError
+from magiceraser.training.checkpoint_store import (
+    CheckpointRef,
+    CheckpointStore,
+    DamagedCheckpoint,
+)
 
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{8})$")
-STATE_NAME = "state.json"
+TRAINABLE_NAME = "trainable.safetensors"
+RNG_NAME = "rng.safetensors"
+OPTIMIZER_NAME = "optimizer.pt"
+SCHEDULER_NAME = "scheduler.json"
+#: Every file a checkpoint holds besides its marker (state.json).
+FILES = (TRAINABLE_NAME, RNG_NAME, OPTIMIZER_NAME, SCHEDULER_NAME)
 
 
 # -- RNG states as tensors and JSON -------------------------------------------------------------
@@ -88,34 +96,10 @@ def _join_rng(tensors: dict[str, torch.Tensor], json_part: list[dict[str, Any]])
     return out
 
 
-# -- listing, saving, loading -------------------------------------------------------------------
+# -- encoding and decoding ----------------------------------------------------------------------
 
 
-def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
-    """Complete checkpoints under ``ckpt_root``, oldest first."""
-    root = Path(ckpt_root)
-    if not root.is_dir():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and CHECKPOINT_RE.match(p.name) and (p / STATE_NAME).is_file()]
-    return sorted(found, key=lambda p: p.name)
-
-
-def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
-    found = list_checkpoints(ckpt_root)
-    return found[-1] if found else None
-
-
-def read_state(path: str | Path) -> dict[str, Any]:
-    """The ``state.json`` of a checkpoint directory."""
-    path = Path(path)
-    try:
-        return json.loads((path / STATE_NAME).read_text())
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path / STATE_NAME} cannot be read ({exc}); delete that checkpoint to resume from an earlier one") from exc
-
-
-def save_checkpoint(
-    ckpt_root: str | Path,
+def encode_checkpoint(
     step: int,
     trainable: dict[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
@@ -124,73 +108,84 @@ def save_checkpoint(
     rng_states: list[dict[str, Any]],
     data_states: list[dict[str, Any]],
     world_size: int,
-    keep_last: int,
     run_id: str,
     extra: dict[str, Any] | None = None,
-) -> Path:
-    """Write checkpoint ``step`` atomically (call on rank 0 only).
+) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The bytes of every file of checkpoint ``step`` and its marker's content (without the digests)."""
+    from safetensors.torch import save as safetensors_bytes
 
-    Then delete all but the newest ``keep_last`` checkpoints *of this run* (same ``run_id``):
-    checkpoints another run left in the folder are never pruned.
-    """
-    from safetensors.torch import save_file
-
-    root = Path(ckpt_root)
-    root.mkdir(parents=True, exist_ok=True)
-    target = root / f"checkpoint-{step:08d}"
     rng_tensors, rng_json = _split_rng(generator, rng_states)
-    with atomic_directory(target) as tmp:
-        save_file({k: v.contiguous() for k, v in trainable.items()}, str(tmp / "trainable.safetensors"))
-        save_file({k: v.contiguous() for k, v in rng_tensors.items()}, str(tmp / "rng.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()) + "\n")
-        state = {"step": step, "world_size": world_size, "run_id": run_id, "data": data_states, "rng": rng_json, **(extra or {})}
-        (tmp / STATE_NAME).write_text(json.dumps(state, indent=1) + "\n")
-        for f in tmp.iterdir():
-            make_shareable(f)
-    mine = [p for p in list_checkpoints(root) if _run_id(p) == run_id]
-    for old in mine[:-keep_last]:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
+    buf = io.BytesIO()
+    torch.save(optimizer.state_dict(), buf)
+    files = {
+        TRAINABLE_NAME: safetensors_bytes({k: v.detach().cpu().contiguous() for k, v in trainable.items()}),
+        RNG_NAME: safetensors_bytes({k: v.contiguous() for k, v in rng_tensors.items()}),
+        OPTIMIZER_NAME: buf.getvalue(),
+        SCHEDULER_NAME: (json.dumps(scheduler.state_dict()) + "\n").encode(),
+    }
+    state = {"step": step, "world_size": world_size, "run_id": run_id, "data": data_states, "rng": rng_json, **(extra or {})}
+    return files, state
 
 
-def _run_id(path: Path) -> str | None:
-    try:
-        return json.loads((path / STATE_NAME).read_text()).get("run_id")
-    except (OSError, ValueError):
-        return None
-
-
-def _load_plain(path: Path) -> Any:
+def _load_plain(data: bytes, where: str) -> Any:
     """``torch.load`` restricted to tensors and plain values; a pickled object is refused, not run."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise UserError(
-            f"{path} holds pickled Python objects, which are not loaded (they could run code); "
+            f"{where} holds pickled Python objects, which are not loaded (they could run code); "
             "it was not written by magiceraser: delete that checkpoint"
         ) from exc
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint directory into a dict (tensors on CPU), without unpickling anything."""
-    from safetensors.torch import load_file
+def decode_checkpoint(ref: CheckpointRef, state: dict[str, Any], files: dict[str, bytes]) -> dict[str, Any]:
+    """The checkpoint as tensors (on CPU) and plain values; :class:`DamagedCheckpoint` if a file cannot be parsed."""
+    from safetensors.torch import load as safetensors_load
 
-    path = Path(path)
-    if not (path / STATE_NAME).is_file():
-        raise FileNotFoundError(f"{path} is not a complete checkpoint (no {STATE_NAME})")
-    state = read_state(path)
-    rng_tensors = load_file(str(path / "rng.safetensors"))
+    def parse(name: str, fn):
+        try:
+            return fn(files[name])
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any parse failure of stored bytes means damage
+            raise DamagedCheckpoint(ref.name, name, f"cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+
+    rng_tensors = parse(RNG_NAME, safetensors_load)
+    try:
+        per_rank = _join_rng(rng_tensors, state["rng"])
+        step = int(state["step"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DamagedCheckpoint(ref.name, "state.json", f"lacks what a checkpoint records ({exc!r})") from None
     return dict(
-        path=path,
-        state=state,
-        trainable=load_file(str(path / "trainable.safetensors")),
-        optimizer=_load_plain(path / "optimizer.pt"),
-        scheduler=json.loads((path / "scheduler.json").read_text()),
-        rng={"generator": rng_tensors["generator"], "per_rank": _join_rng(rng_tensors, state["rng"])},
+        name=ref.name,
+        state={**state, "step": step},
+        trainable=parse(TRAINABLE_NAME, safetensors_load),
+        optimizer=parse(OPTIMIZER_NAME, lambda b: _load_plain(b, f"{ref.url}/{OPTIMIZER_NAME}")),
+        scheduler=parse(SCHEDULER_NAME, json.loads),
+        rng={"generator": rng_tensors["generator"], "per_rank": per_rank},
     )
 
 
-def sweep_temporaries(ckpt_root: str | Path) -> list[Path]:
-    """Remove leftovers of saves that were killed (``.tmp-*``)."""
-    return remove_stale_temporaries(ckpt_root)
+def load_checkpoint(store: CheckpointStore, ref: CheckpointRef) -> dict[str, Any]:
+    """Read, verify (sizes, digests) and decode a checkpoint; :class:`DamagedCheckpoint` if it is not whole."""
+    state, files = store.load(ref, expected=FILES)
+    return decode_checkpoint(ref, state, files)
+
+
+# -- conveniences for a checkpoint folder on a filesystem (tests, scripts) ------------------------
+
+
+def list_checkpoints(ckpt_root: str | Path) -> list[Path]:
+    """Complete checkpoint folders under a local ``ckpt_root``, oldest first."""
+    return [Path(ckpt_root) / ref.name for ref in CheckpointStore(ckpt_root).list()]
+
+
+def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
+    found = list_checkpoints(ckpt_root)
+    return found[-1] if found else None
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """The ``state.json`` of a local checkpoint folder."""
+    path = Path(path)
+    return json.loads((path / "state.json").read_text())

@@ -7,8 +7,9 @@ matches the paper where the paper gives a number (lr 1e-4, 512x512, p = 0.5 prom
 
 from __future__ import annotations
 
+import signal
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from magiceraser.prompts import DEFAULT_TOKEN
 from magiceraser.storage import is_object_store
@@ -179,15 +180,43 @@ class OptimConfig:
 @dataclass
 class CheckpointConfig:
     every: int = 1000
-    """Save a checkpoint every N optimizer steps (0 = only the final export)."""
+    """Save a checkpoint every N optimizer steps (0 = only the final export; a preempted run still
+    saves one before it exits)."""
     keep_last: int = 3
-    """Keep the newest K checkpoints."""
+    """Keep the newest K checkpoints of this run (another run's are never pruned)."""
+    dir: str = ""
+    """Where checkpoints go: empty = ``{out_dir}/checkpoints``; a path on storage every node reads,
+    or an object-store URL (``s3://bucket/runs/sd15/checkpoints``: each file is one PUT under its
+    final key, ``state.json`` last), so a checkpoint outlives the node that wrote it."""
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    """fsspec options of an object-store ``dir`` (endpoint_url, profile, ...); credentials
+    otherwise come from the standard AWS_* / FSSPEC_* variables, as for the data engine."""
 
     def __post_init__(self) -> None:
         if self.every < 0:
             raise ValueError(f"every must be >= 0, got {self.every}")
         if self.keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {self.keep_last}")
+
+
+#: Signals that cannot be caught: they cannot ask a run to save and leave.
+_UNCATCHABLE = {"SIGKILL", "SIGSTOP"}
+
+
+@dataclass
+class PreemptionConfig:
+    signals: list[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR1"])
+    """Signals that mean "save and leave": every process finishes its optimizer step, the
+    processes agree on the step, save a checkpoint together and exit with status 75 (restart me).
+    Kubernetes sends SIGTERM before it kills a pod; SLURM sends what ``--signal=USR1@60`` asks for.
+    Empty = the default action of each signal (the process dies; the last checkpoint remains)."""
+
+    def __post_init__(self) -> None:
+        for name in self.signals:
+            if not isinstance(name, str) or not name.startswith("SIG") or not hasattr(signal, name) or name.startswith("SIG_"):
+                raise ValueError(f"signals: {name!r} is not a signal name (such as SIGTERM, SIGUSR1, SIGUSR2)")
+            if name in _UNCATCHABLE:
+                raise ValueError(f"signals: {name} cannot be caught, so it cannot ask the run to save first")
 
 
 @dataclass
@@ -246,10 +275,15 @@ class RayConfig:
     """CPUs reserved per worker (its DataLoader workers run inside this reservation)."""
     storage_path: str | None = None
     """Ray Train storage path (shared filesystem or s3://...); None = Ray's default."""
+    max_failures: int = 3
+    """Restart the workers this many times after a lost worker or node (-1 = without limit, 0 =
+    never); each restart continues from the newest intact checkpoint of this run."""
 
     def __post_init__(self) -> None:
         if self.num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {self.num_workers}")
+        if self.max_failures < -1:
+            raise ValueError(f"max_failures must be >= -1 (-1 = without limit), got {self.max_failures}")
         if self.cpus_per_worker <= 0:
             raise ValueError(f"cpus_per_worker must be > 0, got {self.cpus_per_worker}")
 
@@ -268,6 +302,8 @@ class TrainConfig:
     """Optimizer, schedule, accumulation, clipping, precision."""
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     """Periodic checkpoints."""
+    preemption: PreemptionConfig = field(default_factory=PreemptionConfig)
+    """What a preemption signal does."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases logging."""
     validation: ValidationConfig = field(default_factory=ValidationConfig)
@@ -291,20 +327,25 @@ class TrainConfig:
     """Print a progress line every N optimizer steps (rank 0)."""
     num_threads: int = 0
     """torch intra-op CPU threads of each training process (0 = torch's default; 1 on busy small machines)."""
+    lock_stale_s: float = 120.0
+    """``out_dir/job.lock`` (and the checkpoint folder's) counts as abandoned this many seconds after
+    its owner's last heartbeat; until then a second run on the folder is refused."""
 
     def __post_init__(self) -> None:
+        if self.lock_stale_s <= 0:
+            raise ValueError(f"lock_stale_s must be > 0, got {self.lock_stale_s}")
         if self.num_threads < 0:
             raise ValueError(f"num_threads must be >= 0, got {self.num_threads}")
         if not self.out_dir:
             raise ValueError("out_dir must be set")
         if is_object_store(self.out_dir):
-            # Refused rather than half supported: a checkpoint is complete because its folder is
-            # renamed into place whole, and W&B's offline files and the validation grids need a
-            # filesystem too. The export is three files: copy them up once the run is done.
+            # W&B's offline files and the validation grids need a filesystem; checkpoints, which must
+            # outlive a node, may go to an object store (checkpoint.dir). The export is three files:
+            # copy them up once the run is done.
             raise ValueError(
-                f"out_dir must be a local or shared filesystem path, not an object store ({self.out_dir!r}): checkpoints "
-                "are renamed into place whole and W&B writes files there; train into a local/shared out_dir and copy "
-                "its export (magiceraser.json, *.safetensors) up afterwards; data.urls and data.latent_cache may be URLs"
+                f"out_dir must be a local or shared filesystem path, not an object store ({self.out_dir!r}): W&B and "
+                "the validation grids write files there; train into a local out_dir with checkpoint.dir=s3://... so "
+                "checkpoints outlive the node, and copy the export (magiceraser.json, *.safetensors) up afterwards"
             )
         if self.resume and self.overwrite:
             raise ValueError("resume and overwrite exclude each other: --resume continues the run in out_dir, --overwrite replaces it")

@@ -26,6 +26,7 @@ can store it; prompt choice is a function of (seed, rank, worker, position), so 
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from collections.abc import Iterator, Sequence
@@ -243,8 +244,12 @@ def collate(examples: list[dict[str, Any]], worker: int = 0, position: Sequence[
     return batch
 
 
-def make_loader(spec: StreamSpec, num_workers: int) -> torch.utils.data.DataLoader:
-    """DataLoader over a TrainStream (batches are formed in the workers)."""
+def make_loader(spec: StreamSpec, num_workers: int, ignore_signals: Sequence[str] = ()) -> torch.utils.data.DataLoader:
+    """DataLoader over a TrainStream (batches are formed in the workers).
+
+    ``ignore_signals``: signals the worker processes ignore (the trainer's preemption signals,
+    which the main process handles; see ``preemption.ignore_in_worker``).
+    """
     return torch.utils.data.DataLoader(
         TrainStream(spec),
         batch_size=None,
@@ -252,7 +257,14 @@ def make_loader(spec: StreamSpec, num_workers: int) -> torch.utils.data.DataLoad
         persistent_workers=False,
         prefetch_factor=2 if num_workers else None,
         pin_memory=torch.cuda.is_available(),
+        worker_init_fn=functools.partial(_ignore_in_worker, tuple(ignore_signals)) if num_workers and ignore_signals else None,
     )
+
+
+def _ignore_in_worker(names: tuple[str, ...], worker_id: int) -> None:
+    from magiceraser.training.preemption import ignore_in_worker
+
+    ignore_in_worker(names)
 
 
 def read_first_samples(urls: Sequence[str], n: int) -> list[dict[str, Any]]:

@@ -48,21 +48,61 @@ def init_distributed(device: str = "auto") -> DistContext:
     )
 
 
-def all_reduce_mean_(params: Sequence[torch.nn.Parameter], ctx: DistContext) -> None:
-    """Average the gradients of ``params`` over processes in one flat all-reduce (None counts as 0)."""
-    if not ctx.distributed or not params:
-        return
+def all_reduce_mean_(params: Sequence[torch.nn.Parameter], ctx: DistContext, flags: Sequence[float] = ()) -> torch.Tensor:
+    """Average the gradients of ``params`` over processes in one flat all-reduce (None counts as 0).
+
+    ``flags`` ride along in the same all-reduce, as extra elements; their sums over processes
+    are returned as a tensor on the gradients' device (one process: the flags themselves, on the
+    CPU). The trainer sends its preemption flag this way, so agreeing on the step to stop at
+    costs no collective of its own. Read the result with :class:`StepFlags`, which does not make
+    the host wait for the device.
+    """
+    if not ctx.distributed:
+        return torch.tensor([float(f) for f in flags], dtype=torch.float32)
     import torch.distributed as dist
 
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1).float() for g in grads])
+    device = grads[0].device if grads else (ctx.device if ctx.device.type == "cuda" else torch.device("cpu"))
+    extra = torch.tensor([float(f) for f in flags], dtype=torch.float32, device=device)
+    flat = torch.cat([g.reshape(-1).float() for g in grads] + [extra])
     dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    n_grads = flat.numel() - len(flags)
+    sums = flat[n_grads:].clone()
+    flat = flat[:n_grads]
     flat /= ctx.world_size
     offset = 0
     for p, g in zip(params, grads):
         n = g.numel()
         p.grad = flat[offset : offset + n].view_as(p).to(p.dtype)
         offset += n
+    return sums
+
+
+class StepFlags:
+    """The flags of each step's all-reduce, read so that every process decides at the same step.
+
+    On the CPU the sums are read at once: a decision in the step they were reduced in. On a GPU
+    reading them at once would make the host wait for the step's kernels every step; instead
+    they are copied to pinned host memory without blocking and read one step later, when that
+    copy has long finished (every process then decides one step later, all at the same step).
+    """
+
+    def __init__(self) -> None:
+        self._pending: tuple[torch.Tensor, Any] | None = None
+
+    def push(self, sums: torch.Tensor) -> list[float] | None:
+        """Hand over this step's sums; returns the sums to decide on now (None: nothing yet)."""
+        if sums.device.type != "cuda":
+            return sums.tolist()
+        host = torch.empty(sums.shape, dtype=sums.dtype, pin_memory=True)
+        host.copy_(sums, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        previous, self._pending = self._pending, (host, event)
+        if previous is None:
+            return None
+        previous[1].synchronize()
+        return previous[0].tolist()
 
 
 def all_reduce_scalars(values: Sequence[float], ctx: DistContext, op: str = "mean") -> list[float]:

@@ -6,16 +6,23 @@
 The LoRA file carries the adapter config (rank, alpha, target modules) as diffusers'
 ``lora_adapter_metadata``, so stock loaders apply the trained scale alpha / rank.
 
-The export is one unit: both weight files are written under temporary names, the old
-``magiceraser.json`` (the completion marker) is removed before either replaces its predecessor,
-and the new marker, holding the sha256 of both files, is written last. So a marker always
-vouches for the weight files beside it (``read_trained_output`` checks the digests), and a
-killed export leaves no marker: :func:`sweep_incomplete_export` removes what it left.
+The export is one unit: both weight files and the new marker are written under temporary names
+first (so a full disk stops the export before anything of the previous one is touched), the old
+``magiceraser.json`` (the completion marker) is removed before either weight file replaces its
+predecessor, and the new marker, holding the sha256 of both files, is renamed into place last. So
+a marker always vouches for the weight files beside it (``read_trained_output`` checks the
+digests), and a killed export leaves no marker: :func:`sweep_incomplete_export` removes what it left.
+
+The bytes depend only on the weights and the settings: the LoRA metadata is written with sorted
+keys and sorted module lists (PEFT keeps ``target_modules`` as a set, whose order changes from
+one Python process to the next), so two identical runs write identical files and a digest of
+the export identifies a model.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -24,7 +31,7 @@ from typing import Any
 import torch
 
 from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME
-from magiceraser.atomic import TMP_PREFIX, atomic_write_json, make_shareable, remove_stale_temporaries
+from magiceraser.atomic import TMP_PREFIX, make_shareable, remove_stale_temporaries
 from magiceraser.fingerprint import file_sha256
 
 
@@ -37,32 +44,64 @@ def unet_lora_state_dict(unet) -> dict[str, torch.Tensor]:
     return {k: v.detach().float().cpu().contiguous() for k, v in convert_state_dict_to_diffusers(state).items()}
 
 
+def _canonical(value: Any) -> Any:
+    """JSON-able ``value`` with every set as a sorted list (PEFT configs hold sets)."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(_canonical(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def lora_metadata(unet) -> dict[str, Any]:
+    """The adapter config diffusers stores beside the LoRA weights, in a canonical order."""
+    return _canonical(unet.peft_config["default"].to_dict())
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    make_shareable(path)
+
+
 def export_trained(out_dir: str | Path, unet, vector: torch.Tensor, token: str, base_model: str, extra: dict[str, Any]) -> Path:
     """Write the LoRA weights, v* and ``magiceraser.json`` into ``out_dir``."""
     from diffusers import StableDiffusionInpaintPipeline
-    from safetensors.torch import save_file
+    from diffusers.loaders.lora_base import LORA_ADAPTER_METADATA_KEY, _pack_dict_with_prefix
+    from safetensors.torch import save as safetensors_bytes
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    metadata = unet.peft_config["default"].to_dict()
+    metadata = lora_metadata(unet)
+    packed = _pack_dict_with_prefix(metadata, StableDiffusionInpaintPipeline.unet_name)
+
+    def save_function(weights: dict[str, torch.Tensor], filename: str) -> None:
+        # What diffusers' own save function writes (format + the adapter metadata under the
+        # UNet's prefix), serialised in memory and written with a plain write: a full disk is an
+        # OSError naming the file. The stock-loader test checks the scale alpha / rank survives.
+        _write_file(Path(filename), safetensors_bytes(weights, metadata={
+            "format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}))
+
     with tempfile.TemporaryDirectory(prefix=TMP_PREFIX, dir=out) as tmp:
         StableDiffusionInpaintPipeline.save_lora_weights(
-            tmp, unet_lora_layers=unet_lora_state_dict(unet), unet_lora_adapter_metadata=metadata, safe_serialization=True
+            tmp, unet_lora_layers=unet_lora_state_dict(unet), save_function=save_function, safe_serialization=True
         )
-        save_file({token: vector.detach().float().cpu().reshape(1, -1).contiguous()}, str(Path(tmp) / EMBEDS_NAME))
-        digests = {}
-        for name in (LORA_WEIGHTS_NAME, EMBEDS_NAME):
-            make_shareable(Path(tmp) / name)
-            digests[name] = file_sha256(Path(tmp) / name)
-        # From here until the new marker is written the folder holds no complete export.
+        _write_file(Path(tmp) / EMBEDS_NAME, safetensors_bytes({token: vector.detach().float().cpu().reshape(1, -1).contiguous()}))
+        digests = {name: file_sha256(Path(tmp) / name) for name in (LORA_WEIGHTS_NAME, EMBEDS_NAME)}
+        meta = {"token": token, "base_model": base_model, "lora": {"rank": metadata.get("r"), "alpha": metadata.get("lora_alpha")}}
+        meta.update(extra)
+        meta["files"] = digests
+        _write_file(Path(tmp) / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+        # Every byte is written; from here until the new marker is renamed into place the folder
+        # holds no complete export (renames need no space).
         with contextlib.suppress(FileNotFoundError):
             os.unlink(out / META_NAME)
-        for name in (LORA_WEIGHTS_NAME, EMBEDS_NAME):
+        for name in (LORA_WEIGHTS_NAME, EMBEDS_NAME, META_NAME):
             os.replace(Path(tmp) / name, out / name)
-    meta = {"token": token, "base_model": base_model, "lora": {"rank": metadata.get("r"), "alpha": metadata.get("lora_alpha")}}
-    meta.update(extra)
-    meta["files"] = digests
-    atomic_write_json(out / META_NAME, meta)
     return out
 
 

@@ -3,7 +3,12 @@
 Written for one device; distribution enters only through :mod:`distributed` (process context,
 one all-reduce of the trainable gradients per optimizer step, gathering states for checkpoints).
 Rank-0-only work (W&B, console, validation, checkpoint and export writes) is in
-:meth:`Trainer._main_process_work` and :meth:`Trainer._finish`.
+:meth:`Trainer._main_process_work` and :meth:`Trainer._finish`; what the run starts from (locks,
+restart or command, the checkpoint it continues) is :mod:`startup`.
+
+A preemption signal (:mod:`preemption`) is read once per optimizer step and summed in that
+step's gradient all-reduce, so all processes stop after the same step, save one checkpoint
+together and raise :class:`~magiceraser.training.preemption.Preempted`.
 """
 
 from __future__ import annotations
@@ -11,9 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import shutil
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,11 +31,15 @@ from magiceraser.fingerprint import digest
 from magiceraser.models.stable_diffusion import load_base_components
 from magiceraser.olrd_samples import expand_urls
 from magiceraser.training import checkpoint as ckpt
+from magiceraser.training import launch as launches
 from magiceraser.training import resume as resume_checks
+from magiceraser.training import startup
+from magiceraser.training.checkpoint_store import CheckpointRef, DamagedCheckpoint, checkpoint_name
 from magiceraser.training.config import TrainConfig
 from magiceraser.training.data import StreamSpec, make_loader
 from magiceraser.training.distributed import (
     DistContext,
+    StepFlags,
     all_reduce_mean_,
     all_reduce_scalars,
     barrier,
@@ -48,8 +55,10 @@ from magiceraser.training.model import (
     diffusion_loss,
     draw_step_noise,
 )
+from magiceraser.training.preemption import Preempted, PreemptionWatcher
 from magiceraser.training.sampling import stable_seed
 from magiceraser.training.tracking import NullLogger, RunLogger
+from magiceraser.write_errors import writing
 
 log = logging.getLogger(__name__)
 
@@ -79,47 +88,73 @@ def training_shards(cfg: TrainConfig) -> list[str]:
     return expand_urls(cfg.data.urls, key="data.urls")
 
 
-def preflight(cfg: TrainConfig) -> None:
-    """What a launcher checks before starting workers: the out_dir and the data (no model needed)."""
-    resume_checks.check_out_dir(Path(cfg.out_dir), cfg.resume, cfg.overwrite)
+def preflight(cfg: TrainConfig, launch_id: str, world_size: int, device_type: str) -> None:
+    """What a launcher checks before starting workers, under its locks: the folders, the checkpoint, the data.
+
+    No model is needed: a refusal here is one line within a second, not a failed group of workers.
+    """
+    startup.plan_start(cfg, startup.checkpoint_store(cfg), launch_id, world_size, device_type)
     training_shards(cfg)
 
 
-def _on_all_ranks(check: Callable[[], Any], ctx: DistContext) -> Any:
-    """Run a check of shared state on rank 0; its result, or its UserError, reaches every rank.
+def _on_all_ranks(work: Callable[[], Any], ctx: DistContext) -> Any:
+    """Run ``work`` (a check or a write of shared state) on rank 0; its result, or its UserError, reaches every rank.
 
     Raising on rank 0 alone would leave the other ranks waiting in the next collective forever.
     """
     outcome: tuple[str, Any]
+    error: UserError | None = None
     if ctx.is_main:
         try:
-            outcome = ("ok", check())
+            outcome = ("ok", work())
         except UserError as exc:
-            outcome = ("error", str(exc))
+            error, outcome = exc, ("error", str(exc))
     else:
         outcome = ("ok", None)
     kind, value = broadcast_object(outcome, ctx)
+    if error is not None:
+        raise error
     if kind == "error":
         raise UserError(value)
     return value
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, ctx: DistContext | None = None, components: dict[str, Any] | None = None):
+    """One process's part of a training run (see the module docstring).
+
+    ``launch_id`` names the launch across restarts (default: :func:`launch.launch_id`; a Ray
+    driver passes its own); ``hold_locks=False`` when the launcher holds the folders' locks.
+    Construct, then :meth:`train` (which releases the locks); :meth:`close` releases them
+    without training.
+    """
+
+    def __init__(self, cfg: TrainConfig, ctx: DistContext | None = None, components: dict[str, Any] | None = None,
+                 launch_id: str | None = None, hold_locks: bool = True):
         self.cfg = cfg
         self.ctx = ctx or init_distributed(cfg.device)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         self.out_dir = Path(cfg.out_dir)
-        self.ckpt_root = self.out_dir / "checkpoints"
+        self.store = startup.checkpoint_store(cfg)
         mp = cfg.optim.mixed_precision
         if mp == "fp16" and self.ctx.device.type != "cuda":
             raise ValueError("optim.mixed_precision=fp16 needs a CUDA device; use bf16 or no on CPU")
         self.weight_dtype = DTYPES[mp]
-        # Refuse what would mix or destroy another run before any model is loaded.
-        self.replaced = _on_all_ranks(lambda: resume_checks.check_out_dir(self.out_dir, cfg.resume, cfg.overwrite), self.ctx)
-        if cfg.resume:
-            self._check_resume(model_digest=None)
+        self.launch_id = broadcast_object(launch_id or launches.launch_id(), self.ctx)
+        self.locks: list[Any] = []
+        # Lock the folders and refuse what would mix or destroy another run before any model is loaded.
+        if hold_locks:
+            _on_all_ranks(lambda: self.locks.extend(startup.take_locks(cfg, self.store, self.launch_id)), self.ctx)
+        try:
+            self._setup(components)
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self, components: dict[str, Any] | None) -> None:
+        cfg = self.cfg
+        self.plan: startup.StartPlan = _on_all_ranks(
+            lambda: startup.plan_start(cfg, self.store, self.launch_id, self.ctx.world_size, self.ctx.device.type), self.ctx)
         self.urls = training_shards(cfg)
 
         # LoRA initialisation must be identical on every process: seed before building the model.
@@ -131,7 +166,13 @@ class Trainer:
 
             check_cache_matches(cfg.data.latent_cache, cfg, vae_digest(comps["vae"].config))
         self.dependencies = resume_checks.training_dependencies(cfg, self.ctx.world_size, self.ctx.device.type, model_digest)
-        self.run_id = broadcast_object(uuid.uuid4().hex, self.ctx)
+        if self.plan.checkpoint:
+            accepted = _on_all_ranks(lambda: startup.check_dependencies(
+                cfg, self.plan, self.store.url(self.plan.checkpoint), self.ctx.world_size, self.ctx.device.type, model_digest),
+                self.ctx)
+            if accepted and self.ctx.is_main:
+                log.warning("continuing %s with changed settings: %s", self.store.url(self.plan.checkpoint), "; ".join(accepted))
+        self.run_id = self.plan.run_id
         self.model = PromptTuner(comps, cfg.model, self.weight_dtype).to(self.ctx.device)
         self.base_scheduler_config = dict(self.model.noise_scheduler.config)
         # From here on each process has its own global RNG stream (LoRA dropout).
@@ -151,7 +192,7 @@ class Trainer:
         self.lr_scheduler = get_scheduler(
             o.scheduler, self.optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=cfg.phases.total_steps
         )
-        self.scaler = torch.amp.GradScaler("cuda") if mp == "fp16" else None
+        self.scaler = torch.amp.GradScaler("cuda") if o.mixed_precision == "fp16" else None
         # One generator for noise, timesteps and VAE samples, seeded alike on every process.
         self.generator = torch.Generator(device=self.ctx.device).manual_seed(cfg.seed)
         self.step = 0
@@ -160,6 +201,12 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.learned_count = [0, 0]  # learned prompts, samples (this process)
         self._validation_samples: list[dict[str, Any]] | None = None
+        self.preemption = PreemptionWatcher(cfg.preemption.signals)
+        self.step_flags = StepFlags()
+
+    def close(self) -> None:
+        """Release the folders' locks (idempotent); :meth:`train` does it when it ends."""
+        startup.release_locks(self.locks)
 
     # -- setup ----------------------------------------------------------------------------------
 
@@ -168,17 +215,15 @@ class Trainer:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.ctx.device.type, dtype=self.weight_dtype)
 
-    def _resume(self) -> dict[str, Any]:
-        path = broadcast_object(str(ckpt.latest_checkpoint(self.ckpt_root) or ""), self.ctx)
-        if not path:
-            if self.ctx.is_main:
-                log.info("resume requested but %s holds no checkpoint: starting fresh", self.ckpt_root)
-            return {}
-        accepted = self._check_resume(model_digest=self.dependencies["base_model_config"])
-        if accepted and self.ctx.is_main:
-            log.warning("resuming %s with changed settings: %s", path, "; ".join(accepted))
-        state = ckpt.load_checkpoint(path)
-        self.run_id = state["state"].get("run_id") or self.run_id
+    def _resume(self) -> None:
+        """Load the checkpoint the start plan chose (every process reads and verifies it)."""
+        name = self.plan.checkpoint
+        assert name is not None
+        ref = CheckpointRef(name, self.plan.step, self.store.url(name))
+        try:
+            state = ckpt.load_checkpoint(self.store, ref)
+        except DamagedCheckpoint as exc:  # rank 0 verified it a moment ago: the storage changed under us
+            raise UserError(f"checkpoint {ref.url} changed while the run started ({exc}); start the run again") from None
         self.model.load_trainable_state(state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["scheduler"])
@@ -196,27 +241,7 @@ class Trainer:
             log.warning("checkpoint was written by %d processes, now %d: data streams restart reseeded", saved_world, self.ctx.world_size)
             self.data_state = {"phase": 0, "positions": {}, "batches": 0, "reseed": self.step}
         if self.ctx.is_main:
-            log.info("resumed from %s at step %d", path, self.step)
-        return state["state"]
-
-    def _check_resume(self, model_digest: str | None) -> list[str]:
-        """Compare the newest checkpoint's dependencies with this run's (see ``resume.py``).
-
-        Called twice: before the base model loads (everything but its config digest, so a changed
-        seed is refused in a second, not after minutes of loading) and after (everything).
-        """
-        cfg = self.cfg
-
-        def check() -> list[str]:
-            path = ckpt.latest_checkpoint(self.ckpt_root)
-            if path is None:
-                return []
-            current = resume_checks.training_dependencies(cfg, self.ctx.world_size, self.ctx.device.type, model_digest or "")
-            ignore = () if model_digest else ("base_model_config",)
-            return resume_checks.check_resume(ckpt.read_state(path).get("dependencies"), current, path,
-                                              cfg.resume_allow_changes, ignore=ignore)
-
-        return _on_all_ranks(check, self.ctx)
+            log.info("resumed from %s at step %d", ref.url, self.step)
 
     def _loader(self, phase: int):
         cfg, d = self.cfg, self.cfg.data
@@ -251,23 +276,54 @@ class Trainer:
             start_positions=dict(positions),
             worker_offset=batches % max(1, d.num_workers),
         )
-        return iter(make_loader(spec, d.num_workers))
+        return iter(make_loader(spec, d.num_workers, ignore_signals=cfg.preemption.signals))
 
     # -- the loop -------------------------------------------------------------------------------
 
     def train(self) -> TrainResult:
-        cfg, ctx = self.cfg, self.ctx
-        resumed_state = self._resume() if cfg.resume else {}
-        if ctx.is_main:
-            if cfg.overwrite and self.replaced:
-                log.warning("--overwrite: deleting the previous run in %s (%s)", self.out_dir, ", ".join(self.replaced))
-                shutil.rmtree(self.ckpt_root, ignore_errors=True)
-                for name in (META_NAME, LORA_WEIGHTS_NAME, EMBEDS_NAME):
-                    (self.out_dir / name).unlink(missing_ok=True)
-            ckpt.sweep_temporaries(self.ckpt_root)
-            sweep_incomplete_export(self.out_dir)
+        """Train to ``phases.total_steps`` and export; :class:`Preempted` after a preemption's checkpoint."""
+        try:
+            with self.preemption:
+                return self._train()
+        except Preempted:
+            self.logger.finish(preempted=True)
+            raise
+        finally:
+            self.logger.finish()
+            self.close()
+
+    def _start_outputs(self) -> None:
+        """Rank 0, before the first step: apply --overwrite, sweep leftovers, record the run and open W&B."""
+        cfg = self.cfg
+        if self.plan.replaced:
+            log.warning("--overwrite: deleting the previous run in %s (%s)", self.out_dir, ", ".join(self.plan.replaced))
+            for ref in self.store.list():
+                self.store.remove(ref)
+            for name in (META_NAME, LORA_WEIGHTS_NAME, EMBEDS_NAME):
+                (self.out_dir / name).unlink(missing_ok=True)
+        sweep_incomplete_export(self.out_dir)
+        with writing(self.out_dir, "the run's config and state"):
             save_config(cfg, self.out_dir / "train_config.yaml")
-            self.logger = RunLogger(cfg.wandb, self.out_dir, config_to_dict(cfg), resume_id=resumed_state.get("wandb_run_id"))
+            self._write_run_state()
+        self.logger = RunLogger(cfg.wandb, self.out_dir, config_to_dict(cfg), resume_id=self.plan.wandb_run_id,
+                                logged_step=self.plan.logged_step, on_logged=self._write_run_state)
+        if self.logger.run_id != self.plan.wandb_run_id:
+            self._write_run_state()
+
+    def _write_run_state(self) -> None:
+        """``out_dir/run_state.json``: this launch, its attempt, the run, the W&B run and its last logged step."""
+        launches.write_run_state(self.out_dir, {
+            "launch": self.launch_id, "attempt": self.plan.attempt, "run_id": self.run_id,
+            "wandb_run_id": self.logger.run_id or self.plan.wandb_run_id,
+            "wandb_logged_step": max(self.plan.logged_step, getattr(self.logger, "logged_step", 0)),
+        })
+
+    def _train(self) -> TrainResult:
+        cfg, ctx = self.cfg, self.ctx
+        if self.plan.checkpoint:
+            self._resume()
+        if ctx.is_main:
+            self._start_outputs()
         total, ti_steps, accum = cfg.phases.total_steps, cfg.phases.textual_inversion_steps, cfg.optim.grad_accumulation
         local_bs = cfg.data.batch_size
         global_bs = local_bs * ctx.world_size
@@ -308,7 +364,10 @@ class Trainer:
                 loss = diffusion_loss(self.model, batch, draws, self._autocast) / accum
                 (self.scaler.scale(loss) if self.scaler else loss).backward()
                 loss_sum += loss.detach()
-            all_reduce_mean_(params, ctx)
+            # The preemption flag rides in the gradient all-reduce: every process learns of a signal
+            # any of them received, in the same step (on a GPU: one step later, all alike).
+            flags = self.step_flags.push(all_reduce_mean_(params, ctx, flags=[float(self.preemption.requested)]))
+            stop = bool(flags and flags[0] > 0)
             if self.scaler:
                 self.scaler.unscale_(self.optimizer)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
@@ -327,8 +386,15 @@ class Trainer:
                 self._report(loss_sum, grad_norm, window, phase, accum * global_bs)
                 loss_sum = torch.zeros((), device=ctx.device)
                 window = {"steps": 0, "time": 0.0, "data": 0.0, "learned": 0, "samples": 0}
+            saved = None
             if cfg.checkpoint.every and (self.step % cfg.checkpoint.every == 0 or self.step == total):
-                self._save_checkpoint()
+                saved = self._save_checkpoint()
+            if stop and self.step < total:
+                saved = saved or self._save_checkpoint()
+                where = self.preemption.received or "another process"
+                if ctx.is_main:
+                    log.warning("preemption signal (%s): stopped after step %d with checkpoint %s", where, self.step, saved)
+                raise Preempted(self.step, where, saved)
             if cfg.validation.urls and cfg.validation.every and self.step % cfg.validation.every == 0 and self.step < total:
                 self._validate()
         return self._finish()
@@ -373,22 +439,49 @@ class Trainer:
                 metrics["train/lr_lora"], metrics["train/samples_per_s"], metrics["train/prompt_learned_share_total"],
             )
 
-    def _save_checkpoint(self) -> None:
+    def _save_checkpoint(self) -> str:
+        """Every process's states to rank 0, which writes the checkpoint; returns where it is (on every process).
+
+        A refused write (full disk, quota) or a lost lock is one user error on every process,
+        and the previous checkpoint stays intact.
+        """
         rng_states = gather_objects(ckpt.rng_state(), self.ctx)
         data_states = gather_objects(dict(self.data_state), self.ctx)
-        if self.ctx.is_main:
-            path = ckpt.save_checkpoint(
-                self.ckpt_root, self.step, self.model.trainable_state(), self.optimizer, self.lr_scheduler,
-                self.generator, rng_states, data_states, self.ctx.world_size, self.cfg.checkpoint.keep_last, self.run_id,
-                extra={"wandb_run_id": getattr(self.logger, "run_id", None), "dependencies": self.dependencies,
-                       "fingerprint": digest(self.dependencies)},
+
+        def write() -> str:
+            startup.check_locks(self.locks)  # never write over the folder of a launch that took our lock over
+            files, state = ckpt.encode_checkpoint(
+                self.step, self.model.trainable_state(), self.optimizer, self.lr_scheduler, self.generator,
+                rng_states, data_states, self.ctx.world_size, self.run_id,
+                extra={"launch": self.launch_id, "wandb_run_id": getattr(self.logger, "run_id", None),
+                       "dependencies": self.dependencies, "fingerprint": digest(self.dependencies)},
             )
-            log.info("saved %s", path)
-        barrier(self.ctx)
+            where = self.store.url(checkpoint_name(self.step))
+            with writing(where, f"the checkpoint of step {self.step}"):
+                ref = self.store.write(self.step, files, state)
+                self._prune()
+            log.info("saved %s", ref.url)
+            return ref.url
+
+        return _on_all_ranks(write, self.ctx)
+
+    def _prune(self) -> None:
+        """Delete all but the newest ``keep_last`` checkpoints of this run; another run's are never touched."""
+        mine = []
+        for ref in self.store.list():
+            try:
+                if self.store.read_state(ref).get("run_id") == self.run_id:
+                    mine.append(ref)
+            except DamagedCheckpoint:
+                continue  # not ours to judge here: resume sets damaged ones aside
+        for old in mine[: -self.cfg.checkpoint.keep_last]:
+            self.store.remove(old)
 
     def _validate(self) -> None:
-        if not self.ctx.is_main:
-            return
+        """Rank 0 erases the held-out samples and writes the grid; every process waits for its outcome."""
+        _on_all_ranks(self._validate_main, self.ctx)
+
+    def _validate_main(self) -> None:
         from magiceraser.atomic import atomic_write_bytes
         from magiceraser.imageio import encode_image
         from magiceraser.training.data import read_first_samples
@@ -405,20 +498,28 @@ class Trainer:
             self.model, self.base_scheduler_config, self._validation_samples, self.cfg.model.token,
             v.num_inference_steps, v.guidance_scale, v.seed, self.ctx.device,
         )
-        atomic_write_bytes(self.out_dir / "validation" / f"step-{self.step:08d}.png", encode_image(grid, "png"))
+        path = self.out_dir / "validation" / f"step-{self.step:08d}.png"
+        with writing(path, "a validation grid"):
+            atomic_write_bytes(path, encode_image(grid, "png"))
         self.logger.log_image("validation/grid", grid, "rows: input, mask, result, target", step=self.step)
 
-    def _finish(self) -> TrainResult:
+    def _export(self) -> None:
         from magiceraser.training.export import export_trained
 
-        if self.cfg.validation.urls:
-            self._validate()
-        if self.ctx.is_main:
+        startup.check_locks(self.locks)
+        with writing(self.out_dir, "the export (v* and LoRA)"):
             export_trained(
                 self.out_dir, self.model.unet, self.model.placeholder.vector, self.cfg.model.token, self.cfg.model.base_model,
-                extra={"steps": self.step, "world_size": self.ctx.world_size, "training_config": config_to_dict(self.cfg)},
+                extra={"steps": self.step, "world_size": self.ctx.world_size,
+                       "training_config": {k: v for k, v in config_to_dict(self.cfg).items() if k not in resume_checks.LAUNCH_KEYS}},
             )
-            log.info("exported v* and LoRA to %s", self.out_dir)
+        log.info("exported v* and LoRA to %s", self.out_dir)
+
+    def _finish(self) -> TrainResult:
+        if self.cfg.validation.urls:
+            self._validate()
+        _on_all_ranks(self._export, self.ctx)
+        if self.ctx.is_main:
             self.logger.finish()
         barrier(self.ctx)
         total = all_reduce_scalars(self.learned_count, self.ctx, op="sum")
@@ -428,6 +529,7 @@ class Trainer:
         )
 
 
-def run_training(cfg: TrainConfig, ctx: DistContext | None = None, components: dict[str, Any] | None = None) -> TrainResult:
+def run_training(cfg: TrainConfig, ctx: DistContext | None = None, components: dict[str, Any] | None = None,
+                 launch_id: str | None = None, hold_locks: bool = True) -> TrainResult:
     """Train with ``cfg`` in this process (one rank of a group when launched by accelerate/torchrun/Ray)."""
-    return Trainer(cfg, ctx, components).train()
+    return Trainer(cfg, ctx, components, launch_id=launch_id, hold_locks=hold_locks).train()

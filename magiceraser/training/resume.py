@@ -6,8 +6,10 @@ schedule, LoRA, placeholder, phases, precision, device type). ``--resume`` compa
 checkpoint's record with the current run's and refuses, naming the changed keys, unless every
 change is one of :data:`RESUMABLE_KEYS` or the user allowed it (``--allow-change KEY``).
 
-A run without ``--resume`` refuses an ``out_dir`` that already holds checkpoints or an export
-(:func:`check_out_dir`), so one run never prunes, overwrites or continues another's.
+A run without ``--resume`` refuses an ``out_dir`` (or checkpoint folder) that already holds
+checkpoints or an export (:func:`check_out_dir`), so one run never prunes, overwrites or
+continues another's. A process restarted by its launcher is the same run (``launch.py``) and
+keeps every one of these refusals.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME
 from magiceraser.config import config_to_dict
 from magiceraser.errors import UserError
 from magiceraser.fingerprint import changed, config_digest, describe_changes, digest, matches
+from magiceraser.training.checkpoint_store import CheckpointStore
 
 #: Config keys that do not change what the weights become and may differ on ``--resume``.
 #: ``phases.total_steps`` extends or shortens the run (a decaying schedule then follows the new total).
@@ -33,7 +36,7 @@ RESUMABLE_KEYS: tuple[str, ...] = (
 )
 
 #: Config keys that are not part of the weights' dependencies at all (where and how the run is launched).
-_LAUNCH_KEYS = ("out_dir", "resume", "overwrite", "resume_allow_changes", "ray", "device")
+LAUNCH_KEYS = ("out_dir", "resume", "overwrite", "resume_allow_changes", "ray", "device", "preemption", "lock_stale_s")
 
 
 def base_model_digest(components: Mapping[str, Any]) -> str:
@@ -56,7 +59,7 @@ def base_model_digest(components: Mapping[str, Any]) -> str:
 
 def training_dependencies(cfg: Any, world_size: int, device_type: str, model_digest: str) -> dict[str, Any]:
     """Everything the trained weights depend on, as nested JSON values (see the module docstring)."""
-    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in _LAUNCH_KEYS}
+    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in LAUNCH_KEYS}
     return {
         **settings,
         "base_model_config": model_digest,
@@ -67,7 +70,7 @@ def training_dependencies(cfg: Any, world_size: int, device_type: str, model_dig
 
 
 def check_resume(
-    saved: Mapping[str, Any] | None, current: Mapping[str, Any], checkpoint: Path, allowed: Iterable[str], ignore: Iterable[str] = ()
+    saved: Mapping[str, Any] | None, current: Mapping[str, Any], checkpoint: str | Path, allowed: Iterable[str], ignore: Iterable[str] = ()
 ) -> list[str]:
     """Refuse to continue ``checkpoint`` (recorded ``saved``) as the run ``current`` if they differ.
 
@@ -92,19 +95,25 @@ def check_resume(
     return [f"{k}: {a!r} -> {b!r}" for k, (a, b) in diff.items()]
 
 
-def previous_run_files(out_dir: Path) -> list[str]:
-    """What in ``out_dir`` belongs to a training run: checkpoints and export files."""
+def previous_run_files(out_dir: Path, store: CheckpointStore) -> list[str]:
+    """What in ``out_dir`` and the checkpoint folder belongs to a training run: checkpoints and export files."""
     found = []
-    ckpt_root = out_dir / "checkpoints"
-    if ckpt_root.is_dir() and any(p.name.startswith("checkpoint-") for p in ckpt_root.iterdir()):
-        found.append("checkpoints/")
+    if store.list():
+        found.append(f"checkpoints in {store}")
     found += [n for n in (META_NAME, LORA_WEIGHTS_NAME, EMBEDS_NAME) if (out_dir / n).exists()]
     return found
 
 
-def check_out_dir(out_dir: Path, resume: bool, overwrite: bool) -> list[str]:
+def check_out_dir_is_a_folder(out_dir: Path) -> None:
+    """Refuse an ``out_dir`` that names a file (one line, before anything loads)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"out_dir={out_dir} is a file, not a folder: choose a folder for the run's outputs")
+
+
+def check_out_dir(out_dir: Path, store: CheckpointStore, resume: bool, overwrite: bool) -> list[str]:
     """Refuse a fresh run into an ``out_dir`` that holds another run; returns what would be replaced."""
-    found = previous_run_files(out_dir)
+    check_out_dir_is_a_folder(out_dir)
+    found = previous_run_files(out_dir, store)
     if found and not resume and not overwrite:
         raise UserError(
             f"out_dir={out_dir} already holds a training run ({', '.join(found)}); "

@@ -5,11 +5,16 @@ Grids are tiled by ``magiceraser.imaging.image_grid``, the layout the evaluation
 Only the main process constructs a :class:`RunLogger`; the others get :class:`NullLogger`, so the
 training loop calls ``logger.log(...)`` unconditionally. ``mode=offline`` writes the run under
 ``{out_dir}/wandb`` without any network access; ``disabled`` turns W&B off.
+
+A resumed or restarted run continues its W&B run (same id) and logs no step twice: steps up to
+``logged_step`` (recorded in ``run_state.json`` after each log) were logged by the attempt
+before, and a resumed run recomputes them bit for bit, so they are skipped.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,26 +22,34 @@ import numpy as np
 
 from magiceraser.imaging import image_grid  # noqa: F401  (validation.py imports it from here)
 from magiceraser.training.config import WandbConfig
+from magiceraser.training.preemption import PREEMPTED_EXIT_CODE
 
 log = logging.getLogger(__name__)
 
 
 class NullLogger:
+    run_id: str | None = None
+    logged_step = 0
+
     def log(self, metrics: dict[str, Any], step: int) -> None:
         pass
 
     def log_image(self, name: str, image: np.ndarray, caption: str, step: int) -> None:
         pass
 
-    def finish(self) -> None:
+    def finish(self, preempted: bool = False) -> None:
         pass
 
 
 class RunLogger(NullLogger):
     """W&B run of the main process."""
 
-    def __init__(self, cfg: WandbConfig, out_dir: str | Path, run_config: dict[str, Any], resume_id: str | None = None):
+    def __init__(self, cfg: WandbConfig, out_dir: str | Path, run_config: dict[str, Any], resume_id: str | None = None,
+                 logged_step: int = 0, on_logged: Callable[[], None] | None = None):
         self.run = None
+        self.logged_step = logged_step
+        self.skip_through = logged_step  # logged by an earlier attempt of this run
+        self.on_logged = on_logged
         if cfg.mode == "disabled":
             return
         import wandb
@@ -60,17 +73,27 @@ class RunLogger(NullLogger):
     def run_id(self) -> str | None:
         return self.run.id if self.run is not None else None
 
+    def _logged(self, step: int) -> None:
+        self.logged_step = step
+        if self.on_logged is not None:
+            self.on_logged()
+
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        if self.run is not None:
+        if self.run is not None and step > self.skip_through:
             self.run.log(metrics, step=step)
+            self._logged(step)
 
     def log_image(self, name: str, image: np.ndarray, caption: str, step: int) -> None:
-        if self.run is not None:
+        if self.run is not None and step > self.skip_through:
             import wandb
 
             self.run.log({name: wandb.Image(image, caption=caption)}, step=step)
+            self._logged(step)
 
-    def finish(self) -> None:
+    def finish(self, preempted: bool = False) -> None:
+        """Close the W&B run; ``preempted`` marks it so (W&B shows it as preempted, to be resumed)."""
         if self.run is not None:
-            self.run.finish()
+            if preempted:
+                self.run.mark_preempting()
+            self.run.finish(exit_code=PREEMPTED_EXIT_CODE if preempted else None)
             self.run = None

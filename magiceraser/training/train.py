@@ -8,10 +8,16 @@
 One process trains as rank 0 of 1; under ``accelerate launch``/torchrun each process joins the
 group from the environment; with ``--ray`` this process becomes the driver of a Ray Train run
 whose workers execute the same loop.
+
+Exit status: 0 when the run finished and exported; 2 for a user error (one line); 75
+(``preemption.PREEMPTED_EXIT_CODE``) when a preemption signal made the run save a checkpoint and
+leave: restart the same command and it continues (a launcher's restart does so by itself).
 """
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Sequence
 
 from magiceraser.cli_args import config_argparser, load_cli_config
@@ -38,13 +44,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ray:
         args.overrides.append("ray.enabled=true")
     cfg = load_cli_config(TrainConfig, args)
+    from magiceraser.training.preemption import PREEMPTED_EXIT_CODE, Preempted
+
     if cfg.ray.enabled:
-        from magiceraser.training.loop import preflight
         from magiceraser.training.ray_launch import run_on_ray
 
-        preflight(cfg)  # a user error here is one line, not a failed Ray Train run
         setup_logging(0)
-        run_on_ray(cfg)
+        try:
+            run_on_ray(cfg)
+        except Preempted as exc:
+            print(_preempted_line(exc, argv), file=sys.stderr, flush=True)
+            return PREEMPTED_EXIT_CODE
         return 0
     from magiceraser.training.distributed import init_distributed, shutdown_distributed
     from magiceraser.training.loop import run_training
@@ -54,11 +64,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"training process {ctx.rank} of {ctx.world_size} on {ctx.device}", flush=True)
     try:
         result = run_training(cfg, ctx)
+    except Preempted as exc:
+        if ctx.is_main:
+            print(_preempted_line(exc, argv), file=sys.stderr, flush=True)
+        return PREEMPTED_EXIT_CODE
     finally:
         shutdown_distributed()
     if ctx.is_main:
         print(f"trained {result.steps} steps on {result.world_size} process(es); exported to {result.out_dir}")
     return 0
+
+
+def _preempted_line(exc, argv: Sequence[str] | None) -> str:
+    """What a person reads after a preemption: what was kept and how to go on."""
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--overwrite", "overwrite=true")]
+    if "--resume" not in args:
+        args.append("--resume")
+    again = "magiceraser train " + " ".join(shlex.quote(a) for a in args)
+    return (f"magiceraser train: preempted ({exc.signal_name}) after step {exc.step}; checkpoint {exc.checkpoint} "
+            f"saved; exit status 75 asks the launcher to restart it; to continue by hand: {again}")
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from magiceraser.datasets import olrd_job
 from magiceraser.datasets.config import OLRDConfig
 from magiceraser.datasets.inputs import list_inputs
 from magiceraser.datasets.shards import Sample, ShardResult, Skip, write_shard
+from magiceraser.lock import LockHeld
 
 N_INPUTS, PER_SHARD = 6, 2  # 3 shards
 
@@ -258,7 +259,7 @@ def test_two_concurrent_jobs_one_refused_then_the_lock_is_released(setup, fake_r
         while not (out / "job.lock").exists():
             assert time.monotonic() < deadline and thread.is_alive(), first
             time.sleep(0.01)
-        with pytest.raises(olrd_job.LockHeld, match=f"pid {os.getpid()}"):
+        with pytest.raises(LockHeld, match=f"pid {os.getpid()}"):
             olrd_job.run_olrd(_cfg(config, out))
     finally:
         gate["event"].set()
@@ -279,7 +280,7 @@ def test_stale_locks_are_taken_over_with_a_message(setup, fake_ray, capsys):
     olrd_job.run_olrd(_cfg(config, out))
     assert "last heartbeat was 3600 s ago" in capsys.readouterr().err
     _write_lock(out, host="elsewhere", pid=1)  # alive elsewhere
-    with pytest.raises(olrd_job.LockHeld, match="host elsewhere, pid 1"):
+    with pytest.raises(LockHeld, match="host elsewhere, pid 1"):
         olrd_job.run_olrd(_cfg(config, out))
 
 
@@ -301,7 +302,7 @@ def test_lock_is_released_on_errors(setup, fake_ray, monkeypatch):
 
 
 def test_heartbeat_is_refreshed_and_a_taken_over_lock_is_noticed(tmp_path):
-    from magiceraser.datasets.lock import LockLost, OutputLock
+    from magiceraser.lock import LockLost, OutputLock
 
     lock = OutputLock(tmp_path, stale_after_s=60, heartbeat_s=0.05)
     with lock:

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from magiceraser.datasets.lock import LockHeld, LockLost, OutputLock
+from magiceraser.lock import LockHeld, LockLost, OutputLock
 from magiceraser.storage import Folder
 
 
@@ -78,7 +78,7 @@ def test_heartbeat_is_refreshed_and_a_take_over_is_noticed(out):
 
 def test_a_take_over_between_read_and_write_is_not_overwritten(out, monkeypatch):
     """The heartbeat's replace is conditional on the ETag it read: a new owner that came in between wins."""
-    from magiceraser.datasets import lock as lock_mod
+    from magiceraser import lock as lock_mod
 
     lock = OutputLock(out, stale_after_s=60, heartbeat_s=3600)
     with lock:

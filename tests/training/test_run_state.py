@@ -7,6 +7,7 @@ team cannot read.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pickle
@@ -125,12 +126,18 @@ def test_a_crafted_pickle_in_a_checkpoint_is_never_executed(finished_run, tiny_s
     # checkpoint may be unpickled, under any name the loader reads.
     with open(latest / victim, "wb") as fh:
         pickle.dump({"state": _Payload(str(marker))}, fh)
-    trainer = Trainer(_cfg(tiny_sd, olrd_shards, out, resume=True, **{"phases.total_steps": 3}))
-    if victim == "optimizer.pt":  # a file the loader reads: refused, naming it
+    # The crafter also rewrote the marker's record of the file, so its size and digest check out.
+    state = json.loads((latest / "state.json").read_text())
+    if victim in state["files"]:
+        data = (latest / victim).read_bytes()
+        state["files"][victim] = {"size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        (latest / "state.json").write_text(json.dumps(state))
+    cfg = _cfg(tiny_sd, olrd_shards, out, resume=True, **{"phases.total_steps": 3})
+    if victim == "optimizer.pt":  # a file the loader reads: refused when the run starts, naming it
         with pytest.raises(UserError, match=r"optimizer\.pt holds pickled Python objects"):
-            trainer.train()
+            Trainer(cfg)
     else:  # a file it no longer reads at all
-        assert trainer.train().steps == 3
+        assert Trainer(cfg).train().steps == 3
     assert not marker.exists()
 
 

@@ -153,27 +153,35 @@ def test_resume_from_mid_run_checkpoint_gives_the_same_final_weights(tiny_sd, ol
 
 
 def test_checkpoint_save_interrupted_leaves_previous_loadable(tiny_sd, olrd_shards, tmp_path, monkeypatch):
+    from magiceraser.training import checkpoint_store
+    from magiceraser.training.checkpoint_store import CheckpointStore
+
     cfg = tiny_train_config(tiny_sd, [olrd_shards / "olrd-*.tar"], tmp_path, **{"phases.total_steps": 2, "checkpoint.every": 1})
     trainer = Trainer(cfg)
     trainer.train()
     root = tmp_path / "checkpoints"
     assert ckpt.latest_checkpoint(root).name == "checkpoint-00000002"
 
-    def killed(*args, **kwargs):
-        raise KeyboardInterrupt("killed during save")
+    real_write = checkpoint_store._write_synced
+
+    def killed_after_first_file(path, data):
+        if path.name != "trainable.safetensors":
+            raise KeyboardInterrupt("killed during save")
+        real_write(path, data)
 
     trainer.step = 3
-    monkeypatch.setattr(torch, "save", killed)  # dies after trainable.safetensors, before state.json
+    monkeypatch.setattr(checkpoint_store, "_write_synced", killed_after_first_file)  # dies after trainable.safetensors
     with pytest.raises(KeyboardInterrupt):
         trainer._save_checkpoint()
     monkeypatch.undo()
     # A hard kill would leave a .tmp- directory; make one to check it is ignored and swept.
     (root / ".tmp-checkpoint-00000003.abc").mkdir()
-    latest = ckpt.latest_checkpoint(root)
+    store = CheckpointStore(root)
+    latest = store.list()[-1]
     assert latest.name == "checkpoint-00000002"
-    state = ckpt.load_checkpoint(latest)
+    state = ckpt.load_checkpoint(store, latest)
     assert state["state"]["step"] == 2 and "placeholder.vector" in state["trainable"]
-    assert ckpt.sweep_temporaries(root) and not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
+    assert store.sweep() and not [p for p in root.iterdir() if p.name.startswith(".tmp-")]
 
 
 def _merged_rank_batches(trainer: Trainer, world: int, phase: int):

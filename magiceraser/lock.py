@@ -1,12 +1,20 @@
 """One job per output folder: a lock file with its owner and a heartbeat.
 
 Two jobs writing one output would do all the work twice and sweep each other's temporaries, so
-a job takes ``OUT/job.lock`` before it touches anything there and keeps it until it ends. The
+a job takes ``OUT/job.lock`` before it touches anything there and keeps it until it ends. Every
+command that writes a folder of results takes it: ``olrd`` (its output), ``train`` (its out_dir
+and its checkpoint folder), ``cache-latents``, ``evaluate`` and a folder ``erase --out``. The
 lock records who holds it (host, pid, start time, a random token) and ``heartbeat_at``, which a
 background thread of the owner refreshes every ``stale_after_s / 4`` seconds. Another job that
 finds the lock refuses at once, naming the owner, unless the lock is *stale*: its heartbeat is
 older than ``stale_after_s`` (the owner died on some host: clocks must agree to well within that),
 or its pid is gone on this very host (a killed job). A stale lock is taken over with a message.
+
+A job may name itself (``job=``): a lock left by a job of the same name is taken over at once,
+whatever its heartbeat. A trainer restarted by its launcher (torchrun ``--max_restarts``, Ray
+Train's failure policy) is the same launch as the process that died holding the lock, possibly
+on another node whose heartbeat has not yet gone stale; the launcher only restarts after every
+process of the previous attempt has ended.
 
 The I/O is confined to the ``_create``, ``_read``, ``_replace`` and ``_remove`` functions, which
 go through :class:`magiceraser.storage.Folder`: the same protocol runs on a local or shared disk
@@ -26,16 +34,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from magiceraser.errors import UserError
 from magiceraser.storage import Folder
 
 LOCK_NAME = "job.lock"
 
 
-class LockHeld(Exception):
+class LockHeld(UserError):
     """The output folder is locked by a live job; the message names it (a user error: exit code 2)."""
 
 
-class LockLost(Exception):
+class LockLost(UserError):
     """Another job took this job's lock over (it judged ours stale): stop before writing more."""
 
 
@@ -158,8 +167,9 @@ class OutputLock:
     """
 
     def __init__(self, directory: str | Path | Folder, stale_after_s: float = 120.0, heartbeat_s: float | None = None,
-                 log: Callable[[str], None] | None = None):
+                 log: Callable[[str], None] | None = None, job: str | None = None):
         self.folder = directory if isinstance(directory, Folder) else Folder(directory)
+        self.job = job
         self.path = self.folder.url(LOCK_NAME)  # for messages
         self.log = log or _log_stderr
         self.stale_after_s = stale_after_s
@@ -171,8 +181,11 @@ class OutputLock:
 
     def _new_record(self) -> dict[str, Any]:
         now = time.time()
-        return {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now, "heartbeat_at": now,
-                "token": secrets.token_hex(16)}
+        record = {"host": socket.gethostname(), "pid": os.getpid(), "started_at": now, "heartbeat_at": now,
+                  "token": secrets.token_hex(16)}
+        if self.job:
+            record["job"] = self.job
+        return record
 
     def acquire(self) -> None:
         """Take the lock (taking a stale one over, with a message on stderr) and start beating."""
@@ -184,6 +197,8 @@ class OutputLock:
             if current is None:
                 continue
             reason = stale_reason(current, self.stale_after_s)
+            if self.job and current.get("job") == self.job:
+                reason = "it was left by an earlier attempt of this same job, which has ended"
             if not reason:
                 raise LockHeld(
                     f"{self.folder} is in use by another job ({describe_owner(current)}); wait for it to end, "
@@ -197,7 +212,7 @@ class OutputLock:
             current = _read(self.folder) or {}
             raise LockHeld(f"{self.folder} is in use by another job ({describe_owner(current)}); try again")
         self.record = record
-        self._thread = threading.Thread(target=self._beat, name="olrd-lock-heartbeat", daemon=True)
+        self._thread = threading.Thread(target=self._beat, name="output-lock-heartbeat", daemon=True)
         self._thread.start()
 
     def _beat(self) -> None:
@@ -225,7 +240,7 @@ class OutputLock:
         """Raise :class:`LockLost` if another job has taken the lock over since we took it."""
         if self.lost is not None:
             raise LockLost(f"lost the lock {self.path} to another job ({describe_owner(self.lost)}); "
-                           "stopped so that the two jobs do not write the same shards")
+                           "stopped so that the two jobs do not write the same files")
 
     def release(self) -> None:
         """Stop beating and remove the lock if it is still ours."""
