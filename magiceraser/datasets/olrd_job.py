@@ -79,6 +79,7 @@ from magiceraser.fingerprint import describe_changes as fingerprint_changes
 from magiceraser.fingerprint import digest as fingerprint_digest
 from magiceraser.lock import OutputLock
 from magiceraser.storage import Folder, public_options
+from magiceraser.write_errors import writing
 
 
 class JobError(UserError):
@@ -555,7 +556,8 @@ def _run_locked(cfg: OLRDConfig, out: Folder, lock: OutputLock, items: list[Inpu
                 ray.shutdown()
     elapsed = time.monotonic() - t0
     ordered = [sidecars[s] for s in range(n_shards)]
-    write_skip_log(out, ordered)
+    with writing(out.url("skipped.jsonl"), "the skip log"):
+        write_skip_log(out, ordered)
     stats = {
         **summarize(ordered),
         "processed_this_run": len(todo),
@@ -568,7 +570,8 @@ def _run_locked(cfg: OLRDConfig, out: Folder, lock: OutputLock, items: list[Inpu
         "driver": {k: v for k, v in driver.items() if k != "timeline"},  # reruns after a lost node, pending rows
     }
     lock.check()
-    out.write_json("stats.json", stats)  # last: marks the output complete
+    with writing(out.url("stats.json"), "stats.json"):
+        out.write_json("stats.json", stats)  # last: marks the output complete
     print(f"[olrd] done: {stats['samples']} samples, {stats['skipped']} skipped {stats['skip_reasons']} in "
           f"{n_shards} shards under {out}", file=sys.stderr, flush=True)
     if stats["retryable"]:
@@ -696,7 +699,8 @@ def _write(cfg: OLRDConfig, out: Folder, job: dict, sidecars: dict[int, dict], l
         add_row(result, r, cfg.image_format)
     if lock is not None:
         lock.check()  # never write over the shards of a job that took our lock over
-    sidecars[shard] = write_shard(out, result, job)
+    with writing(out.url(f"{shard_name(shard)}.tar"), f"shard {shard}"):  # a full disk: one line, no partial shard
+        sidecars[shard] = write_shard(out, result, job)
 def main(argv: Sequence[str] | None = None) -> int:
     from magiceraser.cli_args import config_argparser, debug_requested, load_cli_config, report_user_error
 

@@ -38,6 +38,8 @@ from magiceraser.evaluation.outputs import log_wandb, write_grids, write_tables
 from magiceraser.evaluation.pair_store import materialise_pairs
 from magiceraser.evaluation.report import ResultRow, aggregate, results_markdown
 from magiceraser.evaluation.scoring import Scorer
+from magiceraser.lock import OutputLock
+from magiceraser.write_errors import writing
 
 
 @dataclass
@@ -88,9 +90,15 @@ class Evaluation:
         self.cfg = cfg
 
     def __call__(self) -> EvaluationResult:
+        out = Path(self.cfg.out_dir)
+        with writing(out, "the evaluation's outputs"):
+            out.mkdir(parents=True, exist_ok=True)
+        # One evaluation per out_dir: two would write the same tables and caches (refused, naming the owner).
+        with OutputLock(out, log=log):
+            return self._run(out)
+
+    def _run(self, out: Path) -> EvaluationResult:
         cfg = self.cfg
-        out = Path(cfg.out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
         device = resolve_device(cfg.device, key="device")
         if not cfg.datasets or not cfg.methods:

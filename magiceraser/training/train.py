@@ -16,6 +16,7 @@ leave: restart the same command and it continues (a launcher's restart does so b
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -61,7 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     ctx = init_distributed(cfg.device)
     setup_logging(ctx.rank)
-    print(f"training process {ctx.rank} of {ctx.world_size} on {ctx.device}", flush=True)
+    print(f"training process {ctx.rank} of {ctx.world_size} on {ctx.device} (pid {os.getpid()})", flush=True)
     try:
         result = run_training(cfg, ctx)
     except Preempted as exc:

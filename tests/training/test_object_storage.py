@@ -38,13 +38,14 @@ def test_cache_on_s3_written_once_per_key_and_training_reads_it(tiny_sd, tmp_pat
     build_cache(_cache_cfg(tiny_sd, [str(tmp_path / "data" / "olrd-*.tar")], str(local)))
 
     written = [k.removeprefix("cache/") for k in s3_server.written(bucket) if k.startswith("cache/")]
-    assert written == ["olrd-000000.tar", "olrd-000000.stats.json", "olrd-000001.tar", "olrd-000001.stats.json",
-                       "cache.json"]  # no temporary key; each shard before its stats; the marker last
+    # the build's lock first; no temporary key; each shard before its stats; the marker last
+    assert written == ["job.lock", "olrd-000000.tar", "olrd-000000.stats.json", "olrd-000001.tar", "olrd-000001.stats.json",
+                       "cache.json"]
     cache = Folder(url)
-    assert sorted(cache.list()) == sorted(p.name for p in local.iterdir())
+    assert sorted(cache.list()) == sorted(p.name for p in local.iterdir())  # the lock is gone again
     # a rerun finds every shard done from its stats object (nothing encoded, only the marker rewritten)
     assert build_cache(_cache_cfg(tiny_sd, [f"s3://{bucket}/data/olrd-*.tar"], url))["encoded_shards"] == 0
-    assert [k for k in s3_server.written(bucket) if k.startswith("cache/")][len(written):] == ["cache/cache.json"]
+    assert [k for k in s3_server.written(bucket) if k.startswith("cache/")][len(written):] == ["cache/job.lock", "cache/cache.json"]
 
     over = {"phases.total_steps": 2, "phases.textual_inversion_steps": 1}
     from_s3 = run_training(tiny_train_config(tiny_sd, [f"s3://{bucket}/data/olrd-*.tar"], tmp_path / "run-s3",

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from magiceraser.lock import OutputLock
 from magiceraser.pipelines.erase import checks
 from magiceraser.pipelines.erase.batch import (  # noqa: F401 - IMAGE_SUFFIXES re-exported for the old module's callers
     IMAGE_SUFFIXES,
@@ -53,6 +54,7 @@ from magiceraser.pipelines.erase.batch import (  # noqa: F401 - IMAGE_SUFFIXES r
 from magiceraser.pipelines.erase.checks import EraseUserError, SingleTarget
 from magiceraser.pipelines.erase.classes import NoClassFound, select_classes
 from magiceraser.pipelines.erase.config import EraseConfig
+from magiceraser.write_errors import WriteError, writing
 
 
 def user_error(exc: BaseException) -> int:
@@ -264,9 +266,12 @@ def erase_item(pipe, cfg: EraseConfig, pair: Pair, settings: str) -> tuple[str, 
             image, mask = decode_pair(str(pair.image), image_data, str(pair.mask), mask_data, cfg)
             pan = None
         result = erase_one(pipe, cfg, image, mask, pan)
-        data = write_image(pair.out, result.image, cfg.output_format)
+        with writing(pair.out, "an erased image"):
+            data = write_image(pair.out, result.image, cfg.output_format)
     except SkipItem as exc:
         return "skipped", {**base, "reason": exc.reason, "message": str(exc)}
+    except WriteError:
+        raise  # the output is full or read-only: every next item would fail alike, so the batch stops
     except Exception as exc:  # noqa: BLE001 - one failing item (OOM, I/O, a bug) must not stop the batch
         _free_accelerator_memory()
         return "skipped", {**base, "reason": "error", "error_type": type(exc).__name__, "message": f"{pair.image}: {exc}"}
@@ -377,6 +382,12 @@ def run_batch(pipe, cfg: EraseConfig, plan: BatchPlan, out: Path) -> int:
         report.write()
         print(f"interrupted: {n} image(s) not done (listed in {report.path}); rerun the same command to finish", file=sys.stderr)
         return 130
+    except WriteError:
+        if report is not None:  # the items left are not done; the report is updated if the storage still allows it
+            report.interrupt()
+            with contextlib.suppress(OSError):
+                report.write()
+        raise
     report.status = "complete"
     report.write()
     c = report.counts()
@@ -441,20 +452,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_cli_config(EraseConfig, args)
     image, mask, out = Path(args.image), Path(args.mask) if args.mask is not None else None, Path(args.out)
+    lock: OutputLock | None = None
     try:
-        classes = parse_class_flags(args.mask, args.classes, args.class_dilation)
-        job = prepare(cfg, image, mask, out, classes, args.class_dilation)
-        checks.check_models(cfg)
-        if cfg.num_threads:
-            import torch
+        try:
+            classes = parse_class_flags(args.mask, args.classes, args.class_dilation)
+            job = prepare(cfg, image, mask, out, classes, args.class_dilation)
+            checks.check_models(cfg)
+            if not isinstance(job, SingleTarget):
+                # One batch per output folder, refused before any model loads (LockHeld: one line, exit 2).
+                with writing(out, "the batch's lock file"):
+                    out.mkdir(parents=True, exist_ok=True)
+                    lock = OutputLock(out)
+                    lock.acquire()
+            if cfg.num_threads:
+                import torch
 
-            torch.set_num_threads(cfg.num_threads)  # this command's process only, chosen by its config
-        pipe = load_pipeline(cfg)
-    except EraseUserError as exc:
-        return user_error(exc)
-    if isinstance(job, SingleTarget):
-        return run_single(pipe, cfg, image, mask, job, classes, args.class_dilation)
-    return run_batch(pipe, cfg, job, out)
+                torch.set_num_threads(cfg.num_threads)  # this command's process only, chosen by its config
+            pipe = load_pipeline(cfg)
+        except EraseUserError as exc:
+            return user_error(exc)
+        if isinstance(job, SingleTarget):
+            with writing(job.path, "the erased image"):
+                return run_single(pipe, cfg, image, mask, job, classes, args.class_dilation)
+        return run_batch(pipe, cfg, job, out)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 if __name__ == "__main__":

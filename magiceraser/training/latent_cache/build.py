@@ -9,6 +9,7 @@ from typing import Any
 
 from magiceraser.errors import UserError
 from magiceraser.fingerprint import changed, describe_changes, digest
+from magiceraser.lock import OutputLock
 from magiceraser.storage import Folder, public_options
 from magiceraser.training.latent_cache.config import (
     CACHE_FORMAT,
@@ -23,6 +24,7 @@ from magiceraser.training.latent_cache.encode import (
     shard_dependencies,
     stored_vae_digest,
 )
+from magiceraser.write_errors import WriteError, writing
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,10 @@ def _reusable(out: Folder, name: str, deps: dict[str, Any], listing: dict[str, i
 
 
 def build_cache(cfg: LatentCacheConfig) -> dict[str, Any]:
-    """Encode every shard whose cache is missing or stale; write ``cache.json`` last. Returns the summary."""
-    from magiceraser.config import config_to_dict
+    """Encode every shard whose cache is missing or stale; write ``cache.json`` last. Returns the summary.
+
+    Holds the folder's lock (``job.lock``) throughout: a second build on it is refused at once.
+    """
     from magiceraser.olrd_samples import expand_urls
 
     urls = expand_urls(cfg.urls, key="urls")
@@ -60,6 +64,19 @@ def build_cache(cfg: LatentCacheConfig) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise UserError(f"out_dir={cfg.out_dir!r} cannot be used ({exc}); check the path, or the bucket, "
                         "credentials (AWS_* variables, storage_options) and endpoint") from None
+    # One build per cache folder: a second one would encode the same shards and sweep our temporaries.
+    lock = OutputLock(out, log=lambda m: log.warning("%s", m))
+    with writing(lock.path, "the cache's lock file"):
+        lock.acquire()
+    try:
+        return _build_locked(cfg, urls, names, out)
+    finally:
+        lock.release()
+
+
+def _build_locked(cfg: LatentCacheConfig, urls: list[str], names: list[str], out: Folder) -> dict[str, Any]:
+    from magiceraser.config import config_to_dict
+
     out.sweep_temporaries()
     vae_config = stored_vae_digest(cfg)
     deps = {n: shard_dependencies(u, cfg, vae_config) for u, n in zip(urls, names)}
@@ -84,7 +101,8 @@ def build_cache(cfg: LatentCacheConfig) -> dict[str, Any]:
     meta.update(format=CACHE_FORMAT, base_model=cfg.base_model, revision=cfg.revision, vae_config=vae_config,
                 storage_dtype=cfg.storage_dtype, shards={n: digest(deps[n]) for n in names},
                 config={**config_to_dict(cfg), "storage_options": public_options(cfg.storage_options)})
-    out.write_json(CACHE_META, meta)
+    with writing(out.url(CACHE_META), "the cache's index"):
+        out.write_json(CACHE_META, meta)
     return {"encoded_shards": len(results), "written": written, "out_dir": str(out)}
 
 
@@ -102,7 +120,10 @@ def _run_encodes(cfg: LatentCacheConfig, todo: list[tuple[str, str, dict[str, An
             try:
                 results.append(ray.get(ref))
             except Exception as exc:  # a task's OSError arrives wrapped in a RayTaskError
-                failures.append(f"{url}: {getattr(exc, 'cause', None) or exc}")
+                cause = getattr(exc, "cause", None) or exc
+                if isinstance(cause, WriteError):  # the cache's storage is full: every other task would fail alike
+                    raise cause from None
+                failures.append(f"{url}: {cause}")
         return results, failures
     vae = None
     for u, o, d in todo:

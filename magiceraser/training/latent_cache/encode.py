@@ -14,6 +14,7 @@ from magiceraser.errors import UserError
 from magiceraser.fingerprint import config_digest, digest
 from magiceraser.storage import Folder
 from magiceraser.training.latent_cache.config import CACHE_FORMAT, MATCHED_FIELDS, LatentCacheConfig
+from magiceraser.write_errors import writing
 
 log = logging.getLogger(__name__)
 
@@ -120,24 +121,25 @@ def encode_shard(url: str, out_path: str, cfg: LatentCacheConfig, deps: dict[str
         pending.clear()
 
     folder, name = _split(out_path, cfg)
-    with folder.open_final(name) as fh:
-        sink = wds.TarWriter(fh)
-        try:
-            samples = list(read_tar_samples([url], strict=True))
-        except OSError as exc:
-            raise OSError(f"source shard {url} cannot be read: {exc}") from exc
-        for sample in samples:
+    with writing(out_path, "a latent-cache shard"):  # a full disk: one line, no partial shard
+        with folder.open_final(name) as fh:
+            sink = wds.TarWriter(fh)
             try:
-                pending.append(make_pixel_example(decode_olrd(sample), spec, inputs))
-            except CorruptSample as exc:
-                stats["skipped"][sample.get("__key__", "?")] = exc.reason
-                log.warning("cache: skipping corrupt sample (%s): %s", exc.reason, exc)
-                continue
-            if len(pending) == cfg.batch_size:
-                flush(sink)
-        flush(sink)
-        sink.close()
-    folder.write_json(_stats_name(name), stats)
+                samples = list(read_tar_samples([url], strict=True))
+            except OSError as exc:
+                raise OSError(f"source shard {url} cannot be read: {exc}") from exc
+            for sample in samples:
+                try:
+                    pending.append(make_pixel_example(decode_olrd(sample), spec, inputs))
+                except CorruptSample as exc:
+                    stats["skipped"][sample.get("__key__", "?")] = exc.reason
+                    log.warning("cache: skipping corrupt sample (%s): %s", exc.reason, exc)
+                    continue
+                if len(pending) == cfg.batch_size:
+                    flush(sink)
+            flush(sink)
+            sink.close()
+        folder.write_json(_stats_name(name), stats)
     return stats
 
 
