@@ -15,8 +15,9 @@ digests), and a killed export leaves no marker: :func:`sweep_incomplete_export` 
 
 The bytes depend only on the weights and the settings: the LoRA metadata is written with sorted
 keys and sorted module lists (PEFT keeps ``target_modules`` as a set, whose order changes from
-one Python process to the next), so two identical runs write identical files and a digest of
-the export identifies a model.
+one Python process to the next) and every safetensors header with sorted keys (the writer's
+metadata map has a per-process order too), so two identical runs write identical files and a
+digest of the export identifies a model.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,20 @@ def lora_metadata(unet) -> dict[str, Any]:
     return _canonical(unet.peft_config["default"].to_dict())
 
 
+def canonical_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its JSON header in sorted key order.
+
+    The safetensors writer keeps the metadata in a hash map whose order changes from one process
+    to the next; the tensor bytes and their offsets do not change, so the header is re-encoded
+    with sorted keys (padded with spaces to 8 bytes, as the writer pads it) in front of the same data.
+    """
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data[8 + n :]
+
+
 def _write_file(path: Path, data: bytes) -> None:
     with open(path, "wb") as fh:
         fh.write(data)
@@ -83,14 +99,15 @@ def export_trained(out_dir: str | Path, unet, vector: torch.Tensor, token: str, 
         # What diffusers' own save function writes (format + the adapter metadata under the
         # UNet's prefix), serialised in memory and written with a plain write: a full disk is an
         # OSError naming the file. The stock-loader test checks the scale alpha / rank survives.
-        _write_file(Path(filename), safetensors_bytes(weights, metadata={
-            "format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)}))
+        _write_file(Path(filename), canonical_safetensors(safetensors_bytes(weights, metadata={
+            "format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)})))
 
     with tempfile.TemporaryDirectory(prefix=TMP_PREFIX, dir=out) as tmp:
         StableDiffusionInpaintPipeline.save_lora_weights(
             tmp, unet_lora_layers=unet_lora_state_dict(unet), save_function=save_function, safe_serialization=True
         )
-        _write_file(Path(tmp) / EMBEDS_NAME, safetensors_bytes({token: vector.detach().float().cpu().reshape(1, -1).contiguous()}))
+        embeds = safetensors_bytes({token: vector.detach().float().cpu().reshape(1, -1).contiguous()})
+        _write_file(Path(tmp) / EMBEDS_NAME, canonical_safetensors(embeds))
         digests = {name: file_sha256(Path(tmp) / name) for name in (LORA_WEIGHTS_NAME, EMBEDS_NAME)}
         meta = {"token": token, "base_model": base_model, "lora": {"rank": metadata.get("r"), "alpha": metadata.get("lora_alpha")}}
         meta.update(extra)

@@ -203,6 +203,7 @@ class Trainer:
         self._validation_samples: list[dict[str, Any]] | None = None
         self.preemption = PreemptionWatcher(cfg.preemption.signals)
         self.step_flags = StepFlags()
+        self._batches: Any = None  # the current phase's loader iterator
 
     def close(self) -> None:
         """Release the folders' locks (idempotent); :meth:`train` does it when it ends."""
@@ -289,8 +290,21 @@ class Trainer:
             self.logger.finish(preempted=True)
             raise
         finally:
+            self._stop_loader()
             self.logger.finish()
             self.close()
+
+    def _stop_loader(self) -> None:
+        """Shut the DataLoader's worker processes down now.
+
+        They ignore the preemption signals (a signal to the process group must not kill them
+        mid-step), so they cannot be left to the interpreter's exit, which stops leftover
+        children with SIGTERM; a stopped loader ends them through its own shutdown instead.
+        """
+        batches, self._batches = self._batches, None
+        shutdown = getattr(batches, "_shutdown_workers", None) or getattr(batches, "close", None)  # a wrapping generator
+        if shutdown is not None:
+            shutdown()
 
     def _start_outputs(self) -> None:
         """Rank 0, before the first step: apply --overwrite, sweep leftovers, record the run and open W&B."""
@@ -341,7 +355,8 @@ class Trainer:
             if want != phase:
                 phase = want
                 self.model.set_phase(phase)
-                batches = self._loader(phase)
+                self._stop_loader()
+                batches = self._batches = self._loader(phase)
                 if ctx.is_main:
                     log.info("phase %d from step %d (%s)", phase, self.step, "v* only" if phase == 1 else "v* + LoRA")
             params = [p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad]

@@ -7,7 +7,7 @@ training loop calls ``logger.log(...)`` unconditionally. ``mode=offline`` writes
 ``{out_dir}/wandb`` without any network access; ``disabled`` turns W&B off.
 
 A resumed or restarted run continues its W&B run (same id) and logs no step twice: steps up to
-``logged_step`` (recorded in ``run_state.json`` after each log) were logged by the attempt
+``logged_step`` (recorded in ``run_state.json`` just before each log) were logged by the attempt
 before, and a resumed run recomputes them bit for bit, so they are skipped.
 """
 
@@ -73,22 +73,25 @@ class RunLogger(NullLogger):
     def run_id(self) -> str | None:
         return self.run.id if self.run is not None else None
 
-    def _logged(self, step: int) -> None:
-        self.logged_step = step
-        if self.on_logged is not None:
-            self.on_logged()
+    def _logging(self, step: int) -> None:
+        """Record ``step`` as logged *before* it is: a process killed in between loses that step
+        from W&B rather than logging it twice after the restart."""
+        if step > self.logged_step:
+            self.logged_step = step
+            if self.on_logged is not None:
+                self.on_logged()
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.run is not None and step > self.skip_through:
+            self._logging(step)
             self.run.log(metrics, step=step)
-            self._logged(step)
 
     def log_image(self, name: str, image: np.ndarray, caption: str, step: int) -> None:
         if self.run is not None and step > self.skip_through:
             import wandb
 
+            self._logging(step)
             self.run.log({name: wandb.Image(image, caption=caption)}, step=step)
-            self._logged(step)
 
     def finish(self, preempted: bool = False) -> None:
         """Close the W&B run; ``preempted`` marks it so (W&B shows it as preempted, to be resumed)."""

@@ -1,0 +1,231 @@
+"""What clusters do to a trainer: preemption signals, a second run on the folder, a killed process restarted.
+
+Every signal here is a real one (``os.kill``), every launcher the real one (the command line,
+``accelerate launch`` as ``cluster/launch_train_multinode.sh`` runs it, torchrun's agent with
+``--max_restarts``), and every comparison is against an uninterrupted run of the same config:
+the weights must be equal bit for bit, the exported files byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_train_config
+from safetensors.torch import load_file
+from wandb_records import history_steps, run_files
+
+from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME
+from magiceraser.config import save_config
+from magiceraser.training import checkpoint as ckpt
+from magiceraser.training import checkpoint_store
+from magiceraser.training.checkpoint_store import CheckpointStore
+from magiceraser.training.launch import read_run_state
+from magiceraser.training.loop import Trainer, run_training
+from magiceraser.training.preemption import PREEMPTED_EXIT_CODE, Preempted
+
+REPO = Path(__file__).resolve().parents[2]
+EXPORT = (LORA_WEIGHTS_NAME, EMBEDS_NAME, META_NAME)
+
+
+def _same_tensors(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _same_export(a: Path, b: Path) -> None:
+    for name in EXPORT:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+
+
+# -- one process, in this process ------------------------------------------------------------------
+
+
+@pytest.mark.numeric
+def test_a_signal_stops_after_its_step_a_second_one_during_the_save_changes_nothing_and_resume_is_exact(
+        tiny_sd, olrd_shards, tmp_path, monkeypatch):
+    over = {"phases.total_steps": 7, "phases.textual_inversion_steps": 2, "optim.grad_accumulation": 2,
+            "data.num_workers": 2, "optim.scheduler": "cosine", "optim.warmup_steps": 2}
+    urls = [olrd_shards / "olrd-*.tar"]
+    full = run_training(tiny_train_config(tiny_sd, urls, tmp_path / "full", **over))
+
+    trainer = Trainer(tiny_train_config(tiny_sd, urls, tmp_path / "part", **over))
+
+    def loader(phase):  # SIGTERM arrives while step 4 reads its first micro-batch
+        for batch in Trainer._loader(trainer, phase):
+            if trainer.step == 3 and not trainer.preemption.requested:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield batch
+
+    trainer._loader = loader
+    real_write, during_save = checkpoint_store._write_synced, []
+
+    def write_and_signal(path, data):  # ... and another one in the middle of writing the checkpoint
+        if path.name == "rng.safetensors":
+            os.kill(os.getpid(), signal.SIGTERM)
+            during_save.append(path)
+        real_write(path, data)
+
+    monkeypatch.setattr(checkpoint_store, "_write_synced", write_and_signal)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Preempted) as stopped:
+        trainer.train()
+    monkeypatch.undo()
+    assert stopped.value.step == 4 and stopped.value.signal_name == "SIGTERM" and during_save
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is the caller's again
+    store = CheckpointStore(tmp_path / "part" / "checkpoints")
+    [ref] = store.list()
+    assert ref.step == 4 and ckpt.load_checkpoint(store, ref)["state"]["step"] == 4  # whole, every digest right
+    assert not (tmp_path / "part" / "job.lock").exists() and not (tmp_path / "part" / META_NAME).exists()
+
+    resumed = run_training(tiny_train_config(tiny_sd, urls, tmp_path / "part", resume=True, **over))
+    assert resumed.steps == 7
+    _same_tensors(full.model.trainable_state(), resumed.model.trainable_state())
+    _same_export(tmp_path / "full", tmp_path / "part")
+
+
+# -- the command line ---------------------------------------------------------------------------------
+
+
+def _train_cli(config: Path, logs: Path, *extra: str, hashseed: int) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONHASHSEED": str(hashseed), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    out, err = open(logs.with_suffix(".out"), "w"), open(logs.with_suffix(".err"), "w")  # noqa: SIM115 - closed by the process's end
+    return subprocess.Popen([sys.executable, "-m", "magiceraser", "train", "--config", str(config), *extra],
+                            stdout=out, stderr=err, env=env, cwd=str(REPO))
+
+
+def _wait_for(path: Path, pattern: str, proc: subprocess.Popen, timeout: float = 180) -> re.Match:
+    deadline = time.monotonic() + timeout
+    while True:
+        text = path.read_text() if path.exists() else ""
+        if m := re.search(pattern, text):
+            return m
+        assert proc.poll() is None, f"ended (status {proc.returncode}) before {pattern!r}:\n{text[-3000:]}"
+        assert time.monotonic() < deadline, f"no {pattern!r} in time:\n{text[-3000:]}"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_sigterm_saves_exits_75_in_one_line_a_second_run_is_refused_and_resume_ends_byte_identical(
+        tiny_sd, olrd_shards, tmp_path):
+    """``magiceraser train`` as Kubernetes stops it; the export equals an uninterrupted run's byte for byte.
+
+    The runs use different hash seeds: PEFT's target_modules is a set, whose order follows the seed,
+    and it once made two identical runs write different LoRA files.
+    """
+    over = {"phases.total_steps": 60, "phases.textual_inversion_steps": 3, "checkpoint.every": 1000, "num_threads": 1,
+            "wandb.mode": "offline", "wandb.log_every": 1}
+    urls = [olrd_shards / "olrd-*.tar"]
+    for name in ("reference", "run"):
+        save_config(tiny_train_config(tiny_sd, urls, tmp_path / name, **over), tmp_path / f"{name}.yaml")
+    reference = _train_cli(tmp_path / "reference.yaml", tmp_path / "reference", hashseed=1)
+    assert reference.wait(timeout=300) == 0, (tmp_path / "reference.err").read_text()[-3000:]
+
+    run = _train_cli(tmp_path / "run.yaml", tmp_path / "run", hashseed=2)
+    _wait_for(tmp_path / "run.out", r"step 3/60", run)
+    # A second launch on the same out_dir while the first trains: refused at once, naming the owner.
+    second = subprocess.run([sys.executable, "-m", "magiceraser", "train", "--config", str(tmp_path / "run.yaml"), "--resume"],
+                            capture_output=True, text=True, cwd=str(REPO), timeout=120)
+    lines = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(lines) == 1, second.stderr[-3000:]
+    assert f"is in use by another job (host {os.uname().nodename}, pid {run.pid}" in lines[0], lines[0]
+    assert run.poll() is None  # the first run never noticed
+
+    t0 = time.monotonic()
+    run.send_signal(signal.SIGTERM)
+    assert run.wait(timeout=60) == PREEMPTED_EXIT_CODE
+    took = time.monotonic() - t0
+    err = (tmp_path / "run.err").read_text().strip().splitlines()
+    assert "Traceback" not in "\n".join(err)
+    line = err[-1]
+    m = re.search(r"preempted \(SIGTERM\) after step (\d+); checkpoint (\S+) saved; exit status 75", line)
+    assert m and line.rstrip().endswith("--resume"), line
+    stopped = int(m.group(1))
+    assert 3 <= stopped < 60 and Path(m.group(2)).name == f"checkpoint-{stopped:08d}"
+    assert took < 30, f"{took:.1f} s from SIGTERM to exit: more than Kubernetes' grace period"
+    assert not (tmp_path / "run" / "job.lock").exists()
+
+    resumed = _train_cli(tmp_path / "run.yaml", tmp_path / "resumed", "--resume", hashseed=2)
+    assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.err").read_text()[-3000:]
+    _same_export(tmp_path / "reference", tmp_path / "run")
+    # One W&B run across both processes, every step logged once.
+    state = read_run_state(tmp_path / "run")
+    files = run_files(tmp_path / "run" / "wandb", state["wandb_run_id"])
+    steps = [s for f in files for s in history_steps(f)]
+    assert len(files) == 2 and steps == list(range(1, 61)), (len(files), steps)
+
+
+# -- a group of processes under torchrun's agent ------------------------------------------------------
+
+
+def _launch_two(config: Path, logs: Path, max_restarts: int, port: int) -> subprocess.Popen:
+    """``cluster/launch_train_multinode.sh`` as one node of two processes (gloo on CPU)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO),
+           "NUM_NODES": "1", "GPUS_PER_NODE": "2", "NODE_RANK": "0", "MAIN_IP": "127.0.0.1", "MAIN_PORT": str(port),
+           "MAX_RESTARTS": str(max_restarts), "CONFIG": str(config),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    out = open(logs, "w")  # noqa: SIM115 - closed by the process's end
+    return subprocess.Popen(["bash", str(REPO / "cluster" / "launch_train_multinode.sh")], env=env, cwd=str(REPO),
+                            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _pids(log: Path) -> list[dict[int, int]]:
+    """Per attempt, rank -> pid, from the processes' first lines."""
+    attempts: list[dict[int, int]] = []
+    for rank, pid in re.findall(r"training process (\d) of 2 on \S+ \(pid (\d+)\)", log.read_text()):
+        if not attempts or int(rank) in attempts[-1]:
+            attempts.append({})
+        attempts[-1][int(rank)] = int(pid)
+    return attempts
+
+
+@pytest.mark.slow
+@pytest.mark.numeric
+def test_two_processes_preempted_then_killed_restart_themselves_and_end_byte_identical(tiny_sd, olrd_shards, tmp_path):
+    """One launch with two restarts: SIGTERM to rank 1 only (both stop at one step, save, exit 75), then
+    SIGKILL to rank 0 after the next checkpoint. torchrun restarts the group each time; the restarted
+    processes continue the run without --resume; the export equals an uninterrupted launch's."""
+    over = {"phases.total_steps": 60, "phases.textual_inversion_steps": 2, "checkpoint.every": 4, "checkpoint.keep_last": 2,
+            "num_threads": 1, "wandb.mode": "offline", "wandb.log_every": 1, "data.shuffle_buffer": 0}
+    urls = [olrd_shards / "olrd-*.tar"]
+    for name in ("reference", "run"):
+        save_config(tiny_train_config(tiny_sd, urls, tmp_path / name, **over), tmp_path / f"{name}.yaml")
+    port = 29500 + os.getpid() % 1000
+    reference = _launch_two(tmp_path / "reference.yaml", tmp_path / "reference.log", 0, port)
+    assert reference.wait(timeout=400) == 0, (tmp_path / "reference.log").read_text()[-4000:]
+
+    log = tmp_path / "run.log"
+    run = _launch_two(tmp_path / "run.yaml", log, 2, port + 1)
+    try:
+        _wait_for(log, r"step 3/60", run, timeout=300)
+        first = _pids(log)[0]
+        os.kill(first[1], signal.SIGTERM)  # rank 1 only: rank 0 learns of it in the step's all-reduce
+        stopped = int(_wait_for(log, r"preemption signal \(another process\): stopped after step (\d+)", run).group(1))
+        _wait_for(log, r"restart 1 of this launch: continuing run \w+ from \S+checkpoint-0*" + str(stopped), run)
+        saved_after = (stopped // 4 + 1) * 4  # the next periodic checkpoint of the restarted group
+        _wait_for(log, rf"saved \S+checkpoint-0*{saved_after}\b", run)
+        second = _pids(log)[1]
+        os.kill(second[0], signal.SIGKILL)  # rank 0 dies holding the lock and the W&B run
+        assert run.wait(timeout=400) == 0, log.read_text()[-4000:]
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+    text = log.read_text()
+    assert "restart 2 of this launch: continuing run" in text and len(_pids(log)) == 3, text[-4000:]
+    _same_export(tmp_path / "reference", tmp_path / "run")
+    for name in (LORA_WEIGHTS_NAME, EMBEDS_NAME):  # and the tensors, for a readable failure
+        _same_tensors(load_file(str(tmp_path / "reference" / name)), load_file(str(tmp_path / "run" / name)))
+    # Three attempts, one W&B run, no step logged twice (the killed attempt logged past its last checkpoint).
+    state = read_run_state(tmp_path / "run")
+    assert state["attempt"] == 2
+    files = run_files(tmp_path / "run" / "wandb", state["wandb_run_id"])
+    steps = [s for f in files for s in history_steps(f)]
+    assert len(files) == 3 and steps == sorted(set(steps)) and steps[-1] == 60, (len(files), steps)
