@@ -67,3 +67,68 @@ def s3_server():
     server = S3Server().start()
     yield server
     server.stop()
+
+
+class SmallFilesystem:
+    """A tmpfs mounted on a folder of the test's, to fill up or make read-only (needs root: CI runs as root)."""
+
+    def __init__(self, path, size: int):
+        import subprocess
+
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({proc.stderr.strip() or proc.returncode}): needs root")
+
+    def _remount(self, options: str) -> None:
+        import subprocess
+
+        subprocess.run(["mount", "-o", f"remount,{options}", str(self.path)], check=True, capture_output=True)
+
+    def resize(self, size: int) -> None:
+        self._remount(f"size={size}")
+
+    def read_only(self) -> None:
+        self._remount("ro")
+
+    def writable(self) -> None:
+        self._remount("rw")
+
+    def fill(self, leave: int = 0) -> None:
+        """Write a filler file until at most ``leave`` bytes are free."""
+        import shutil
+
+        free = shutil.disk_usage(self.path).free - leave
+        with open(self.path / "filler", "ab") as fh:
+            while free > 0:
+                try:
+                    fh.write(b"\0" * min(free, 1 << 16))
+                    fh.flush()
+                except OSError:
+                    break
+                free -= 1 << 16
+
+    def unmount(self) -> None:
+        import subprocess
+
+        subprocess.run(["umount", "-l", str(self.path)], capture_output=True)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """``make(size_bytes)`` -> a :class:`SmallFilesystem` under ``tmp_path``; unmounted at the end; skipped without root."""
+    import os
+
+    made: list[SmallFilesystem] = []
+
+    def make(size: int, name: str = "small-fs") -> SmallFilesystem:
+        if os.geteuid() != 0:
+            pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+        fs = SmallFilesystem(tmp_path / name, size)
+        made.append(fs)
+        return fs
+
+    yield make
+    for fs in made:
+        fs.unmount()

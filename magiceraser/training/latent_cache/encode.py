@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -125,19 +126,24 @@ def encode_shard(url: str, out_path: str, cfg: LatentCacheConfig, deps: dict[str
         with folder.open_final(name) as fh:
             sink = wds.TarWriter(fh)
             try:
-                samples = list(read_tar_samples([url], strict=True))
-            except OSError as exc:
-                raise OSError(f"source shard {url} cannot be read: {exc}") from exc
-            for sample in samples:
                 try:
-                    pending.append(make_pixel_example(decode_olrd(sample), spec, inputs))
-                except CorruptSample as exc:
-                    stats["skipped"][sample.get("__key__", "?")] = exc.reason
-                    log.warning("cache: skipping corrupt sample (%s): %s", exc.reason, exc)
-                    continue
-                if len(pending) == cfg.batch_size:
-                    flush(sink)
-            flush(sink)
+                    samples = list(read_tar_samples([url], strict=True))
+                except OSError as exc:
+                    raise OSError(f"source shard {url} cannot be read: {exc}") from exc
+                for sample in samples:
+                    try:
+                        pending.append(make_pixel_example(decode_olrd(sample), spec, inputs))
+                    except CorruptSample as exc:
+                        stats["skipped"][sample.get("__key__", "?")] = exc.reason
+                        log.warning("cache: skipping corrupt sample (%s): %s", exc.reason, exc)
+                        continue
+                    if len(pending) == cfg.batch_size:
+                        flush(sink)
+                flush(sink)
+            except BaseException:
+                with contextlib.suppress(Exception):  # its buffered tail goes to a file that is discarded anyway
+                    sink.close()
+                raise
             sink.close()
         folder.write_json(_stats_name(name), stats)
     return stats
