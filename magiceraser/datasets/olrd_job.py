@@ -79,7 +79,7 @@ from magiceraser.fingerprint import describe_changes as fingerprint_changes
 from magiceraser.fingerprint import digest as fingerprint_digest
 from magiceraser.lock import OutputLock
 from magiceraser.storage import Folder, public_options
-from magiceraser.write_errors import writing
+from magiceraser.write_errors import as_write_error, writing
 
 
 class JobError(UserError):
@@ -709,8 +709,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_cli_config(OLRDConfig, args)
     try:
         run_olrd(cfg)
-    except UserError as exc:  # here too, not only in cli.main: tests and scripts call this main directly
-        if debug_requested(args):
+    except (UserError, OSError) as exc:  # here too, not only in cli.main: tests and scripts call this main directly
+        error = exc if isinstance(exc, UserError) else as_write_error(exc)  # a spill file, Ray's temp: by their names
+        if error is None or debug_requested(args):
             raise
-        return report_user_error("olrd", exc)
+        return report_user_error("olrd", error)
     return 0

@@ -85,13 +85,13 @@ def absolute_paths(cfg: TrainConfig, cwd: str | Path | None = None) -> TrainConf
 # -- the workers ----------------------------------------------------------------------------------
 
 
-def _poll_stop(flag: Any, watcher: PreemptionWatcher, done: threading.Event) -> None:
+def _poll_stop(coordinator: Any, watcher: PreemptionWatcher, done: threading.Event) -> None:
     """In a worker: turn the driver's stop request into this process's preemption flag."""
     import ray
 
     while not done.wait(POLL_S):
         try:
-            reason = ray.get(flag.reason.remote(), timeout=30)
+            reason = ray.get(coordinator.reason.remote(), timeout=30)
         except Exception:  # noqa: BLE001 - the driver is going away: its workers follow
             return
         if reason:
@@ -100,8 +100,8 @@ def _poll_stop(flag: Any, watcher: PreemptionWatcher, done: threading.Event) -> 
 
 
 def _worker_loop(loop_config: dict[str, Any]) -> None:
-    """Body of every Ray Train worker: train, then report how it ended (every worker reports once)."""
-    import ray.train
+    """Body of every Ray Train worker: train, then rank 0 tells the driver how it ended."""
+    import ray
 
     from magiceraser.training.distributed import init_distributed
     from magiceraser.training.logs import setup_logging
@@ -113,7 +113,7 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     done = threading.Event()
     try:
         trainer = Trainer(cfg, ctx, launch_id=loop_config["launch_id"], hold_locks=False)
-        threading.Thread(target=_poll_stop, args=(loop_config["stop_flag"], trainer.preemption, done),
+        threading.Thread(target=_poll_stop, args=(loop_config["coordinator"], trainer.preemption, done),
                          name="stop-request-poll", daemon=True).start()
         result = trainer.train()
         last = result.history[-1] if result.history else {}
@@ -125,21 +125,26 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
         report = {"outcome": "user_error", "message": str(exc)}
     finally:
         done.set()
-    ray.train.report(report)
+    if ctx.is_main:  # the start checks and writes are collective: rank 0's outcome is every worker's
+        try:
+            ray.get(loop_config["coordinator"].set_outcome.remote(report), timeout=60)
+        except Exception as exc:  # noqa: BLE001 - the driver is gone: nobody is left to tell
+            log.warning("could not report the outcome to the driver (%s)", exc)
 
 
 # -- the driver -------------------------------------------------------------------------------------
 
 
-def _stop_flag_actor():
+def _coordinator_actor():
     import ray
 
     @ray.remote(num_cpus=0)
-    class StopFlag:
-        """The driver's "save and leave" request, read by the workers."""
+    class Coordinator:
+        """Between the driver and its workers: the driver's "save and leave" request, rank 0's outcome."""
 
         def __init__(self) -> None:
             self._reason: str | None = None
+            self._outcome: dict[str, Any] = {}
 
         def request(self, reason: str) -> None:
             self._reason = self._reason or reason
@@ -147,20 +152,38 @@ def _stop_flag_actor():
         def reason(self) -> str | None:
             return self._reason
 
-    return StopFlag.remote()
+        def set_outcome(self, outcome: dict[str, Any]) -> None:
+            self._outcome = outcome
+
+        def outcome(self) -> dict[str, Any]:
+            return self._outcome
+
+    # On the driver's own node: it lives exactly as long as the driver can read it (a worker node may be lost).
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
+    return Coordinator.options(scheduling_strategy=here).remote()
 
 
-def _forward_signals(watcher: PreemptionWatcher, flag: Any, done: threading.Event) -> None:
+def _forward_signals(watcher: PreemptionWatcher, coordinator: Any, done: threading.Event) -> None:
     """In the driver: pass a preemption signal it received on to the workers (signal handlers do no Ray calls)."""
     while not done.wait(0.2):
         if watcher.requested:
             log.warning("%s received: asking the workers to save a checkpoint and stop", watcher.received)
-            flag.request.remote(f"{watcher.received} to the Ray driver")
+            coordinator.request.remote(f"{watcher.received} to the Ray driver")
             return
 
 
-def run_on_ray(cfg: TrainConfig, launch_id: str | None = None) -> Any:
-    """Start a TorchTrainer with ``cfg.ray.num_workers`` workers and wait for it; returns Ray's Result.
+@dataclasses.dataclass
+class RayTrainOutcome:
+    """Ray Train's ``Result`` and what rank 0 reported at the end (``outcome``, ``steps``, ``world_size``, ``loss``)."""
+
+    result: Any
+    report: dict[str, Any]
+
+
+def run_on_ray(cfg: TrainConfig, launch_id: str | None = None) -> RayTrainOutcome:
+    """Start a TorchTrainer with ``cfg.ray.num_workers`` workers and wait for it.
 
     Raises :class:`UserError` for a refusal (before any worker starts, or reported by them) and
     :class:`Preempted` when a preemption signal made the run save and stop.
@@ -187,27 +210,26 @@ def run_on_ray(cfg: TrainConfig, launch_id: str | None = None) -> Any:
         preflight(cfg, launch, r.num_workers, "cuda" if r.use_gpu else "cpu")
         if not ray.is_initialized():
             ray.init(address=r.address, log_to_driver=True, ignore_reinit_error=True)
-        flag = _stop_flag_actor()
+        coordinator = _coordinator_actor()
         watcher.install()
-        threading.Thread(target=_forward_signals, args=(watcher, flag, done), name="stop-forward", daemon=True).start()
+        threading.Thread(target=_forward_signals, args=(watcher, coordinator, done), name="stop-forward", daemon=True).start()
         worker_cfg = dataclasses.replace(cfg, ray=dataclasses.replace(r, enabled=False), device="cuda" if r.use_gpu else "cpu")
         trainer = TorchTrainer(
             _worker_loop,
-            train_loop_config={"config": config_to_dict(worker_cfg), "launch_id": launch, "stop_flag": flag},
+            train_loop_config={"config": config_to_dict(worker_cfg), "launch_id": launch, "coordinator": coordinator},
             scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu, resources_per_worker={"CPU": r.cpus_per_worker}),
             torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
             run_config=RunConfig(name=f"magiceraser-train-{launch.rsplit(':', 1)[-1][:12]}", storage_path=r.storage_path,
                                  failure_config=FailureConfig(max_failures=r.max_failures)),
         )
         result = trainer.fit()
+        outcome = ray.get(coordinator.outcome.remote())
     finally:
         done.set()
         watcher.close()
         startup.release_locks(locks)
-    outcome = (result.metrics or {}).get("outcome")
-    if outcome == "user_error":
-        raise UserError(result.metrics["message"])
-    if outcome == "preempted":
-        m = result.metrics
-        raise Preempted(int(m["steps"]), str(m["signal"]), str(m["checkpoint"]))
-    return result
+    if outcome.get("outcome") == "user_error":
+        raise UserError(outcome["message"])
+    if outcome.get("outcome") == "preempted":
+        raise Preempted(int(outcome["steps"]), str(outcome["signal"]), str(outcome["checkpoint"]))
+    return RayTrainOutcome(result, outcome)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -305,3 +306,33 @@ def test_progress_timeline_counts_inputs_by_when_workers_finished_them(monkeypat
     for t, n in timeline[1:]:  # n inputs were finished by t, the n-th smallest finish time
         assert n % 100 == 0 and abs(t - ordered[n - 1]) < 1e-3
         assert (finished <= t + 1e-3).sum() >= n
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_the_job_in_one_line_and_a_rerun_with_space_ends_byte_identical(
+        uninterrupted, job_config, small_filesystem, capsys):
+    from magiceraser.datasets import olrd_job
+
+    full, _ = uninterrupted
+    total = sum(p.stat().st_size for p in full.iterdir())
+    fs = small_filesystem(max(total // 2, 64 << 10) // 4096 * 4096)
+    out = fs.path / "out"
+    capsys.readouterr()
+    assert olrd_job.main(["--config", str(job_config), f"output={out}"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("magiceraser olrd:")]
+    assert len(err) == 1 and "no space left on the device" in err[0] and "free of" in err[0], err
+    assert re.search(rf"cannot write (shard \d+|the skip log|stats.json) to {out}/", err[0]), err[0]
+    written = sorted(p.name for p in out.glob("olrd-*.tar"))
+    assert len(written) < len(list(full.glob("olrd-*.tar")))
+    for name in written:  # what is there is whole: every tar has its sidecar and the uninterrupted run's bytes
+        assert (out / name).read_bytes() == (full / name).read_bytes(), name
+        assert (out / name.replace(".tar", ".json")).exists()
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp-")] and not (out / "job.lock").exists()
+    assert not (out / "stats.json").exists()
+
+    fs.resize(total * 4 // 4096 * 4096)
+    _run(job_config, out)
+    assert sorted(p.name for p in out.glob("olrd-*.tar")) == sorted(p.name for p in full.glob("olrd-*.tar"))
+    for p in full.glob("olrd-*.tar"):
+        assert (out / p.name).read_bytes() == p.read_bytes(), p.name
+    assert (out / "skipped.jsonl").read_bytes() == (full / "skipped.jsonl").read_bytes()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from .bad_inputs import corpus
@@ -180,34 +181,99 @@ def _members(path: Path) -> dict[str, bytes]:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
 
 
-@pytest.mark.slow
-def test_ray_train_places_two_workers_on_two_nodes(cluster, single_node_reference, tiny_sd, tmp_path):
-    """Ray Train with 2 workers of 1 CPU on a cluster whose only CPUs are one per worker node."""
-    import ray
+TRAIN = {
+    "data.resolution": 64, "data.batch_size": 2, "data.num_workers": 0, "data.shuffle_buffer": 4,
+    "phases.total_steps": 40, "phases.textual_inversion_steps": 2, "phases.textual_inversion_subset": 1.0,
+    "optim.warmup_steps": 0, "optim.lr": 1e-3, "optim.embedding_lr": 1e-3, "checkpoint.every": 4,
+    "checkpoint.keep_last": 2, "wandb.mode": "disabled", "log_every": 1, "device": "cpu", "num_threads": 1,
+    "ray.num_workers": 2, "ray.cpus_per_worker": 1,
+}
 
+
+def _train_config(values: dict):
     from magiceraser.config import load_config
     from magiceraser.training.config import TrainConfig
+
+    return load_config(TrainConfig, None, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
+                                           for k, v in values.items()])
+
+
+@pytest.fixture(scope="module")
+def ray_train_reference(cluster, single_node_reference, tiny_sd, tmp_path_factory):
+    """An uninterrupted Ray Train run of 2 workers on the 2 worker nodes, driven from this process."""
+    import ray
+
     from magiceraser.training.ray_launch import run_on_ray
 
-    values = {
-        "model.base_model": str(tiny_sd), "data.urls": [str(single_node_reference / "olrd-*.tar")],
-        "data.resolution": 64, "data.batch_size": 2, "data.num_workers": 0, "data.shuffle_buffer": 4,
-        "phases.total_steps": 2, "phases.textual_inversion_steps": 1, "phases.textual_inversion_subset": 1.0,
-        "optim.warmup_steps": 0, "optim.lr": 1e-3, "optim.embedding_lr": 1e-3,
-        "checkpoint.every": 0, "wandb.mode": "disabled", "log_every": 1, "out_dir": str(tmp_path / "out"),
-        "device": "cpu", "num_threads": 1, "ray.enabled": True, "ray.num_workers": 2, "ray.cpus_per_worker": 1,
-        "ray.storage_path": str(tmp_path / "ray"), "ray.address": cluster.address,
-    }
-    cfg = load_config(TrainConfig, None, [f"{k}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}"
-                                          for k, v in values.items()])
+    root = tmp_path_factory.mktemp("ray-train")
+    cfg = _train_config({**TRAIN, "model.base_model": str(tiny_sd), "data.urls": [str(single_node_reference / "olrd-*.tar")],
+                         "out_dir": str(root / "out"), "ray.enabled": True, "ray.storage_path": str(root / "ray"),
+                         "ray.address": cluster.address})
     ray.init(address=cluster.address, log_to_driver=False)
     try:
         result = run_on_ray(cfg)
         nodes = _node_of_actors("RayTrainWorker")
     finally:
         ray.shutdown()
-    assert result.error is None
-    meta = json.loads((tmp_path / "out" / "magiceraser.json").read_text())
-    assert meta["world_size"] == 2 and meta["steps"] == 2
+    return root / "out", result, nodes
+
+
+@pytest.mark.slow
+def test_ray_train_places_two_workers_on_two_nodes(cluster, ray_train_reference):
+    """Ray Train with 2 workers of 1 CPU on a cluster whose only CPUs are one per worker node."""
+    out, outcome, nodes = ray_train_reference
+    assert outcome.result.error is None and outcome.report["outcome"] == "finished" and outcome.report["world_size"] == 2
+    meta = json.loads((out / "magiceraser.json").read_text())
+    assert meta["world_size"] == 2 and meta["steps"] == 40
     workers = {n.node_id for n in cluster.workers}
     assert len(nodes) == 2 and set(nodes) <= workers and len(set(nodes)) == 2, (nodes, workers)
+
+
+@pytest.mark.slow
+def test_ray_train_from_relative_paths_survives_a_lost_node(cluster, ray_train_reference, single_node_reference, tiny_sd,
+                                                            tmp_path):
+    """``magiceraser train --ray`` from a folder of its own, every path in the config relative to it.
+
+    Ray Train starts its workers in another working directory, so the driver resolves the paths
+    first. One worker node is killed once a checkpoint exists (its raylet and workers SIGKILLed, as a
+    lost machine); Ray Train's failure policy restarts the workers, which continue from the newest
+    checkpoint by themselves. The one command finishes, and the export equals an uninterrupted run's.
+    """
+    import shutil
+
+    from safetensors.torch import load_file
+
+    (tmp_path / "data").mkdir()
+    for tar in single_node_reference.glob("olrd-*.tar"):
+        shutil.copy(tar, tmp_path / "data" / tar.name)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "sd").symlink_to(tiny_sd)
+    values = {**TRAIN, "model.base_model": "models/sd", "data.urls": ["data/olrd-*.tar"], "out_dir": "runs/ray",
+              "ray.storage_path": "ray-results"}
+    from magiceraser.config import save_config
+
+    save_config(_train_config(values), tmp_path / "train.yaml")
+    env = {**os.environ, "RAY_ADDRESS": cluster.address, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "magiceraser", "train", "--config", "train.yaml", "--ray"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(tmp_path))
+    ckpts = tmp_path / "runs" / "ray" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not any(ckpts.glob("checkpoint-*/state.json")):
+        assert proc.poll() is None, f"the run ended before a node could be killed:\n{proc.stdout.read()[-4000:]}"
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.02)
+    lost = cluster.workers.pop(0)
+    cluster.remove_node(lost, allow_graceful=False)
+    at_kill = max(int(p.name.split("-")[1]) for p in ckpts.glob("checkpoint-*") if (p / "state.json").exists())
+    cluster.workers.append(cluster.add_node(num_cpus=1))  # the replacement machine the workers restart on
+    log = _finish(proc, timeout=400)
+    assert at_kill < 40, "the node was lost after the run had finished: not a test of node loss"
+    assert "restart 1 of this launch: continuing run" in log, log[-4000:]
+    out = tmp_path / "runs" / "ray"
+    reference = ray_train_reference[0]
+    for name in ("pytorch_lora_weights.safetensors", "learned_embeds.safetensors"):
+        a, b = load_file(str(reference / name)), load_file(str(out / name))
+        assert a.keys() == b.keys()
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
+    assert not (out / "job.lock").exists()

@@ -413,3 +413,16 @@ def test_fid_without_torch_fidelity_says_how_to_install_it(tmp_path, shards, mon
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install --no-deps 'torch-fidelity>=0.3,<0.5'" in err[0] and "metrics.fid=false" in err[0]
     assert not (tmp_path / "eval" / "pairs").exists()
+
+
+def test_a_second_evaluation_into_a_busy_out_dir_is_one_line(tmp_path, capsys):
+    """One evaluation per out_dir: a live one (this process, here) holds it; the second is refused at once."""
+    from magiceraser.lock import OutputLock
+
+    out = tmp_path / "eval"
+    out.mkdir()
+    with OutputLock(out):
+        rc = cli_main(["evaluate", f"out_dir={out}"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"{out} is in use by another job" in err[0], err
+    assert sorted(p.name for p in out.iterdir()) == []  # not even config.yaml

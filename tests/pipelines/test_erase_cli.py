@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -107,3 +108,50 @@ def test_with_tiny_mask2former(tiny_sd, tiny_mask2former):
     out = pipe(img, mask, num_inference_steps=2)
     assert out.image.shape == img.shape
     assert out.tag is None or out.tag in BY_NAME
+
+
+def _batch(tmp_path: Path, n: int) -> tuple[Path, Path]:
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    for i in range(n):
+        _save(images / f"im{i}.png", _img(64, 80, 10 + i))
+        _save(masks / f"im{i}.png", _mask(64, 80))
+    return images, masks
+
+
+def test_a_second_batch_on_the_same_out_is_refused_before_any_model_loads(tmp_path, overrides, capsys):
+    from magiceraser.lock import OutputLock
+
+    images, masks = _batch(tmp_path, 1)
+    out = tmp_path / "out"
+    out.mkdir()
+    with OutputLock(out):  # a live batch of this very process holds the folder
+        with pytest.raises(Exception, match=rf"{out} is in use by another job \(host .*, pid {os.getpid()}"):
+            main(["--image", str(images), "--mask", str(masks), "--out", str(out), *overrides])
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing written, not even a report
+
+
+def test_a_full_disk_stops_the_batch_in_one_line_with_the_rest_not_done(tmp_path, overrides, small_filesystem, capsys):
+    from magiceraser.cli import main as cli_main
+
+    images, masks = _batch(tmp_path, 4)
+    fs = small_filesystem(1 << 20)
+    out = fs.path / "out"
+    rc = cli_main(["erase", "--image", str(images), "--mask", str(masks), "--out", str(out), *overrides])
+    assert rc == 0
+    first = {p.name: p.read_bytes() for p in out.glob("im*.png")}
+    for p in out.glob("im*.png"):
+        p.unlink()
+    fs.fill(leave=16 << 10)  # the report fits; erased images (~15 KB each as PNG) do not
+    capsys.readouterr()
+    rc = cli_main(["erase", "--image", str(images), "--mask", str(masks), "--out", str(out), *overrides])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("magiceraser erase:")]
+    assert rc == 2 and len(err) == 1, err
+    assert f"cannot write an erased image to {out}/im" in err[0] and "no space left on the device" in err[0], err[0]
+    report = json.loads((out / "erase_report.json").read_text())
+    assert report["status"] != "complete" and report["not_done"], report  # the rest is listed as not done
+    assert not [p for p in out.iterdir() if p.name.startswith(".tmp-")] and not (out / "job.lock").exists()
+    (fs.path / "filler").unlink()
+    assert cli_main(["erase", "--image", str(images), "--mask", str(masks), "--out", str(out), *overrides]) == 0
+    assert {p.name: p.read_bytes() for p in out.glob("im*.png")} == first

@@ -8,6 +8,7 @@ marked done, a cache of another VAE, stale shards beside a smaller rebuild.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -105,3 +106,16 @@ def test_the_trainer_reads_exactly_the_shards_cache_json_lists(tiny_sd, data, tm
     build_cache(_cfg(tiny_sd, [data / "olrd-000000.tar"], out))  # a smaller cache in the same folder
     assert (out / "olrd-000001.tar").exists()  # stale, left in place
     assert cache_shard_urls(str(out)) == [f"{out}/olrd-000000.tar"]
+
+
+def test_a_second_cache_build_on_a_busy_folder_is_refused_naming_the_owner(tiny_sd, tmp_path):
+    from magiceraser.lock import LockHeld, OutputLock
+    from magiceraser.training.latent_cache import LatentCacheConfig, build_cache
+
+    write_olrd_shards(tmp_path / "data", num_shards=1, per_shard=2, seed=3)
+    (tmp_path / "cache").mkdir()
+    with OutputLock(tmp_path / "cache"):
+        with pytest.raises(LockHeld, match=rf"in use by another job \(host .*, pid {os.getpid()}"):
+            build_cache(LatentCacheConfig(urls=[str(tmp_path / "data" / "olrd-*.tar")], out_dir=str(tmp_path / "cache"),
+                                          base_model=str(tiny_sd), resolution=64, device="cpu"))
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == []
