@@ -42,6 +42,7 @@ CONFIG_CHECK_ONLY: dict[str, str] = {
     "train --config configs/train/sd15_inpaint.yaml --resume": "SD 1.5 weights + GPUs + a run to resume",
     "-m magiceraser.training.train --config ...": "placeholder config (...) under accelerate: defaults checked",
     "--ray ray.num_workers=16": "placeholder config (...) and a Ray cluster with GPUs: defaults + overrides checked",
+    "checkpoint.dir=s3://bucket/runs/sd15/checkpoints": "placeholder config (...) and bucket: defaults + overrides checked",
     "cache-latents --config configs/train/latent_cache_sd15.yaml": "SD 1.5 VAE weights + s3:// shards",
     # Eraser: real SD 1.5 weights and photos that are not in the repository.
     "erase --config configs/erase/default.yaml --image photo.jpg": "SD 1.5 + trained weights; placeholder photo",

@@ -129,15 +129,17 @@ def test_a_lost_worker_node_costs_nothing(cluster, multinode_config, single_node
         time.sleep(0.01)
     lost = cluster.workers.pop(0)
     cluster.remove_node(lost, allow_graceful=False)  # its raylet and every worker on it are SIGKILLed
-    written_at_kill = len(list(out.glob("olrd-*.json")))
-    log = _finish(proc)
+    try:
+        written_at_kill = len(list(out.glob("olrd-*.json")))
+        log = _finish(proc)
+    finally:
+        cluster.workers.append(cluster.add_node(num_cpus=1))  # back to two workers for the next tests, whatever happened
+        cluster.wait_for_nodes()
     assert written_at_kill < n_shards, "the node was lost after the job had finished: not a test of node loss"
     assert_same_output(out, single_node_reference)
     stats = json.loads((out / "stats.json").read_text())
     assert stats["inputs"] == NUM_SCENES + len(BAD) and stats["shards"] == n_shards
     assert "lost" in log, log[-3000:]  # the retry was reported
-    cluster.workers.append(cluster.add_node(num_cpus=1))  # back to two workers for the next tests
-    cluster.wait_for_nodes()
 
 
 def _node_of_actors(class_name: str) -> list[str]:
@@ -219,6 +221,7 @@ def ray_train_reference(cluster, single_node_reference, tiny_sd, tmp_path_factor
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_ray_train_places_two_workers_on_two_nodes(cluster, ray_train_reference):
     """Ray Train with 2 workers of 1 CPU on a cluster whose only CPUs are one per worker node."""
     out, outcome, nodes = ray_train_reference
@@ -230,6 +233,7 @@ def test_ray_train_places_two_workers_on_two_nodes(cluster, ray_train_reference)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_ray_train_from_relative_paths_survives_a_lost_node(cluster, ray_train_reference, single_node_reference, tiny_sd,
                                                             tmp_path):
     """``magiceraser train --ray`` from a folder of its own, every path in the config relative to it.
@@ -266,6 +270,7 @@ def test_ray_train_from_relative_paths_survives_a_lost_node(cluster, ray_train_r
     cluster.remove_node(lost, allow_graceful=False)
     at_kill = max(int(p.name.split("-")[1]) for p in ckpts.glob("checkpoint-*") if (p / "state.json").exists())
     cluster.workers.append(cluster.add_node(num_cpus=1))  # the replacement machine the workers restart on
+    cluster.wait_for_nodes()
     log = _finish(proc, timeout=400)
     assert at_kill < 40, "the node was lost after the run had finished: not a test of node loss"
     assert "restart 1 of this launch: continuing run" in log, log[-4000:]

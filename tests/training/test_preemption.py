@@ -166,11 +166,11 @@ def test_sigterm_saves_exits_75_in_one_line_a_second_run_is_refused_and_resume_e
 # -- a group of processes under torchrun's agent ------------------------------------------------------
 
 
-def _launch_two(config: Path, logs: Path, max_restarts: int, port: int) -> subprocess.Popen:
+def _launch_two(config: Path, logs: Path, max_restarts: int, port: int, run_id: str = "") -> subprocess.Popen:
     """``cluster/launch_train_multinode.sh`` as one node of two processes (gloo on CPU)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO),
            "NUM_NODES": "1", "GPUS_PER_NODE": "2", "NODE_RANK": "0", "MAIN_IP": "127.0.0.1", "MAIN_PORT": str(port),
-           "MAX_RESTARTS": str(max_restarts), "CONFIG": str(config),
+           "MAX_RESTARTS": str(max_restarts), "CONFIG": str(config), "RUN_ID": run_id,
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = open(logs, "w")  # noqa: SIM115 - closed by the process's end
     return subprocess.Popen(["bash", str(REPO / "cluster" / "launch_train_multinode.sh")], env=env, cwd=str(REPO),
@@ -189,10 +189,16 @@ def _pids(log: Path) -> list[dict[int, int]]:
 
 @pytest.mark.slow
 @pytest.mark.numeric
-def test_two_processes_preempted_then_killed_restart_themselves_and_end_byte_identical(tiny_sd, olrd_shards, tmp_path):
-    """One launch with two restarts: SIGTERM to rank 1 only (both stop at one step, save, exit 75), then
-    SIGKILL to rank 0 after the next checkpoint. torchrun restarts the group each time; the restarted
-    processes continue the run without --resume; the export equals an uninterrupted launch's."""
+def test_two_processes_survive_a_preempted_node_a_preempted_rank_and_a_killed_rank(tiny_sd, olrd_shards, tmp_path):
+    """What a multi-node job meets, on one node of two gloo processes under the launch script:
+
+    1. SIGTERM to the launch script (the pod is stopped, SLURM's --signal): both processes save one
+       checkpoint and the script exits 75;
+    2. the same job launched again (same RUN_ID, as a requeued SLURM job or a new pod of the Job)
+       continues by itself; then SIGTERM to rank 1 only (both stop after one step, save, exit 75;
+       torchrun's agent restarts the group) and SIGKILL to rank 0 after the next checkpoint (the
+       agent restarts it again). The export equals an uninterrupted launch's byte for byte.
+    """
     over = {"phases.total_steps": 60, "phases.textual_inversion_steps": 2, "checkpoint.every": 4, "checkpoint.keep_last": 2,
             "num_threads": 1, "wandb.mode": "offline", "wandb.log_every": 1, "data.shuffle_buffer": 0}
     urls = [olrd_shards / "olrd-*.tar"]
@@ -202,30 +208,40 @@ def test_two_processes_preempted_then_killed_restart_themselves_and_end_byte_ide
     reference = _launch_two(tmp_path / "reference.yaml", tmp_path / "reference.log", 0, port)
     assert reference.wait(timeout=400) == 0, (tmp_path / "reference.log").read_text()[-4000:]
 
-    log = tmp_path / "run.log"
-    run = _launch_two(tmp_path / "run.yaml", log, 2, port + 1)
+    procs = []
     try:
-        _wait_for(log, r"step 3/60", run, timeout=300)
-        first = _pids(log)[0]
-        os.kill(first[1], signal.SIGTERM)  # rank 1 only: rank 0 learns of it in the step's all-reduce
-        stopped = int(_wait_for(log, r"preemption signal \(another process\): stopped after step (\d+)", run).group(1))
-        _wait_for(log, r"restart 1 of this launch: continuing run \w+ from \S+checkpoint-0*" + str(stopped), run)
-        saved_after = (stopped // 4 + 1) * 4  # the next periodic checkpoint of the restarted group
-        _wait_for(log, rf"saved \S+checkpoint-0*{saved_after}\b", run)
-        second = _pids(log)[1]
-        os.kill(second[0], signal.SIGKILL)  # rank 0 dies holding the lock and the W&B run
-        assert run.wait(timeout=400) == 0, log.read_text()[-4000:]
+        log1 = tmp_path / "launch1.log"
+        procs.append(first := _launch_two(tmp_path / "run.yaml", log1, 2, port + 1, run_id="job-7"))
+        _wait_for(log1, r"step 3/60", first, timeout=300)
+        first.send_signal(signal.SIGTERM)  # to the script only, as Kubernetes signals a container's process 1
+        assert first.wait(timeout=90) == PREEMPTED_EXIT_CODE, log1.read_text()[-4000:]
+        stopped = int(re.search(r"preemption signal \(SIGTERM\): stopped after step (\d+)", log1.read_text()).group(1))
+        assert "restart 1" not in log1.read_text()  # a preempted node is not restarted in place
+
+        log2 = tmp_path / "launch2.log"
+        procs.append(second := _launch_two(tmp_path / "run.yaml", log2, 2, port + 2, run_id="job-7"))
+        _wait_for(log2, rf"restart 1 of this launch: continuing run \w+ from \S+checkpoint-0*{stopped}\b", second)
+        _wait_for(log2, rf"step {stopped + 2}/60", second)
+        os.kill(_pids(log2)[0][1], signal.SIGTERM)  # rank 1 only: rank 0 learns of it in the step's all-reduce
+        again = int(_wait_for(log2, r"preemption signal \(another process\): stopped after step (\d+)", second).group(1))
+        _wait_for(log2, rf"restart 2 of this launch: continuing run \w+ from \S+checkpoint-0*{again}\b", second)
+        saved_after = (again // 4 + 1) * 4  # the next periodic checkpoint of the restarted group
+        _wait_for(log2, rf"saved \S+checkpoint-0*{saved_after}\b", second)
+        os.kill(_pids(log2)[1][0], signal.SIGKILL)  # rank 0 dies holding the lock and the W&B run
+        assert second.wait(timeout=400) == 0, log2.read_text()[-4000:]
     finally:
-        if run.poll() is None:
-            os.killpg(run.pid, signal.SIGKILL)
-    text = log.read_text()
-    assert "restart 2 of this launch: continuing run" in text and len(_pids(log)) == 3, text[-4000:]
+        for proc in procs:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    text = log2.read_text()
+    assert "restart 3 of this launch: continuing run" in text and len(_pids(log2)) == 3, text[-4000:]
+    assert "taking over the stale lock" in text  # the killed rank 0's
     _same_export(tmp_path / "reference", tmp_path / "run")
     for name in (LORA_WEIGHTS_NAME, EMBEDS_NAME):  # and the tensors, for a readable failure
         _same_tensors(load_file(str(tmp_path / "reference" / name)), load_file(str(tmp_path / "run" / name)))
-    # Three attempts, one W&B run, no step logged twice (the killed attempt logged past its last checkpoint).
+    # Four attempts, one W&B run, no step logged twice (the killed attempt logged past its last checkpoint).
     state = read_run_state(tmp_path / "run")
-    assert state["attempt"] == 2
+    assert state["attempt"] == 3 and state["launch"] == "env:job-7"
     files = run_files(tmp_path / "run" / "wandb", state["wandb_run_id"])
     steps = [s for f in files for s in history_steps(f)]
-    assert len(files) == 3 and steps == sorted(set(steps)) and steps[-1] == 60, (len(files), steps)
+    assert len(files) == 4 and steps == sorted(set(steps)) and steps[-1] == 60, (len(files), steps)
