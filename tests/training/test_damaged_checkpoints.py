@@ -127,3 +127,5 @@ def test_a_checkpoint_of_another_run_is_never_chosen_by_a_restart(three_checkpoi
     assert json.loads((newest / "state.json").read_text())["run_id"] == "another-run"
     with pytest.raises(UserError, match="already holds a training run"):  # a new launch with the same command is refused
         Trainer(tiny_train_config(tiny_sd, [olrd_shards / "olrd-*.tar"], out, **RUN), launch_id="env:another-job")
+    with pytest.raises(UserError, match=r"cannot resume .*checkpoint-00000002.*seed: 0 -> 3"):  # a restart keeps the refusals
+        Trainer(tiny_train_config(tiny_sd, [olrd_shards / "olrd-*.tar"], out, seed=3, **RUN), launch_id="env:my-job")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -211,7 +212,7 @@ def _merged_rank_batches(trainer: Trainer, world: int, phase: int):
 @pytest.mark.numeric
 @pytest.mark.slow
 def test_two_node_launch_matches_one_process_with_the_ranks_batches(tiny_sd, tmp_path):
-    """cluster/launch_train_multinode.sh as two nodes on localhost (node_rank 0 and 1, one CPU process each, gloo)."""
+    """cluster/launch_train_multinode.sh as two nodes on localhost (two torchrun agents, one CPU process each, gloo)."""
     data = tmp_path / "data"
     write_olrd_shards(data, num_shards=2, per_shard=4, size=(72, 72), seed=4)  # distinct samples: a wrong split shows
     over = {"phases.total_steps": 3, "phases.textual_inversion_steps": 1, "data.crop_scale_min": 1.0, "data.shuffle_buffer": 0,
@@ -233,7 +234,9 @@ def test_two_node_launch_matches_one_process_with_the_ranks_batches(tiny_sd, tmp
         for n in nodes:
             n.kill()
     assert all(n.returncode == 0 for n in nodes), "\n".join(log[-3000:] for log in logs)
-    assert "training process 1 of 2" in logs[0] and "training process 0 of 2" in logs[1]
+    # The c10d rendezvous assigns the ranks: one process per node, ranks 0 and 1 between them.
+    ranks = [re.findall(r"training process (\d) of 2", log) for log in logs]
+    assert sorted(r for rs in ranks for r in rs) == ["0", "1"] and all(len(rs) == 1 for rs in ranks), ranks
     assert json.loads((tmp_path / "two" / "magiceraser.json").read_text())["world_size"] == 2
 
     one = Trainer(tiny_train_config(tiny_sd, urls, tmp_path / "one", **{**over, "data.batch_size": 4}))
