@@ -101,7 +101,6 @@ def save_and_verify(rank: int, repeats: int, scratch: Path) -> list[tuple[int, .
     print(f"  verify (read, size + sha256 of every file, decode every header) {t_verify * 1e3:6.1f} ms   "
           f"floor: same bytes read once {t_floor_read * 1e3:7.1f} ms   ratio {t_verify / max(t_floor_read, 1e-9):5.2f}x")
     shapes = [tuple(p.shape) for p in params]
-    del trainer, parts
     return shapes
 
 

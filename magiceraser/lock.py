@@ -10,11 +10,12 @@ finds the lock refuses at once, naming the owner, unless the lock is *stale*: it
 older than ``stale_after_s`` (the owner died on some host: clocks must agree to well within that),
 or its pid is gone on this very host (a killed job). A stale lock is taken over with a message.
 
-A job may name itself (``job=``): a lock left by a job of the same name is taken over at once,
-whatever its heartbeat. A trainer restarted by its launcher (torchrun ``--max_restarts``, Ray
-Train's failure policy) is the same launch as the process that died holding the lock, possibly
-on another node whose heartbeat has not yet gone stale; the launcher only restarts after every
-process of the previous attempt has ended.
+A job may name itself (``job=``): a trainer restarted by its launcher (torchrun ``--max_restarts``,
+a new pod of the same Job) is the same launch as the process that died holding the lock, possibly
+on another node, so it need not wait ``stale_after_s``: a lock of the same name whose owner has
+stopped beating (no heartbeat for two heartbeat periods; it waits that long at most) or whose
+pid is gone on this host is taken over. A live owner of the same name is still refused: two
+launches given one name must not write one folder.
 
 The I/O is confined to the ``_create``, ``_read``, ``_replace`` and ``_remove`` functions, which
 go through :class:`magiceraser.storage.Folder`: the same protocol runs on a local or shared disk
@@ -197,8 +198,8 @@ class OutputLock:
             if current is None:
                 continue
             reason = stale_reason(current, self.stale_after_s)
-            if self.job and current.get("job") == self.job:
-                reason = "it was left by an earlier attempt of this same job, which has ended"
+            if not reason and self.job and current.get("job") == self.job:
+                reason = self._same_job_stopped(current)
             if not reason:
                 raise LockHeld(
                     f"{self.folder} is in use by another job ({describe_owner(current)}); wait for it to end, "
@@ -214,6 +215,32 @@ class OutputLock:
         self.record = record
         self._thread = threading.Thread(target=self._beat, name="output-lock-heartbeat", daemon=True)
         self._thread.start()
+
+    def _same_job_stopped(self, current: dict[str, Any]) -> str:
+        """Why a lock of this job's own name may be taken over now ('' while its owner still beats).
+
+        Its owner on this host is alive (its pid exists): ''. Elsewhere: wait until no heartbeat
+        came for two heartbeat periods, watching whether it still beats.
+        """
+        if current.get("host") == socket.gethostname():
+            return ""  # its pid exists, or stale_reason would have said so
+        deadline = time.monotonic() + 2 * self.heartbeat_s + 1.0
+        seen = current.get("heartbeat_at")
+        while True:
+            try:
+                age = time.time() - float(seen or 0.0)
+            except (TypeError, ValueError):
+                age = float("inf")
+            if age > 2 * self.heartbeat_s:
+                return f"it was left by an earlier attempt of this same job, which stopped beating {age:.0f} s ago"
+            if time.monotonic() > deadline:
+                return ""
+            time.sleep(min(1.0, self.heartbeat_s / 4))
+            now = _read(self.folder)
+            if now is None or now.get("token") != current.get("token"):
+                return "it is gone"  # released or replaced meanwhile: try again
+            if now.get("heartbeat_at") != seen:
+                return ""  # it still beats: a live job of the same name
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat_s):

@@ -3,9 +3,10 @@
 Every command writes results somewhere the user chose (shards, latent caches, checkpoints, the
 export, erased images). When that storage refuses a write, the cause is the user's to fix (free
 space, another folder, permissions), so it is a :class:`~magiceraser.errors.UserError`: one line
-naming the path, what was being written and the free space there, exit status 2. Nothing partial
-is left under a final name, because every writer goes through a temporary name and a rename
-(:mod:`magiceraser.atomic`) or a single PUT (:mod:`magiceraser.storage`).
+naming the path, what was being written and the free space there, exit status 2. What was written
+half-way is never taken for complete: on a filesystem every writer goes through a temporary name
+and a rename (:mod:`magiceraser.atomic`); on an object store each object is one PUT and a set of
+them counts only once its marker is written, last.
 
 Writers wrap their work in :func:`writing`; :func:`as_write_error` is the same translation for
 the command line's last resort (an OSError that escaped without context).
@@ -22,16 +23,20 @@ from pathlib import Path
 
 from magiceraser.errors import UserError
 
-#: errno -> what the user reads. EDQUOT is absent on some platforms.
-WRITE_ERRNOS: dict[int, str] = {
+#: errno -> what the user reads, for errors only a write meets. EDQUOT is absent on some platforms.
+SPACE_ERRNOS: dict[int, str] = {
     errno.ENOSPC: "no space left on the device",
     errno.EROFS: "the file system is read-only",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "operation not permitted",
     errno.EFBIG: "the file is too large for the file system",
 }
 if hasattr(errno, "EDQUOT"):
-    WRITE_ERRNOS[errno.EDQUOT] = "the disk quota is exceeded"
+    SPACE_ERRNOS[errno.EDQUOT] = "the disk quota is exceeded"
+#: Refusals a read meets too: translated only inside a writer's own :func:`writing` block.
+PERMISSION_ERRNOS: dict[int, str] = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+WRITE_ERRNOS = {**SPACE_ERRNOS, **PERMISSION_ERRNOS}
 
 _ADVICE = {
     errno.ENOSPC: "free space there or write to another location",
@@ -46,9 +51,10 @@ class WriteError(UserError):
     """The storage refused a write (full, over quota, read-only, not permitted)."""
 
 
-def is_write_error(exc: BaseException) -> bool:
-    """Whether ``exc`` is an OSError that says the storage refused a write."""
-    return isinstance(exc, OSError) and exc.errno in WRITE_ERRNOS
+def is_write_error(exc: BaseException, permissions: bool = True) -> bool:
+    """Whether ``exc`` is an OSError that says the storage refused a write (``permissions``: counting
+    EACCES/EPERM, which a read can meet too)."""
+    return isinstance(exc, OSError) and exc.errno in (WRITE_ERRNOS if permissions else SPACE_ERRNOS)
 
 
 def _human(n: float) -> str:
@@ -80,12 +86,17 @@ def write_error_message(exc: OSError, path: str | os.PathLike | None, what: str)
     reason = WRITE_ERRNOS.get(exc.errno or 0, exc.strerror or str(exc))
     advice = _ADVICE.get(exc.errno or 0, "write to another location")
     return (f"cannot write {what} to {where}: {reason} ({free_space(where)} there); {advice}; "
-            "nothing partial was left under a final name")
+            "what was written half-way is never taken for complete")
 
 
-def as_write_error(exc: BaseException, path: str | os.PathLike | None = None, what: str = "a file") -> WriteError | None:
-    """The :class:`WriteError` for ``exc`` if it is a refused write, else None."""
-    if not is_write_error(exc):
+def as_write_error(exc: BaseException, path: str | os.PathLike | None = None, what: str = "a file",
+                   permissions: bool = False) -> WriteError | None:
+    """The :class:`WriteError` for ``exc`` if it is a refused write, else None.
+
+    Without ``permissions`` (the command line's last resort, which cannot tell a read from a
+    write) only the errors a write alone meets count: a full disk, a quota, a read-only mount.
+    """
+    if not is_write_error(exc, permissions):
         return None
     assert isinstance(exc, OSError)
     return WriteError(write_error_message(exc, path if path is not None else exc.filename, what))
@@ -97,7 +108,7 @@ def writing(path: str | os.PathLike, what: str) -> Iterator[None]:
     try:
         yield
     except OSError as exc:
-        error = as_write_error(exc, path, what)
+        error = as_write_error(exc, path, what, permissions=True)
         if error is None:
             raise
         raise error from exc

@@ -120,7 +120,8 @@ class CheckpointStore:
                     _write_synced(tmp / fname, data)
             return CheckpointRef(name, step, self.url(name))
         sub = self.folder.child(name)
-        for leftover in sub.list():  # a save of this step killed before its marker: never counted, now replaced
+        leftovers = sub.list()  # a save of this step killed before its marker (or an older one): replaced
+        for leftover in sorted(leftovers, key=lambda n: n != STATE_NAME):  # its marker first
             sub.remove(leftover)
         for fname, data in files.items():
             sub.write_bytes(fname, data)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from magiceraser.prompts import DEFAULT_TOKEN
-from magiceraser.storage import is_object_store
+from magiceraser.storage import is_object_store, public_options
 
 
 @dataclass
@@ -351,3 +351,15 @@ class TrainConfig:
             raise ValueError("resume and overwrite exclude each other: --resume continues the run in out_dir, --overwrite replaces it")
         if self.log_every < 1:
             raise ValueError(f"log_every must be >= 1, got {self.log_every}")
+
+
+def public_train_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the secrets of ``checkpoint.storage_options`` masked, for every record a run writes
+    (``train_config.yaml``, W&B's config, checkpoint markers, the export): who reads those must not
+    learn the credentials that wrote the checkpoints."""
+    import dataclasses
+
+    if not cfg.checkpoint.storage_options:
+        return cfg
+    return dataclasses.replace(cfg, checkpoint=dataclasses.replace(
+        cfg.checkpoint, storage_options=public_options(cfg.checkpoint.storage_options)))

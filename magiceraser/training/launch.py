@@ -16,10 +16,13 @@ command:
   its host, pid and start time (the agent lives through every restart of its workers);
 * otherwise a fresh random id (a plain process is never restarted by a launcher).
 
-Rank 0 records the launch in ``out_dir/run_state.json`` (:data:`RUN_STATE_NAME`) together with
-the run it is training (``run_id``, the W&B run and the last step logged to it, the attempt
-number). A process whose launch id equals the recorded one is a restart: it continues that run
-(``loop.py``); any other process behaves as its command line says.
+Rank 0 records the launch in ``run_state.json`` (:data:`RUN_STATE_NAME`) in the checkpoint folder,
+which is what must outlive a node (``out_dir/checkpoints``, or ``checkpoint.dir`` on an object
+store), together with the run it is training (``run_id``, the step of its newest checkpoint, the
+W&B run and the last step logged to it, the attempt number). A process whose launch id equals the
+recorded one is a restart: it continues that run (``startup.py``); any other process behaves as its
+command line says. A torchrun rendezvous id (``--rdzv_id``) means one job by torchrun's own
+definition: a new command reusing one is taken for a restart of the job that used it before.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from magiceraser.atomic import atomic_write_json
+from magiceraser.storage import Folder
 
 RUN_STATE_NAME = "run_state.json"
 LAUNCH_ENV = "MAGICERASER_LAUNCH_ID"
@@ -60,14 +63,16 @@ def launch_id(env: dict[str, str] | None = None) -> str:
     return f"process:{uuid.uuid4().hex}"
 
 
-def read_run_state(out_dir: str | Path) -> dict[str, Any] | None:
-    """The recorded launch and run of ``out_dir``; None if there is none (or it cannot be read)."""
+def read_run_state(folder: Folder) -> dict[str, Any] | None:
+    """The recorded launch and run of a checkpoint folder; None if there is none (or it cannot be read)."""
     try:
-        state = json.loads((Path(out_dir) / RUN_STATE_NAME).read_text())
+        state = json.loads(folder.read_bytes(RUN_STATE_NAME))
     except (OSError, ValueError):
         return None
     return state if isinstance(state, dict) else None
 
 
-def write_run_state(out_dir: str | Path, state: dict[str, Any]) -> None:
-    atomic_write_json(Path(out_dir) / RUN_STATE_NAME, state)
+def write_run_state(folder: Folder, state: dict[str, Any]) -> None:
+    """Replace the record (a rename on a filesystem, one PUT on an object store)."""
+    folder.ensure()
+    folder.write_json(RUN_STATE_NAME, state)

@@ -35,7 +35,7 @@ from magiceraser.training import launch as launches
 from magiceraser.training import resume as resume_checks
 from magiceraser.training import startup
 from magiceraser.training.checkpoint_store import CheckpointRef, DamagedCheckpoint, checkpoint_name
-from magiceraser.training.config import TrainConfig
+from magiceraser.training.config import TrainConfig, public_train_config
 from magiceraser.training.data import StreamSpec, make_loader
 from magiceraser.training.distributed import (
     DistContext,
@@ -98,24 +98,30 @@ def preflight(cfg: TrainConfig, launch_id: str, world_size: int, device_type: st
 
 
 def _on_all_ranks(work: Callable[[], Any], ctx: DistContext) -> Any:
-    """Run ``work`` (a check or a write of shared state) on rank 0; its result, or its UserError, reaches every rank.
+    """Run ``work`` (a check or a write of shared state) on rank 0; its result or its failure reaches every rank.
 
-    Raising on rank 0 alone would leave the other ranks waiting in the next collective forever.
+    Raising on rank 0 alone would leave the other ranks waiting in the next collective until it
+    times out. A UserError is raised on every rank with its message (one line each); any other
+    exception is raised on rank 0 as it is and as a RuntimeError naming it on the others.
     """
     outcome: tuple[str, Any]
-    error: UserError | None = None
+    error: BaseException | None = None
     if ctx.is_main:
         try:
             outcome = ("ok", work())
         except UserError as exc:
-            error, outcome = exc, ("error", str(exc))
+            error, outcome = exc, ("user_error", str(exc))
+        except BaseException as exc:  # noqa: BLE001 - told to the other ranks, then raised here as it is
+            error, outcome = exc, ("bug", f"{type(exc).__name__}: {exc}")
     else:
         outcome = ("ok", None)
     kind, value = broadcast_object(outcome, ctx)
     if error is not None:
         raise error
-    if kind == "error":
+    if kind == "user_error":
         raise UserError(value)
+    if kind == "bug":
+        raise RuntimeError(f"rank 0 failed ({value}); this process stops with it")
     return value
 
 
@@ -204,6 +210,7 @@ class Trainer:
         self.preemption = PreemptionWatcher(cfg.preemption.signals)
         self.step_flags = StepFlags()
         self._batches: Any = None  # the current phase's loader iterator
+        self._checkpoint_step = self.plan.step  # the newest checkpoint of this run (0: none yet)
 
     def close(self) -> None:
         """Release the folders' locks (idempotent); :meth:`train` does it when it ends."""
@@ -221,10 +228,15 @@ class Trainer:
         name = self.plan.checkpoint
         assert name is not None
         ref = CheckpointRef(name, self.plan.step, self.store.url(name))
+        problem = ""
         try:
             state = ckpt.load_checkpoint(self.store, ref)
-        except DamagedCheckpoint as exc:  # rank 0 verified it a moment ago: the storage changed under us
-            raise UserError(f"checkpoint {ref.url} changed while the run started ({exc}); start the run again") from None
+        except (DamagedCheckpoint, OSError) as exc:  # rank 0 verified it a moment ago: the storage changed under us
+            problem = str(exc)
+        # Every process must know whether all could read it, or one would wait in the next collective alone.
+        if all_reduce_scalars([1.0 if problem else 0.0], self.ctx, op="sum")[0] > 0:
+            raise UserError(f"checkpoint {ref.url} could not be read by every process ({problem or 'on another process'}); "
+                            "check that every node sees the checkpoint folder, then start the run again")
         self.model.load_trainable_state(state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_scheduler.load_state_dict(state["scheduler"])
@@ -305,9 +317,16 @@ class Trainer:
         shutdown = getattr(batches, "_shutdown_workers", None) or getattr(batches, "close", None)  # a wrapping generator
         if shutdown is not None:
             shutdown()
+        # A worker that did not join in time got SIGTERM from torch's shutdown, which it ignores.
+        for worker in getattr(batches, "_workers", None) or []:
+            if worker.is_alive():
+                worker.kill()
 
     def _start_outputs(self) -> None:
-        """Rank 0, before the first step: apply --overwrite, sweep leftovers, record the run and open W&B."""
+        """Rank 0, before the first step: apply --overwrite, sweep leftovers, record the run and open W&B.
+
+        Called through :func:`_on_all_ranks`: a refused write here stops every process in one line.
+        """
         cfg = self.cfg
         if self.plan.replaced:
             log.warning("--overwrite: deleting the previous run in %s (%s)", self.out_dir, ", ".join(self.plan.replaced))
@@ -316,28 +335,38 @@ class Trainer:
             for name in (META_NAME, LORA_WEIGHTS_NAME, EMBEDS_NAME):
                 (self.out_dir / name).unlink(missing_ok=True)
         sweep_incomplete_export(self.out_dir)
-        with writing(self.out_dir, "the run's config and state"):
-            save_config(cfg, self.out_dir / "train_config.yaml")
+        with writing(self.out_dir, "the run's config"):
+            save_config(public_train_config(cfg), self.out_dir / "train_config.yaml")
+        with writing(self.store.url(launches.RUN_STATE_NAME), "the run's state"):
             self._write_run_state()
-        self.logger = RunLogger(cfg.wandb, self.out_dir, config_to_dict(cfg), resume_id=self.plan.wandb_run_id,
-                                logged_step=self.plan.logged_step, on_logged=self._write_run_state)
+        self.logger = RunLogger(cfg.wandb, self.out_dir, config_to_dict(public_train_config(cfg)), resume_id=self.plan.wandb_run_id,
+                                logged_step=self.plan.logged_step, on_logged=self._note_logged_step)
         if self.logger.run_id != self.plan.wandb_run_id:
             self._write_run_state()
 
     def _write_run_state(self) -> None:
-        """``out_dir/run_state.json``: this launch, its attempt, the run, the W&B run and its last logged step."""
-        launches.write_run_state(self.out_dir, {
+        """``run_state.json`` in the checkpoint folder: this launch, its attempt, the run, its newest
+        checkpoint's step, the W&B run and its last logged step (``launch.py``)."""
+        launches.write_run_state(self.store.folder, {
             "launch": self.launch_id, "attempt": self.plan.attempt, "run_id": self.run_id,
+            "checkpoint_step": self._checkpoint_step,
             "wandb_run_id": self.logger.run_id or self.plan.wandb_run_id,
             "wandb_logged_step": max(self.plan.logged_step, getattr(self.logger, "logged_step", 0)),
         })
+
+    def _note_logged_step(self) -> None:
+        """After each W&B log: record the step. Best effort: a storage hiccup here must not stop rank 0
+        alone (the others would wait for it in the next all-reduce); at worst a restart logs a step twice."""
+        try:
+            self._write_run_state()
+        except OSError as exc:
+            log.warning("could not record the last logged W&B step in %s (%s)", self.store, exc)
 
     def _train(self) -> TrainResult:
         cfg, ctx = self.cfg, self.ctx
         if self.plan.checkpoint:
             self._resume()
-        if ctx.is_main:
-            self._start_outputs()
+        _on_all_ranks(self._start_outputs, ctx)
         total, ti_steps, accum = cfg.phases.total_steps, cfg.phases.textual_inversion_steps, cfg.optim.grad_accumulation
         local_bs = cfg.data.batch_size
         global_bs = local_bs * ctx.world_size
@@ -474,6 +503,8 @@ class Trainer:
             where = self.store.url(checkpoint_name(self.step))
             with writing(where, f"the checkpoint of step {self.step}"):
                 ref = self.store.write(self.step, files, state)
+                self._checkpoint_step = self.step
+                self._write_run_state()  # a restart now knows the run has a checkpoint to continue
                 self._prune()
             log.info("saved %s", ref.url)
             return ref.url
@@ -526,7 +557,7 @@ class Trainer:
             export_trained(
                 self.out_dir, self.model.unet, self.model.placeholder.vector, self.cfg.model.token, self.cfg.model.base_model,
                 extra={"steps": self.step, "world_size": self.ctx.world_size,
-                       "training_config": {k: v for k, v in config_to_dict(self.cfg).items() if k not in resume_checks.LAUNCH_KEYS}},
+                       "training_config": {k: v for k, v in config_to_dict(public_train_config(self.cfg)).items() if k not in resume_checks.LAUNCH_KEYS}},
             )
         log.info("exported v* and LoRA to %s", self.out_dir)
 
@@ -535,7 +566,7 @@ class Trainer:
             self._validate()
         _on_all_ranks(self._export, self.ctx)
         if self.ctx.is_main:
-            self.logger.finish()
+            self.logger.finish()  # best effort: the export is written, a W&B hiccup is only logged
         barrier(self.ctx)
         total = all_reduce_scalars(self.learned_count, self.ctx, op="sum")
         return TrainResult(

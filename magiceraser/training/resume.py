@@ -23,6 +23,7 @@ from magiceraser.config import config_to_dict
 from magiceraser.errors import UserError
 from magiceraser.fingerprint import changed, config_digest, describe_changes, digest, matches
 from magiceraser.training.checkpoint_store import CheckpointStore
+from magiceraser.training.config import public_train_config
 
 #: Config keys that do not change what the weights become and may differ on ``--resume``.
 #: ``phases.total_steps`` extends or shortens the run (a decaying schedule then follows the new total).
@@ -59,7 +60,7 @@ def base_model_digest(components: Mapping[str, Any]) -> str:
 
 def training_dependencies(cfg: Any, world_size: int, device_type: str, model_digest: str) -> dict[str, Any]:
     """Everything the trained weights depend on, as nested JSON values (see the module docstring)."""
-    settings = {k: v for k, v in config_to_dict(cfg).items() if k not in LAUNCH_KEYS}
+    settings = {k: v for k, v in config_to_dict(public_train_config(cfg)).items() if k not in LAUNCH_KEYS}
     return {
         **settings,
         "base_model_config": model_digest,

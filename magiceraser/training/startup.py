@@ -109,25 +109,39 @@ def check_locks(locks: list[OutputLock]) -> None:
         lock.check()
 
 
+def _set_aside(store: CheckpointStore, ref: CheckpointRef, exc: DamagedCheckpoint, damaged: list[str]) -> None:
+    aside = store.set_aside(ref)
+    damaged.append(f"{ref.name} ({exc.file}: {exc.reason})")
+    log.warning("checkpoint %s is damaged (%s: %s): set aside as %s; trying the one before it", ref.url, exc.file, exc.reason, aside)
+
+
 def choose_checkpoint(store: CheckpointStore, run_id: str | None = None) -> tuple[CheckpointRef, dict[str, Any]] | None:
     """The newest intact checkpoint (of ``run_id`` if given); damaged ones on the way are set aside.
 
-    :class:`UserError` when there are checkpoints (or set-aside ones) but none is intact.
+    With ``run_id`` (a restart), checkpoints of other runs are neither chosen nor touched, and one
+    whose marker cannot be read (so whose run is unknown) is passed over, not set aside.
+    :class:`UserError` when checkpoints were damaged and none is intact, and (without ``run_id``)
+    when only checkpoints set aside earlier remain: never a silent fresh start.
     """
     damaged: list[str] = []
     for ref in reversed(store.list()):
         try:
             state = store.read_state(ref)
-            if run_id is not None and state.get("run_id") != run_id:
-                continue  # another run's: neither chosen nor touched
-            ckpt.load_checkpoint(store, ref)  # every size, digest and header
-            return ref, state
         except DamagedCheckpoint as exc:
-            aside = store.set_aside(ref)
-            damaged.append(f"{ref.name} ({exc.file}: {exc.reason})")
-            log.warning("checkpoint %s is damaged (%s: %s): set aside as %s; trying the one before it",
-                        ref.url, exc.file, exc.reason, aside)
-    earlier = store.set_aside_names()
+            if run_id is not None:
+                log.warning("checkpoint %s cannot be told apart (%s: %s): passed over", ref.url, exc.file, exc.reason)
+                continue
+            _set_aside(store, ref, exc, damaged)
+            continue
+        if run_id is not None and state.get("run_id") != run_id:
+            continue
+        try:
+            ckpt.load_checkpoint(store, ref)  # every size, digest and header
+        except DamagedCheckpoint as exc:
+            _set_aside(store, ref, exc, damaged)
+            continue
+        return ref, state
+    earlier = store.set_aside_names() if run_id is None else []
     if damaged or earlier:
         found = "; ".join(damaged) if damaged else f"only checkpoints set aside as damaged ({', '.join(earlier)})"
         raise UserError(
@@ -141,10 +155,14 @@ def plan_start(cfg: TrainConfig, store: CheckpointStore, launch_id: str, world_s
     """Rank 0's decision under the locks (see the module docstring); :class:`UserError` for refusals."""
     out = Path(cfg.out_dir)
     store.sweep()  # leftovers of saves killed earlier (the lock is ours)
-    previous = launches.read_run_state(out)
+    previous = launches.read_run_state(store.folder)
     if previous is not None and previous.get("launch") == launch_id and previous.get("run_id"):
         run_id = str(previous["run_id"])
         chosen = choose_checkpoint(store, run_id)
+        saved = int(previous.get("checkpoint_step") or 0)
+        if chosen is None and saved:
+            raise UserError(f"run {run_id} saved a checkpoint at step {saved}, but {store} holds no intact checkpoint "
+                            "of it; restore it, or pass --overwrite (or a new out_dir) to start afresh")
         plan = StartPlan(mode="restart", run_id=run_id, attempt=int(previous.get("attempt", 0)) + 1,
                          wandb_run_id=previous.get("wandb_run_id"))
         where = f"from {chosen[0].url}" if chosen else "from step 0 (it had saved no checkpoint)"

@@ -87,4 +87,8 @@ def _preempted_line(exc, argv: Sequence[str] | None) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # `python -m magiceraser.training.train` is what torchrun and accelerate start on every process:
+    # through the command line's dispatcher, so a user error is one line and exit 2 here too.
+    from magiceraser.cli import main as cli_main
+
+    raise SystemExit(cli_main(["train", *sys.argv[1:]]))

@@ -18,6 +18,7 @@ from conftest import tiny_train_config
 
 from magiceraser.config import save_config
 from magiceraser.errors import UserError
+from magiceraser.storage import Folder
 from magiceraser.training.checkpoint_store import CheckpointStore
 from magiceraser.training.loop import Trainer, run_training
 
@@ -89,7 +90,7 @@ def test_with_no_intact_checkpoint_the_command_says_so_in_one_line_also_on_a_sec
         three_checkpoints, tiny_sd, olrd_shards, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(three_checkpoints, out)
-    for ckpt in (out / "checkpoints").iterdir():
+    for ckpt in (out / "checkpoints").glob("checkpoint-*"):
         _halve(ckpt / "trainable.safetensors")
     save_config(_cfg(tiny_sd, olrd_shards, out, **{"phases.total_steps": 4}), tmp_path / "run.yaml")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -118,7 +119,7 @@ def test_a_checkpoint_of_another_run_is_never_chosen_by_a_restart(three_checkpoi
     state = json.loads((newest / "state.json").read_text())
     (newest / "state.json").write_text(json.dumps({**state, "run_id": "another-run"}))
     mine = state["run_id"]
-    write_run_state(out, {"launch": "env:my-job", "attempt": 0, "run_id": mine})
+    write_run_state(Folder(out / "checkpoints"), {"launch": "env:my-job", "attempt": 0, "run_id": mine, "checkpoint_step": 3})
     trainer = Trainer(tiny_train_config(tiny_sd, [olrd_shards / "olrd-*.tar"], out, **RUN), launch_id="env:my-job")
     try:
         assert trainer.plan.mode == "restart" and trainer.plan.checkpoint == "checkpoint-00000002" and trainer.plan.attempt == 1

@@ -80,8 +80,13 @@ def test_a_refused_write_names_the_path_what_and_free_space(tmp_path):
     assert isinstance(error, WriteError)
     text = str(error)
     assert text.startswith(f"cannot write a thing to {tmp_path / 'x'}: no space left on the device (")
-    assert free_space(tmp_path) in text and "free of" in text and "nothing partial" in text
+    assert free_space(tmp_path) in text and "free of" in text and "never taken for complete" in text
     assert as_write_error(OSError(errno.ENOENT, "gone")) is None  # not a refused write: stays a bug's traceback
+    # A permission error can be a read's: the last resort leaves it alone; a writer's own block names it.
+    assert as_write_error(OSError(errno.EACCES, "Permission denied")) is None
+    with pytest.raises(WriteError, match="cannot write a third thing to .*: permission denied"):
+        with writing(tmp_path / "z", "a third thing"):
+            raise PermissionError(errno.EACCES, "Permission denied")
     with pytest.raises(WriteError, match="the file system is read-only"):
         with writing(tmp_path / "y", "another thing"):
             raise OSError(errno.EROFS, "Read-only file system")
@@ -104,3 +109,37 @@ def test_a_checkpoint_folder_without_its_marker_is_not_a_checkpoint_and_set_asid
     assert [r.step for r in store.list()] == [1] and store.set_aside_names() == [aside.name]
     store.remove(store.list()[0])
     assert store.list() == [] and sorted(p.name for p in tmp_path.iterdir()) == sorted(["checkpoint-00000003", aside.name])
+
+
+def test_what_torchrun_starts_reports_a_user_error_in_one_line(tmp_path):
+    """``python -m magiceraser.training.train`` (what torchrun and accelerate run) goes through the
+    command line's dispatcher: an out_dir that is a file is one line and exit 2, before any model loads."""
+    import subprocess
+    import sys
+
+    (tmp_path / "a-file").write_text("not a folder")
+    proc = subprocess.run([sys.executable, "-m", "magiceraser.training.train", f"out_dir={tmp_path / 'a-file'}"],
+                          capture_output=True, text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert lines[0] == f"magiceraser train: out_dir={tmp_path / 'a-file'} is a file, not a folder: choose a folder for the run's outputs"
+
+
+def test_a_restart_whose_run_saved_checkpoints_never_starts_afresh_without_them(tiny_sd, tmp_path):
+    """A restart of a run that had saved a checkpoint, when none of its checkpoints is there any more
+    (deleted by hand, or every one damaged earlier): refused, never a silent start from step 0; a
+    restart of a run that had saved none starts from step 0, whatever damaged folders lie around."""
+    from magiceraser.errors import UserError
+    from magiceraser.storage import Folder
+    from magiceraser.training import startup
+    from magiceraser.training.launch import write_run_state
+
+    cfg = tiny_train_config(tiny_sd, [], tmp_path / "run")
+    store = startup.checkpoint_store(cfg)
+    (tmp_path / "run" / "checkpoints" / "damaged-checkpoint-00000009-20261201T000000Z").mkdir(parents=True)
+    write_run_state(Folder(tmp_path / "run" / "checkpoints"), {"launch": "env:j", "run_id": "r1", "checkpoint_step": 8})
+    with pytest.raises(UserError, match=r"run r1 saved a checkpoint at step 8, but .* holds no intact checkpoint of it"):
+        startup.plan_start(cfg, store, "env:j", 1, "cpu")
+    write_run_state(Folder(tmp_path / "run" / "checkpoints"), {"launch": "env:j", "run_id": "r1", "checkpoint_step": 0})
+    plan = startup.plan_start(cfg, store, "env:j", 1, "cpu")
+    assert plan.mode == "restart" and plan.checkpoint is None and plan.run_id == "r1" and plan.attempt == 1

@@ -24,6 +24,7 @@ from wandb_records import history_steps, run_files
 
 from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME
 from magiceraser.config import save_config
+from magiceraser.storage import Folder
 from magiceraser.training import checkpoint as ckpt
 from magiceraser.training import checkpoint_store
 from magiceraser.training.checkpoint_store import CheckpointStore
@@ -157,7 +158,7 @@ def test_sigterm_saves_exits_75_in_one_line_a_second_run_is_refused_and_resume_e
     assert resumed.wait(timeout=300) == 0, (tmp_path / "resumed.err").read_text()[-3000:]
     _same_export(tmp_path / "reference", tmp_path / "run")
     # One W&B run across both processes, every step logged once.
-    state = read_run_state(tmp_path / "run")
+    state = read_run_state(Folder(tmp_path / "run" / "checkpoints"))
     files = run_files(tmp_path / "run" / "wandb", state["wandb_run_id"])
     steps = [s for f in files for s in history_steps(f)]
     assert len(files) == 2 and steps == list(range(1, 61)), (len(files), steps)
@@ -240,7 +241,7 @@ def test_two_processes_survive_a_preempted_node_a_preempted_rank_and_a_killed_ra
     for name in (LORA_WEIGHTS_NAME, EMBEDS_NAME):  # and the tensors, for a readable failure
         _same_tensors(load_file(str(tmp_path / "reference" / name)), load_file(str(tmp_path / "run" / name)))
     # Four attempts, one W&B run, no step logged twice (the killed attempt logged past its last checkpoint).
-    state = read_run_state(tmp_path / "run")
+    state = read_run_state(Folder(tmp_path / "run" / "checkpoints"))
     assert state["attempt"] == 3 and state["launch"] == "env:job-7"
     files = run_files(tmp_path / "run" / "wandb", state["wandb_run_id"])
     steps = [s for f in files for s in history_steps(f)]

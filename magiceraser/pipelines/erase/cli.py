@@ -199,8 +199,6 @@ def write_image(path: Path, arr: np.ndarray, fmt: str) -> bytes:
 def run_single(pipe, cfg: EraseConfig, image_path: Path, mask_path: Path | None, target: SingleTarget,
                classes: tuple[str, ...] = (), class_dilation: int = 0) -> int:
     """Erase one image; an unusable input is a user error (exit 2); no object of ``classes`` found: exit 1."""
-    from magiceraser.atomic import atomic_write_json
-
     pan, segments = None, None
     try:
         if mask_path is None:
@@ -219,23 +217,32 @@ def run_single(pipe, cfg: EraseConfig, image_path: Path, mask_path: Path | None,
     if (line := region_warning(image_path.name, notes, cfg)) is not None:
         print(line, file=sys.stderr)
     if target.is_file:
-        write_image(target.path, result.image, target.fmt)
+        with writing(target.path, "the erased image"):
+            write_image(target.path, result.image, target.fmt)
         print(f"wrote {target.path} ({seconds:.1f} s, prompt {result.prompt!r})")
         return 0
     out = target.path
-    out.mkdir(parents=True, exist_ok=True)
-    write_image(out / "result.png", result.image, "png")
-    if cfg.save_inputs:
-        write_image(out / "input.png", image, "png")
-        write_image(out / "mask.png", mask.astype(np.uint8) * 255, "png")
+    with writing(out, "the erased image"):
+        out.mkdir(parents=True, exist_ok=True)
+        write_image(out / "result.png", result.image, "png")
+        if cfg.save_inputs:
+            write_image(out / "input.png", image, "png")
+            write_image(out / "mask.png", mask.astype(np.uint8) * 255, "png")
     source = {"mask": str(mask_path)} if mask_path is not None else {"classes": list(classes), "segments": segments}
+    with writing(out / "erase.json", "the erase record"):
+        _write_record(out, image_path, source, seconds, result, notes)
+    print(f"wrote {out / 'result.png'} ({seconds:.1f} s, prompt {result.prompt!r})")
+    return 0
+
+
+def _write_record(out: Path, image_path: Path, source: dict[str, Any], seconds: float, result, notes: dict[str, Any]) -> None:
+    from magiceraser.atomic import atomic_write_json
+
     atomic_write_json(out / "erase.json", {
         "image": str(image_path), **source, "seconds": round(seconds, 3),
         "prompt": result.prompt, "tag": result.tag, **notes,
         "regions": [{"box": list(r.box), "model_shape": list(r.model_shape), "tag": r.tag, "prompt": r.prompt} for r in result.regions],
     })
-    print(f"wrote {out / 'result.png'} ({seconds:.1f} s, prompt {result.prompt!r})")
-    return 0
 
 
 # ---------------------------------------------------------------------------------------- directories
@@ -472,8 +479,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except EraseUserError as exc:
             return user_error(exc)
         if isinstance(job, SingleTarget):
-            with writing(job.path, "the erased image"):
-                return run_single(pipe, cfg, image, mask, job, classes, args.class_dilation)
+            return run_single(pipe, cfg, image, mask, job, classes, args.class_dilation)
         return run_batch(pipe, cfg, job, out)
     finally:
         if lock is not None:
