@@ -189,7 +189,6 @@ def _pids(log: Path) -> list[dict[int, int]]:
 
 
 @pytest.mark.slow
-@pytest.mark.numeric
 def test_two_processes_survive_a_preempted_node_a_preempted_rank_and_a_killed_rank(tiny_sd, olrd_shards, tmp_path):
     """What a multi-node job meets, on one node of two gloo processes under the launch script:
 
