@@ -23,6 +23,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def no_inherited_wandb_service(monkeypatch):
+    """W&B keeps its service's address in this process's environment (WANDB_SERVICE) once a test ran
+    it in-process; a training process started later would inherit it and share that service, where a
+    killed run's id stays "in use". Every test starts without it."""
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def tiny_models_root(tmp_path_factory):
     return tmp_path_factory.mktemp("tiny-models")

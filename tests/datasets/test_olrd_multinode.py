@@ -105,6 +105,17 @@ def cluster(single_node_reference):
         c.shutdown()
 
 
+def _lose_a_worker_node(cluster, proc: subprocess.Popen, ready, what: str, timeout: float) -> None:
+    """Once ``ready()`` (``what`` exists), remove the first worker node: its raylet and every worker on it
+    are SIGKILLed, as a crashed machine's. The caller adds a replacement node back."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        assert proc.poll() is None, f"the command ended before a node could be killed:\n{proc.stdout.read()[-4000:]}"
+        assert time.monotonic() < deadline, f"no {what} in time"
+        time.sleep(0.01)
+    cluster.remove_node(cluster.workers.pop(0), allow_graceful=False)
+
+
 def assert_same_output(out: Path, reference: Path) -> None:
     """Same shard names and bytes, same skip log; no temporaries, no lock, stats.json written."""
     tars = sorted(p.name for p in reference.glob("olrd-*.tar"))
@@ -122,13 +133,7 @@ def test_a_lost_worker_node_costs_nothing(cluster, multinode_config, single_node
     n_shards = len(list(single_node_reference.glob("olrd-*.tar")))
     out = tmp_path / "out"
     proc = _olrd(multinode_config, out, address=cluster.address)
-    deadline = time.monotonic() + 240
-    while not any(out.glob("olrd-*.json")):
-        assert proc.poll() is None, f"the job ended before a node could be killed:\n{proc.stdout.read()[-4000:]}"
-        assert time.monotonic() < deadline, "no shard finished in time"
-        time.sleep(0.01)
-    lost = cluster.workers.pop(0)
-    cluster.remove_node(lost, allow_graceful=False)  # its raylet and every worker on it are SIGKILLed
+    _lose_a_worker_node(cluster, proc, lambda: any(out.glob("olrd-*.json")), "a finished shard", timeout=240)
     try:
         written_at_kill = len(list(out.glob("olrd-*.json")))
         log = _finish(proc)
@@ -261,13 +266,7 @@ def test_ray_train_from_relative_paths_survives_a_lost_node(cluster, ray_train_r
     proc = subprocess.Popen([sys.executable, "-m", "magiceraser", "train", "--config", "train.yaml", "--ray"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(tmp_path))
     ckpts = tmp_path / "runs" / "ray" / "checkpoints"
-    deadline = time.monotonic() + 300
-    while not any(ckpts.glob("checkpoint-*/state.json")):
-        assert proc.poll() is None, f"the run ended before a node could be killed:\n{proc.stdout.read()[-4000:]}"
-        assert time.monotonic() < deadline, "no checkpoint in time"
-        time.sleep(0.02)
-    lost = cluster.workers.pop(0)
-    cluster.remove_node(lost, allow_graceful=False)
+    _lose_a_worker_node(cluster, proc, lambda: any(ckpts.glob("checkpoint-*/state.json")), "a checkpoint", timeout=300)
     at_kill = max(int(p.name.split("-")[1]) for p in ckpts.glob("checkpoint-*") if (p / "state.json").exists())
     cluster.workers.append(cluster.add_node(num_cpus=1))  # the replacement machine the workers restart on
     cluster.wait_for_nodes()
