@@ -231,5 +231,7 @@ def run_on_ray(cfg: TrainConfig, launch_id: str | None = None) -> RayTrainOutcom
     if outcome.get("outcome") == "user_error":
         raise UserError(outcome["message"])
     if outcome.get("outcome") == "preempted":
-        raise Preempted(int(outcome["steps"]), str(outcome["signal"]), str(outcome["checkpoint"]))
+        # Name the signal as the person who sent it knows it (the workers only saw the request).
+        signal_name = f"{watcher.received} to the Ray driver" if watcher.received else str(outcome["signal"])
+        raise Preempted(int(outcome["steps"]), signal_name, str(outcome["checkpoint"]))
     return RayTrainOutcome(result, outcome)

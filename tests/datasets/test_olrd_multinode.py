@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -281,3 +282,44 @@ def test_ray_train_from_relative_paths_survives_a_lost_node(cluster, ray_train_r
         for k in a:
             assert torch.equal(a[k], b[k]), (name, k)
     assert not (out / "job.lock").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_sigterm_to_the_ray_driver_saves_a_checkpoint_on_the_workers_and_resume_ends_exactly(
+        cluster, ray_train_reference, single_node_reference, tiny_sd, tmp_path):
+    """``ray job stop`` or a stopped head pod: SIGTERM to the ``--ray`` driver. It asks the workers (through
+    the coordinator actor they poll) to stop after one agreed step and save; it exits 75 in one line. The
+    same command with ``--resume`` then ends with the uninterrupted run's export."""
+    from safetensors.torch import load_file
+
+    from magiceraser.config import save_config
+
+    values = {**TRAIN, "model.base_model": str(tiny_sd), "data.urls": [str(single_node_reference / "olrd-*.tar")],
+              "out_dir": str(tmp_path / "out"), "ray.storage_path": str(tmp_path / "ray")}
+    save_config(_train_config(values), tmp_path / "train.yaml")
+    env = {**os.environ, "RAY_ADDRESS": cluster.address, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "magiceraser", "train", "--config", str(tmp_path / "train.yaml"), "--ray"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=str(tmp_path))
+    ckpts = tmp_path / "out" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not any(ckpts.glob("checkpoint-*/state.json")):
+        assert proc.poll() is None, f"the run ended before the signal:\n{proc.stdout.read()[-4000:]}"
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out[-4000:]
+    line = [x for x in out.splitlines() if x.startswith("magiceraser train: preempted")]
+    assert len(line) == 1 and "(SIGTERM to the Ray driver)" in line[0] and line[0].endswith("--resume"), out[-4000:]
+    stopped = int(line[0].split("after step ")[1].split(";")[0])
+    assert stopped < 40 and (ckpts / f"checkpoint-{stopped:08d}" / "state.json").exists()
+    assert not (tmp_path / "out" / "job.lock").exists() and not (tmp_path / "out" / "magiceraser.json").exists()
+
+    resumed = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env, cwd=str(tmp_path), timeout=400)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-4000:]
+    reference = ray_train_reference[0]
+    for name in ("pytorch_lora_weights.safetensors", "learned_embeds.safetensors"):
+        a, b = load_file(str(reference / name)), load_file(str(tmp_path / "out" / name))
+        for k in a:
+            assert torch.equal(a[k], b[k]), (name, k)
