@@ -34,6 +34,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--allow-change", action="append", default=[], metavar="KEYS",
                         help="with --resume: settings (comma-separated dotted keys) that may differ from the checkpoint's")
     parser.add_argument("--ray", action="store_true", help="run under Ray Train's TorchTrainer (see the ray.* keys)")
+    parser.epilog = ("exit status: 0 trained and exported; 2 a user error (one line); 75 a preemption signal "
+                     "(preemption.signals) made it save a checkpoint and stop: restart the same command, or add --resume")
     args = parser.parse_args(argv)
     if args.resume:
         args.overrides.append("resume=true")
