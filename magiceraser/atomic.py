@@ -55,6 +55,15 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         raise
 
 
+def write_synced(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` and fsync it, for files inside a temporary folder or under a
+    temporary name that is renamed into place afterwards. ``open()`` gives the umask's permissions."""
+    with open(path, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as fh:
         fh.write(data)

@@ -16,9 +16,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from magiceraser.cli_args import DEBUG_ENV, DEBUG_FLAG, debug_requested, debug_scope, report_user_error
+from magiceraser.cli_args import DEBUG_ENV, DEBUG_FLAG, debug_scope, user_error_exit
 from magiceraser.errors import UserError
-from magiceraser.write_errors import as_write_error
 
 # name -> (module, function, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -60,17 +59,13 @@ def _dispatch(argv: list[str]) -> int:
     command = getattr(importlib.import_module(module), func)
     try:
         return int(command(rest) or 0)
-    except UserError as exc:
-        if debug_requested():
+    except (UserError, OSError) as exc:
+        # An OSError here is a full disk, a quota or a read-only mount that no writer named in its own
+        # words (writers wrap their work in write_errors.writing): still one line, path and free space.
+        code = user_error_exit(name, exc)
+        if code is None:
             raise
-        return report_user_error(name, exc)
-    except OSError as exc:
-        # A full disk, a quota or a read-only mount that no writer named in its own words: still
-        # one line with the path and the free space (writers wrap their work in write_errors.writing).
-        error = as_write_error(exc)
-        if error is None or debug_requested():
-            raise
-        return report_user_error(name, error)
+        return code
 
 
 def _top_level_help() -> str:

@@ -63,6 +63,19 @@ def report_user_error(command: str, exc: BaseException) -> int:
     return USER_ERROR_EXIT_CODE
 
 
+def user_error_exit(command: str, exc: BaseException, args: argparse.Namespace | None = None) -> int | None:
+    """For an exception that ended ``command``: the one-line report and exit code 2 if it is the user's
+    to fix (a UserError, or a write the storage refused: full, quota, read-only); None for a bug, or
+    under ``--debug``: re-raise it then."""
+    from magiceraser.errors import UserError
+    from magiceraser.write_errors import as_write_error
+
+    error = exc if isinstance(exc, UserError) else as_write_error(exc)
+    if error is None or debug_requested(args):
+        return None
+    return report_user_error(command, error)
+
+
 class ConfigArgumentParser(argparse.ArgumentParser):
     """An ArgumentParser whose help ends with the config keys of ``config_cls``.
 

@@ -79,7 +79,7 @@ from magiceraser.fingerprint import describe_changes as fingerprint_changes
 from magiceraser.fingerprint import digest as fingerprint_digest
 from magiceraser.lock import OutputLock
 from magiceraser.storage import Folder, public_options
-from magiceraser.write_errors import as_write_error, writing
+from magiceraser.write_errors import writing
 
 
 class JobError(UserError):
@@ -702,7 +702,7 @@ def _write(cfg: OLRDConfig, out: Folder, job: dict, sidecars: dict[int, dict], l
     with writing(out.url(f"{shard_name(shard)}.tar"), f"shard {shard}"):  # a full disk: one line, no partial shard
         sidecars[shard] = write_shard(out, result, job)
 def main(argv: Sequence[str] | None = None) -> int:
-    from magiceraser.cli_args import config_argparser, debug_requested, load_cli_config, report_user_error
+    from magiceraser.cli_args import config_argparser, load_cli_config, user_error_exit
 
     parser = config_argparser("olrd", "Build OLRD training shards (segment, shift+blend, caption) on Ray.")
     args = parser.parse_args(argv)
@@ -710,8 +710,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         run_olrd(cfg)
     except (UserError, OSError) as exc:  # here too, not only in cli.main: tests and scripts call this main directly
-        error = exc if isinstance(exc, UserError) else as_write_error(exc)  # a spill file, Ray's temp: by their names
-        if error is None or debug_requested(args):
+        code = user_error_exit("olrd", exc, args)
+        if code is None:
             raise
-        return report_user_error("olrd", error)
+        return code
     return 0

@@ -188,4 +188,4 @@ def latest_checkpoint(ckpt_root: str | Path) -> Path | None:
 def read_state(path: str | Path) -> dict[str, Any]:
     """The ``state.json`` of a local checkpoint folder."""
     path = Path(path)
-    return json.loads((path / "state.json").read_text())
+    return CheckpointStore(path.parent).read_state(CheckpointRef(path.name, 0, str(path)))

@@ -34,10 +34,9 @@ import shutil
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from magiceraser.atomic import TMP_PREFIX, atomic_directory, remove_stale_temporaries
+from magiceraser.atomic import TMP_PREFIX, atomic_directory, remove_stale_temporaries, write_synced
 from magiceraser.storage import Folder
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{8})$")
@@ -117,7 +116,7 @@ class CheckpointStore:
             self.folder.ensure()
             with atomic_directory(self.folder.path / name) as tmp:
                 for fname, data in [*files.items(), (STATE_NAME, marker)]:
-                    _write_synced(tmp / fname, data)
+                    write_synced(tmp / fname, data)
             return CheckpointRef(name, step, self.url(name))
         sub = self.folder.child(name)
         leftovers = sub.list()  # a save of this step killed before its marker (or an older one): replaced
@@ -187,6 +186,19 @@ class CheckpointStore:
         for name in sub.list():
             sub.remove(name)
 
+    def prune(self, run_id: str, keep_last: int) -> None:
+        """Delete all but the newest ``keep_last`` checkpoints of run ``run_id``; another run's are never touched
+        (nor one whose marker cannot be read: resume sets damaged ones aside)."""
+        mine = []
+        for ref in self.list():
+            try:
+                if self.read_state(ref).get("run_id") == run_id:
+                    mine.append(ref)
+            except DamagedCheckpoint:
+                continue
+        for old in mine[:-keep_last]:
+            self.remove(old)
+
     def set_aside(self, ref: CheckpointRef) -> str:
         """Rename a damaged checkpoint to ``damaged-<name>-<UTC time>`` (never deleted); returns the new URL."""
         new = f"{DAMAGED_PREFIX}{ref.name}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
@@ -210,13 +222,3 @@ class CheckpointStore:
             return []
         return [str(p) for p in remove_stale_temporaries(self.folder.path)]
 
-
-def _write_synced(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` and fsync it (the folder is renamed into place only after).
-
-    ``open()`` gives the file the permissions of the umask (team-readable on shared storage).
-    """
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())

@@ -261,6 +261,22 @@ def make_loader(spec: StreamSpec, num_workers: int, ignore_signals: Sequence[str
     )
 
 
+def stop_loader(batches: Any) -> None:
+    """Shut a loader iterator's worker processes down now (a generator wrapping one: close it).
+
+    They ignore the preemption signals (a signal to the process group must not kill them
+    mid-step), so they cannot be left to the interpreter's exit, which stops leftover children
+    with SIGTERM; a worker that does not join in time gets SIGTERM from torch's shutdown, which
+    it ignores too, so it is killed.
+    """
+    shutdown = getattr(batches, "_shutdown_workers", None) or getattr(batches, "close", None)
+    if shutdown is not None:
+        shutdown()
+    for worker in getattr(batches, "_workers", None) or []:
+        if worker.is_alive():
+            worker.kill()
+
+
 def _ignore_in_worker(names: tuple[str, ...], worker_id: int) -> None:
     from magiceraser.training.preemption import ignore_in_worker
 

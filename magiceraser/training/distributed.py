@@ -10,11 +10,13 @@ which tensors are reduced, with no unused-parameter errors.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from magiceraser.errors import UserError
 
 
 @dataclass
@@ -138,6 +140,34 @@ def broadcast_object(obj: Any, ctx: DistContext) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def on_main_process(work: Callable[[], Any], ctx: DistContext) -> Any:
+    """Run ``work`` (a check or a write of shared state) on rank 0; its result or its failure reaches every rank.
+
+    Raising on rank 0 alone would leave the other ranks waiting in the next collective until it
+    times out. A UserError is raised on every rank with its message (one line each); any other
+    exception is raised on rank 0 as it is and as a RuntimeError naming it on the others.
+    """
+    outcome: tuple[str, Any]
+    error: BaseException | None = None
+    if ctx.is_main:
+        try:
+            outcome = ("ok", work())
+        except UserError as exc:
+            error, outcome = exc, ("user_error", str(exc))
+        except BaseException as exc:  # noqa: BLE001 - told to the other ranks, then raised here as it is
+            error, outcome = exc, ("bug", f"{type(exc).__name__}: {exc}")
+    else:
+        outcome = ("ok", None)
+    kind, value = broadcast_object(outcome, ctx)
+    if error is not None:
+        raise error
+    if kind == "user_error":
+        raise UserError(value)
+    if kind == "bug":
+        raise RuntimeError(f"rank 0 failed ({value}); this process stops with it")
+    return value
 
 
 def barrier(ctx: DistContext) -> None:

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME
-from magiceraser.atomic import TMP_PREFIX, make_shareable, remove_stale_temporaries
+from magiceraser.atomic import TMP_PREFIX, remove_stale_temporaries, write_synced
 from magiceraser.fingerprint import file_sha256
 
 
@@ -76,14 +76,6 @@ def canonical_safetensors(data: bytes) -> bytes:
     return struct.pack("<Q", len(text)) + text + data[8 + n :]
 
 
-def _write_file(path: Path, data: bytes) -> None:
-    with open(path, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    make_shareable(path)
-
-
 def export_trained(out_dir: str | Path, unet, vector: torch.Tensor, token: str, base_model: str, extra: dict[str, Any]) -> Path:
     """Write the LoRA weights, v* and ``magiceraser.json`` into ``out_dir``."""
     from diffusers import StableDiffusionInpaintPipeline
@@ -99,7 +91,7 @@ def export_trained(out_dir: str | Path, unet, vector: torch.Tensor, token: str, 
         # What diffusers' own save function writes (format + the adapter metadata under the
         # UNet's prefix), serialised in memory and written with a plain write: a full disk is an
         # OSError naming the file. The stock-loader test checks the scale alpha / rank survives.
-        _write_file(Path(filename), canonical_safetensors(safetensors_bytes(weights, metadata={
+        write_synced(Path(filename), canonical_safetensors(safetensors_bytes(weights, metadata={
             "format": "pt", LORA_ADAPTER_METADATA_KEY: json.dumps(packed, indent=2, sort_keys=True)})))
 
     with tempfile.TemporaryDirectory(prefix=TMP_PREFIX, dir=out) as tmp:
@@ -107,12 +99,12 @@ def export_trained(out_dir: str | Path, unet, vector: torch.Tensor, token: str, 
             tmp, unet_lora_layers=unet_lora_state_dict(unet), save_function=save_function, safe_serialization=True
         )
         embeds = safetensors_bytes({token: vector.detach().float().cpu().reshape(1, -1).contiguous()})
-        _write_file(Path(tmp) / EMBEDS_NAME, canonical_safetensors(embeds))
+        write_synced(Path(tmp) / EMBEDS_NAME, canonical_safetensors(embeds))
         digests = {name: file_sha256(Path(tmp) / name) for name in (LORA_WEIGHTS_NAME, EMBEDS_NAME)}
         meta = {"token": token, "base_model": base_model, "lora": {"rank": metadata.get("r"), "alpha": metadata.get("lora_alpha")}}
         meta.update(extra)
         meta["files"] = digests
-        _write_file(Path(tmp) / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
+        write_synced(Path(tmp) / META_NAME, (json.dumps(meta, indent=2) + "\n").encode())
         # Every byte is written; from here until the new marker is renamed into place the folder
         # holds no complete export (renames need no space).
         with contextlib.suppress(FileNotFoundError):

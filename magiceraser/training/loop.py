@@ -17,7 +17,6 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from magiceraser.training import resume as resume_checks
 from magiceraser.training import startup
 from magiceraser.training.checkpoint_store import CheckpointRef, DamagedCheckpoint, checkpoint_name
 from magiceraser.training.config import TrainConfig, public_train_config
-from magiceraser.training.data import StreamSpec, make_loader
+from magiceraser.training.data import StreamSpec, make_loader, stop_loader
 from magiceraser.training.distributed import (
     DistContext,
     StepFlags,
@@ -46,6 +45,7 @@ from magiceraser.training.distributed import (
     broadcast_object,
     gather_objects,
     init_distributed,
+    on_main_process,
 )
 from magiceraser.training.examples import ExampleSpec
 from magiceraser.training.export import sweep_incomplete_export
@@ -97,34 +97,6 @@ def preflight(cfg: TrainConfig, launch_id: str, world_size: int, device_type: st
     training_shards(cfg)
 
 
-def _on_all_ranks(work: Callable[[], Any], ctx: DistContext) -> Any:
-    """Run ``work`` (a check or a write of shared state) on rank 0; its result or its failure reaches every rank.
-
-    Raising on rank 0 alone would leave the other ranks waiting in the next collective until it
-    times out. A UserError is raised on every rank with its message (one line each); any other
-    exception is raised on rank 0 as it is and as a RuntimeError naming it on the others.
-    """
-    outcome: tuple[str, Any]
-    error: BaseException | None = None
-    if ctx.is_main:
-        try:
-            outcome = ("ok", work())
-        except UserError as exc:
-            error, outcome = exc, ("user_error", str(exc))
-        except BaseException as exc:  # noqa: BLE001 - told to the other ranks, then raised here as it is
-            error, outcome = exc, ("bug", f"{type(exc).__name__}: {exc}")
-    else:
-        outcome = ("ok", None)
-    kind, value = broadcast_object(outcome, ctx)
-    if error is not None:
-        raise error
-    if kind == "user_error":
-        raise UserError(value)
-    if kind == "bug":
-        raise RuntimeError(f"rank 0 failed ({value}); this process stops with it")
-    return value
-
-
 class Trainer:
     """One process's part of a training run (see the module docstring).
 
@@ -150,7 +122,7 @@ class Trainer:
         self.locks: list[Any] = []
         # Lock the folders and refuse what would mix or destroy another run before any model is loaded.
         if hold_locks:
-            _on_all_ranks(lambda: self.locks.extend(startup.take_locks(cfg, self.store, self.launch_id)), self.ctx)
+            on_main_process(lambda: self.locks.extend(startup.take_locks(cfg, self.store, self.launch_id)), self.ctx)
         try:
             self._setup(components)
         except BaseException:
@@ -159,8 +131,8 @@ class Trainer:
 
     def _setup(self, components: dict[str, Any] | None) -> None:
         cfg = self.cfg
-        self.plan: startup.StartPlan = _on_all_ranks(
-            lambda: startup.plan_start(cfg, self.store, self.launch_id, self.ctx.world_size, self.ctx.device.type), self.ctx)
+        self._verified: dict[str, Any] | None = None  # rank 0: the checkpoint the plan read and checked, decoded
+        self.plan: startup.StartPlan = on_main_process(self._plan_start, self.ctx)
         self.urls = training_shards(cfg)
 
         # LoRA initialisation must be identical on every process: seed before building the model.
@@ -173,7 +145,7 @@ class Trainer:
             check_cache_matches(cfg.data.latent_cache, cfg, vae_digest(comps["vae"].config))
         self.dependencies = resume_checks.training_dependencies(cfg, self.ctx.world_size, self.ctx.device.type, model_digest)
         if self.plan.checkpoint:
-            accepted = _on_all_ranks(lambda: startup.check_dependencies(
+            accepted = on_main_process(lambda: startup.check_dependencies(
                 cfg, self.plan, self.store.url(self.plan.checkpoint), self.ctx.world_size, self.ctx.device.type, model_digest),
                 self.ctx)
             if accepted and self.ctx.is_main:
@@ -212,6 +184,12 @@ class Trainer:
         self._batches: Any = None  # the current phase's loader iterator
         self._checkpoint_step = self.plan.step  # the newest checkpoint of this run (0: none yet)
 
+    def _plan_start(self) -> startup.StartPlan:
+        """Rank 0's start plan; the decoded checkpoint it verified stays here (the plan sent to all is small)."""
+        plan = startup.plan_start(self.cfg, self.store, self.launch_id, self.ctx.world_size, self.ctx.device.type)
+        self._verified, plan.loaded = plan.loaded, None
+        return plan
+
     def close(self) -> None:
         """Release the folders' locks (idempotent); :meth:`train` does it when it ends."""
         startup.release_locks(self.locks)
@@ -229,8 +207,8 @@ class Trainer:
         assert name is not None
         ref = CheckpointRef(name, self.plan.step, self.store.url(name))
         problem = ""
-        try:
-            state = ckpt.load_checkpoint(self.store, ref)
+        try:  # rank 0 read and verified it when the run started
+            state, self._verified = self._verified or ckpt.load_checkpoint(self.store, ref), None
         except (DamagedCheckpoint, OSError) as exc:  # rank 0 verified it a moment ago: the storage changed under us
             problem = str(exc)
         # Every process must know whether all could read it, or one would wait in the next collective alone.
@@ -307,25 +285,13 @@ class Trainer:
             self.close()
 
     def _stop_loader(self) -> None:
-        """Shut the DataLoader's worker processes down now.
-
-        They ignore the preemption signals (a signal to the process group must not kill them
-        mid-step), so they cannot be left to the interpreter's exit, which stops leftover
-        children with SIGTERM; a stopped loader ends them through its own shutdown instead.
-        """
         batches, self._batches = self._batches, None
-        shutdown = getattr(batches, "_shutdown_workers", None) or getattr(batches, "close", None)  # a wrapping generator
-        if shutdown is not None:
-            shutdown()
-        # A worker that did not join in time got SIGTERM from torch's shutdown, which it ignores.
-        for worker in getattr(batches, "_workers", None) or []:
-            if worker.is_alive():
-                worker.kill()
+        stop_loader(batches)
 
     def _start_outputs(self) -> None:
         """Rank 0, before the first step: apply --overwrite, sweep leftovers, record the run and open W&B.
 
-        Called through :func:`_on_all_ranks`: a refused write here stops every process in one line.
+        Called through :func:`~magiceraser.training.distributed.on_main_process`: a refused write here stops every process in one line.
         """
         cfg = self.cfg
         if self.plan.replaced:
@@ -366,7 +332,7 @@ class Trainer:
         cfg, ctx = self.cfg, self.ctx
         if self.plan.checkpoint:
             self._resume()
-        _on_all_ranks(self._start_outputs, ctx)
+        on_main_process(self._start_outputs, ctx)
         total, ti_steps, accum = cfg.phases.total_steps, cfg.phases.textual_inversion_steps, cfg.optim.grad_accumulation
         local_bs = cfg.data.batch_size
         global_bs = local_bs * ctx.world_size
@@ -505,27 +471,15 @@ class Trainer:
                 ref = self.store.write(self.step, files, state)
                 self._checkpoint_step = self.step
                 self._write_run_state()  # a restart now knows the run has a checkpoint to continue
-                self._prune()
+                self.store.prune(self.run_id, self.cfg.checkpoint.keep_last)
             log.info("saved %s", ref.url)
             return ref.url
 
-        return _on_all_ranks(write, self.ctx)
-
-    def _prune(self) -> None:
-        """Delete all but the newest ``keep_last`` checkpoints of this run; another run's are never touched."""
-        mine = []
-        for ref in self.store.list():
-            try:
-                if self.store.read_state(ref).get("run_id") == self.run_id:
-                    mine.append(ref)
-            except DamagedCheckpoint:
-                continue  # not ours to judge here: resume sets damaged ones aside
-        for old in mine[: -self.cfg.checkpoint.keep_last]:
-            self.store.remove(old)
+        return on_main_process(write, self.ctx)
 
     def _validate(self) -> None:
         """Rank 0 erases the held-out samples and writes the grid; every process waits for its outcome."""
-        _on_all_ranks(self._validate_main, self.ctx)
+        on_main_process(self._validate_main, self.ctx)
 
     def _validate_main(self) -> None:
         from magiceraser.atomic import atomic_write_bytes
@@ -564,7 +518,7 @@ class Trainer:
     def _finish(self) -> TrainResult:
         if self.cfg.validation.urls:
             self._validate()
-        _on_all_ranks(self._export, self.ctx)
+        on_main_process(self._export, self.ctx)
         if self.ctx.is_main:
             self.logger.finish()  # best effort: the export is written, a W&B hiccup is only logged
         barrier(self.ctx)

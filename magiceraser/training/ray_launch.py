@@ -54,7 +54,7 @@ POLL_S = 1.0
 
 def _absolute(path: str, cwd: Path) -> str:
     """``path`` made absolute against ``cwd`` unless it is a URL (``file://`` paths included) or empty."""
-    if not path or is_object_store(path) or "://" in path:
+    if not path or "://" in path:
         return path
     expanded = os.path.expanduser(path)
     return expanded if os.path.isabs(expanded) else str(cwd / expanded)

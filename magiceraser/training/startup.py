@@ -52,6 +52,7 @@ class StartPlan:
     logged_step: int = 0  # the last step already logged to that W&B run
     replaced: list[str] = field(default_factory=list)  # what --overwrite will delete
     dependencies: dict[str, Any] | None = None  # the chosen checkpoint's record
+    loaded: dict[str, Any] | None = None  # the chosen checkpoint, decoded while verified (kept where it was read)
 
 
 def checkpoint_store(cfg: TrainConfig) -> CheckpointStore:
@@ -116,7 +117,7 @@ def _set_aside(store: CheckpointStore, ref: CheckpointRef, exc: DamagedCheckpoin
 
 
 def choose_checkpoint(store: CheckpointStore, run_id: str | None = None) -> tuple[CheckpointRef, dict[str, Any]] | None:
-    """The newest intact checkpoint (of ``run_id`` if given); damaged ones on the way are set aside.
+    """The newest intact checkpoint (of ``run_id`` if given), decoded; damaged ones on the way are set aside.
 
     With ``run_id`` (a restart), checkpoints of other runs are neither chosen nor touched, and one
     whose marker cannot be read (so whose run is unknown) is passed over, not set aside.
@@ -136,11 +137,11 @@ def choose_checkpoint(store: CheckpointStore, run_id: str | None = None) -> tupl
         if run_id is not None and state.get("run_id") != run_id:
             continue
         try:
-            ckpt.load_checkpoint(store, ref)  # every size, digest and header
+            loaded = ckpt.load_checkpoint(store, ref)  # every size, digest and header
         except DamagedCheckpoint as exc:
             _set_aside(store, ref, exc, damaged)
             continue
-        return ref, state
+        return ref, loaded
     earlier = store.set_aside_names() if run_id is None else []
     if damaged or earlier:
         found = "; ".join(damaged) if damaged else f"only checkpoints set aside as damaged ({', '.join(earlier)})"
@@ -175,8 +176,9 @@ def plan_start(cfg: TrainConfig, store: CheckpointStore, launch_id: str, world_s
         plan = StartPlan(mode="resume" if chosen else "fresh", run_id=uuid.uuid4().hex,
                          replaced=replaced if cfg.overwrite else [])
     if chosen is not None:
-        ref, state = chosen
-        plan.checkpoint, plan.step = ref.name, ref.step
+        ref, loaded = chosen
+        state = loaded["state"]
+        plan.checkpoint, plan.step, plan.loaded = ref.name, ref.step, loaded
         plan.run_id = str(state.get("run_id") or plan.run_id)
         plan.dependencies = state.get("dependencies")
         plan.wandb_run_id = state.get("wandb_run_id") or plan.wandb_run_id

@@ -67,7 +67,7 @@ def test_a_signal_stops_after_its_step_a_second_one_during_the_save_changes_noth
             yield batch
 
     trainer._loader = loader
-    real_write, during_save = checkpoint_store._write_synced, []
+    real_write, during_save = checkpoint_store.write_synced, []
 
     def write_and_signal(path, data):  # ... and another one in the middle of writing the checkpoint
         if path.name == "rng.safetensors":
@@ -75,7 +75,7 @@ def test_a_signal_stops_after_its_step_a_second_one_during_the_save_changes_noth
             during_save.append(path)
         real_write(path, data)
 
-    monkeypatch.setattr(checkpoint_store, "_write_synced", write_and_signal)
+    monkeypatch.setattr(checkpoint_store, "write_synced", write_and_signal)
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Preempted) as stopped:
         trainer.train()

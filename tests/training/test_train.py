@@ -163,7 +163,7 @@ def test_checkpoint_save_interrupted_leaves_previous_loadable(tiny_sd, olrd_shar
     root = tmp_path / "checkpoints"
     assert ckpt.latest_checkpoint(root).name == "checkpoint-00000002"
 
-    real_write = checkpoint_store._write_synced
+    real_write = checkpoint_store.write_synced
 
     def killed_after_first_file(path, data):
         if path.name != "trainable.safetensors":
@@ -171,7 +171,7 @@ def test_checkpoint_save_interrupted_leaves_previous_loadable(tiny_sd, olrd_shar
         real_write(path, data)
 
     trainer.step = 3
-    monkeypatch.setattr(checkpoint_store, "_write_synced", killed_after_first_file)  # dies after trainable.safetensors
+    monkeypatch.setattr(checkpoint_store, "write_synced", killed_after_first_file)  # dies after trainable.safetensors
     with pytest.raises(KeyboardInterrupt):
         trainer._save_checkpoint()
     monkeypatch.undo()
