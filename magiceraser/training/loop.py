@@ -291,7 +291,7 @@ class Trainer:
     def _start_outputs(self) -> None:
         """Rank 0, before the first step: apply --overwrite, sweep leftovers, record the run and open W&B.
 
-        Called through :func:`~magiceraser.training.distributed.on_main_process`: a refused write here stops every process in one line.
+        Called through ``on_main_process``: a refused write here stops every process in one line.
         """
         cfg = self.cfg
         if self.plan.replaced:
@@ -301,14 +301,13 @@ class Trainer:
             for name in (META_NAME, LORA_WEIGHTS_NAME, EMBEDS_NAME):
                 (self.out_dir / name).unlink(missing_ok=True)
         sweep_incomplete_export(self.out_dir)
+        public = public_train_config(cfg)
         with writing(self.out_dir, "the run's config"):
-            save_config(public_train_config(cfg), self.out_dir / "train_config.yaml")
-        with writing(self.store.url(launches.RUN_STATE_NAME), "the run's state"):
-            self._write_run_state()
-        self.logger = RunLogger(cfg.wandb, self.out_dir, config_to_dict(public_train_config(cfg)), resume_id=self.plan.wandb_run_id,
+            save_config(public, self.out_dir / "train_config.yaml")
+        self.logger = RunLogger(cfg.wandb, self.out_dir, config_to_dict(public), resume_id=self.plan.wandb_run_id,
                                 logged_step=self.plan.logged_step, on_logged=self._note_logged_step)
-        if self.logger.run_id != self.plan.wandb_run_id:
-            self._write_run_state()
+        with writing(self.store.url(launches.RUN_STATE_NAME), "the run's state"):
+            self._write_run_state()  # from here on a restarted process of this launch continues this run
 
     def _write_run_state(self) -> None:
         """``run_state.json`` in the checkpoint folder: this launch, its attempt, the run, its newest
@@ -317,7 +316,7 @@ class Trainer:
             "launch": self.launch_id, "attempt": self.plan.attempt, "run_id": self.run_id,
             "checkpoint_step": self._checkpoint_step,
             "wandb_run_id": self.logger.run_id or self.plan.wandb_run_id,
-            "wandb_logged_step": max(self.plan.logged_step, getattr(self.logger, "logged_step", 0)),
+            "wandb_logged_step": max(self.plan.logged_step, self.logger.logged_step),
         })
 
     def _note_logged_step(self) -> None:
