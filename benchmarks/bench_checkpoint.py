@@ -160,7 +160,7 @@ def agreement(shapes: list[tuple[int, ...]], steps: int, rounds: int, scratch: P
     print(f"stop-flag agreement, 2 gloo processes, {len(shapes)} trainable tensors ({n / 1e6:.2f} M floats), "
           f"{steps} steps x {rounds} interleaved rounds, 1 thread each")
     print(f"  gradient all-reduce per step, without the flag {a * 1e6:9.1f} us")
-    print(f"  gradient all-reduce per step, with the flag    {b * 1e6:9.1f} us   (+{(b - a) * 1e6:.1f} us)")
+    print(f"  gradient all-reduce per step, with the flag    {b * 1e6:9.1f} us   ({(b - a) * 1e6:+.1f} us)")
     print(f"  ratio with / without: {b / a:.3f}x (median of rounds; rounds from {min(ratios):.3f}x to {max(ratios):.3f}x)")
 
 
