@@ -178,6 +178,10 @@ class OLRDConfig:
     (or an actor or object Ray could not recover); shards already written are kept."""
     node_loss_settle_s: float = 5.0
     """Seconds the driver waits after a lost node before the rerun (Ray releases the failed attempt's actors)."""
+    lost_actor_timeout_s: float = 30.0
+    """Seconds a model actor may stay restarting after a node was lost before the driver gives it up and
+    re-plans its batch on the nodes alive (Ray would wait for a node with room for it forever); 0 = wait
+    (an autoscaler replaces lost nodes)."""
     max_open_shards: int = 64
     """Shards whose rows the driver keeps in memory while waiting for their last input; rows of further
     open shards go to a temporary spill file in the output (bounds the driver's memory however the cluster reorders work)."""
@@ -210,6 +214,8 @@ class OLRDConfig:
             raise ValueError("max_restarts and max_task_retries must be >= 0")
         if self.node_loss_retries < 0:
             raise ValueError(f"node_loss_retries must be >= 0, got {self.node_loss_retries}")
+        if self.lost_actor_timeout_s < 0:
+            raise ValueError(f"lost_actor_timeout_s must be >= 0, got {self.lost_actor_timeout_s}")
         if self.node_loss_settle_s < 0:
             raise ValueError(f"node_loss_settle_s must be >= 0, got {self.node_loss_settle_s}")
         if self.max_open_shards < 1:

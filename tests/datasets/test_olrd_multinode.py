@@ -148,6 +148,56 @@ def test_a_lost_worker_node_costs_nothing(cluster, multinode_config, single_node
     assert "lost" in log, log[-3000:]  # the retry was reported
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_an_actor_lost_with_its_node_and_without_room_to_restart_is_given_up(cluster):
+    """The hang a lost node could cause: Ray restarts a model actor that died with its node and queues its
+    batch on it again; with no live node room for it, the batch waits forever (before the watch, olrd hung
+    whenever the task retries had not run out first: a race). The watch, once a node of the start is lost
+    and one of this job's pipeline actors has been restarting for ``timeout_s``, kills it for good: the batch
+    fails with an ActorDiedError (a cluster fault the driver re-plans on). Real actors on real nodes."""
+    import ray
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    from magiceraser.datasets.node_loss import PIPELINE_ACTOR_PREFIX, LostActorWatch
+
+    def where(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+    def work(self, seconds: float) -> str:
+        time.sleep(seconds)
+        return "done"
+
+    # What Ray Data's pools are: 1-CPU actors of a class named 'MapWorker(...)', restarted and retried.
+    worker_cls = type(f"{PIPELINE_ACTOR_PREFIX}MapBatches(Stage))", (), {"where": where, "work": work})
+    ray.init(address=cluster.address, log_to_driver=False)
+    try:
+        actors = [ray.remote(num_cpus=1, max_restarts=3, max_task_retries=-1)(worker_cls).remote() for _ in range(2)]
+        nodes = ray.get([a.where.remote() for a in actors], timeout=120)
+        doomed = cluster.workers[0]
+        assert sorted(nodes) == sorted(w.node_id for w in cluster.workers), "one actor per worker node"
+        victim = actors[nodes.index(doomed.node_id)]
+        batch = victim.work.remote(3600)
+        alive_at_start = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        time.sleep(1)
+        cluster.remove_node(cluster.workers.pop(0), allow_graceful=False)
+
+        with pytest.raises(GetTimeoutError):  # without the watch: restarting, no room, the batch waits
+            ray.get(batch, timeout=20)
+        watch, since = LostActorWatch(timeout_s=1.0, log=lambda m: None), {}
+        assert watch.poll(alive_at_start, since) == []  # first seen restarting now: not yet given up
+        assert set(since) == {victim._actor_id.hex()}
+        time.sleep(1.2)
+        assert watch.poll(alive_at_start, since) == [victim._actor_id.hex()]
+        with pytest.raises(RayActorError):  # the batch now fails, which the driver re-plans on
+            ray.get(batch, timeout=60)
+        assert ray.get(actors[1 - actors.index(victim)].work.remote(0), timeout=60) == "done"  # the survivor is untouched
+    finally:
+        ray.shutdown()
+        cluster.workers.append(cluster.add_node(num_cpus=1))
+        cluster.wait_for_nodes()
+
+
 def _node_of_actors(class_name: str) -> list[str]:
     """Node ids of every actor (alive or dead) of ``class_name``, from the GCS (no dashboard needed)."""
     from ray._private import state
