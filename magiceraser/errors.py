@@ -8,10 +8,12 @@ it is a bug. ``--debug`` or ``MAGICERASER_DEBUG=1`` re-raise user errors too, wi
 
 from __future__ import annotations
 
-__all__ = ["UserError", "USER_ERROR_EXIT_CODE"]
+__all__ = ["UserError", "USER_ERROR_EXIT_CODE", "Interrupted", "INTERRUPTED_EXIT_CODE"]
 
 #: Exit status for a user mistake (the same code argparse uses for bad arguments).
 USER_ERROR_EXIT_CODE = 2
+#: Exit status after Ctrl-C (128 + SIGINT, what a shell reports for a process SIGINT ended).
+INTERRUPTED_EXIT_CODE = 130
 
 
 class UserError(Exception):
@@ -19,4 +21,11 @@ class UserError(Exception):
 
     The message must stand on its own as one line: say what is wrong, name the key, file or
     option involved, and, where it is not obvious, what to do instead.
+    """
+
+
+class Interrupted(Exception):
+    """Ctrl-C ended a command; the message says what was kept (one line, exit code 130).
+
+    The command's ``main`` adds the command line that continues.
     """

@@ -39,6 +39,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -63,6 +64,7 @@ from magiceraser.datasets.inputs import (
     num_shards,
     shard_name,
 )
+from magiceraser.datasets.node_loss import LostActorWatch, is_cluster_fault
 from magiceraser.datasets.shards import (
     ShardResult,
     as_folder,
@@ -73,7 +75,7 @@ from magiceraser.datasets.shards import (
     write_shard,
     write_skip_log,
 )
-from magiceraser.errors import UserError
+from magiceraser.errors import INTERRUPTED_EXIT_CODE, Interrupted, UserError
 from magiceraser.fingerprint import changed, flatten
 from magiceraser.fingerprint import describe_changes as fingerprint_changes
 from magiceraser.fingerprint import digest as fingerprint_digest
@@ -356,12 +358,25 @@ class Progress:
 
     @property
     def rate(self) -> float:
-        return self.done / max(time.monotonic() - self.t0, 1e-9)
+        """Images/s since the first image was finished: the start-up (Ray, loading the models) is not counted.
+
+        0 until two images are done (one finish time gives no rate).
+        """
+        if self.done < 2 or not self.finished:
+            return 0.0
+        first = min(self.finished) + self.wall0
+        return (self.done - 1) / max(time.time() - first, 1e-9)
 
     def line(self) -> str:
         skips = ", ".join(f"{k} {v}" for k, v in self.reasons.most_common()) or "none"
+        if self.done >= 2:
+            speed = f"{self.rate:.2f} images/s"
+        elif self.done:
+            speed = f"first image after {min(self.finished):.0f} s of start-up"
+        else:
+            speed = "starting up"
         return (f"[olrd] {self.done}/{self.total} images, {self.samples} samples, "
-                f"{sum(self.reasons.values())} skipped ({skips}), {self.rate:.2f} images/s")
+                f"{sum(self.reasons.values())} skipped ({skips}), {speed}")
 
 
 def _log(message: str) -> None:
@@ -523,8 +538,19 @@ def run_olrd(cfg: OLRDConfig) -> dict[str, Any]:
                        "choose a location these credentials may write to") from None
     try:
         return _run_locked(cfg, out, lock, items)
+    except KeyboardInterrupt:
+        raise Interrupted(_interrupted_message(out, num_shards(len(items), cfg.samples_per_shard))) from None
     finally:
         lock.release()
+
+
+def _interrupted_message(out: Folder, n_shards: int) -> str:
+    """What Ctrl-C kept: every shard with its sidecar is complete (a rerun skips it)."""
+    try:
+        done = len(scan_sidecars(out, n_shards))
+    except (OSError, ValueError):
+        return f"interrupted; the complete shards in {out} are kept"
+    return f"interrupted; {done} of {n_shards} shards are complete in {out} and kept"
 
 
 def _run_locked(cfg: OLRDConfig, out: Folder, lock: OutputLock, items: list[InputItem]) -> dict[str, Any]:
@@ -588,37 +614,17 @@ def _retry_hint(sidecars: list[dict[str, Any]]) -> str:
             "rerun with retry_failed=true to rebuild exactly those shards")
 
 
-# Ray's errors for work lost with its node, process or object (not a bug in a stage): worth a rerun.
-_CLUSTER_FAULTS = ("ActorUnavailableError", "ActorDiedError", "RayActorError", "NodeDiedError", "ObjectLostError",
-                   "OwnerDiedError", "ObjectFetchTimedOutError", "ObjectReconstructionFailedError",
-                   "ObjectReconstructionFailedMaxAttemptsExceededError", "ObjectReconstructionFailedLineageEvictedError",
-                   "WorkerCrashedError", "LocalRayletDiedError", "RaySystemError")
-
-
-def is_cluster_fault(exc: BaseException) -> bool:
-    """Whether ``exc`` (or what it wraps) is Ray losing a node, actor, worker or object."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if any(cls.__name__ in _CLUSTER_FAULTS for cls in type(e).__mro__):
-            return True
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    return False
-
-
 def _process(cfg: OLRDConfig, todo: list[InputItem], out: str | Path | Folder, job: dict, sidecars: dict[int, dict],
              lock: OutputLock | None = None) -> dict[str, Any]:
     """Run the pipeline over ``todo``, writing each shard once all its inputs are back.
 
     Returns the driver's figures for stats.json: ``timeline``, ``node_loss_retries`` (reruns
     after a loss), ``max_pending_rows`` (most rows held in memory at once, at most
-    ``max_open_shards * samples_per_shard``) and ``spilled_shards``.
+    ``max_open_shards * samples_per_shard``), ``spilled_shards`` and ``lost_actors_given_up``
+    (actors lost with their node that no live node had room for: :mod:`node_loss`).
 
-    A lost node (or actor, worker, object: :func:`is_cluster_fault`) does not end the command:
+    A lost node (or actor, worker, object: :func:`is_cluster_fault`, or an actor given up by
+    :class:`LostActorWatch`) does not end the command:
     the shards already written stay, the rows of unfinished shards are dropped, and the
     unfinished shards are planned again and run on what is left of the cluster, at most
     ``node_loss_retries`` times, each retry logged. Every shard's bytes depend only on its inputs,
@@ -627,7 +633,7 @@ def _process(cfg: OLRDConfig, todo: list[InputItem], out: str | Path | Folder, j
     out = as_folder(out)
     progress = Progress(len(todo), cfg.progress_interval_s)
     written: set[int] = set()
-    figures = {"max_pending_rows": 0, "spilled_shards": 0}
+    figures = {"max_pending_rows": 0, "spilled_shards": 0, "lost_actors_given_up": 0}
     attempt = 0
     while True:
         try:
@@ -667,23 +673,26 @@ def _run_attempt(cfg: OLRDConfig, todo: list[InputItem], out: Folder, job: dict,
     spill = out.path if not out.remote else Path(tempfile.mkdtemp(prefix="olrd-spill-"))
     assembler = ShardAssembler(spill, expected, cfg.max_open_shards)
     ds = build_dataset(cfg, todo, segmenter_id(cfg), elastic)
+    watch = LostActorWatch(cfg.lost_actor_timeout_s, log=_log)  # a lost actor Ray would wait for forever
     try:
-        # Whole blocks at a time (cheaper than iter_rows); each row is one input.
-        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-            columns = list(batch)
-            for values in zip(*(batch[c] for c in columns)):
-                row = dict(zip(columns, values))
-                progress.update(row["reason"], float(row["done_at"]))
-                rows = assembler.add(row)
-                if rows is not None:
-                    _write(cfg, out, job, sidecars, lock, int(row["shard"]), rows)
-                    written.add(int(row["shard"]))
+        with watch:
+            # Whole blocks at a time (cheaper than iter_rows); each row is one input.
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                columns = list(batch)
+                for values in zip(*(batch[c] for c in columns)):
+                    row = dict(zip(columns, values))
+                    progress.update(row["reason"], float(row["done_at"]))
+                    rows = assembler.add(row)
+                    if rows is not None:
+                        _write(cfg, out, job, sidecars, lock, int(row["shard"]), rows)
+                        written.add(int(row["shard"]))
     except BaseException:
         progress.forget(assembler.discard())
         raise
     finally:
         figures["max_pending_rows"] = max(figures["max_pending_rows"], assembler.max_pending_rows)
         figures["spilled_shards"] += assembler.spilled_shards
+        figures["lost_actors_given_up"] += len(watch.given_up)
         if out.remote:
             shutil.rmtree(spill, ignore_errors=True)
     if assembler.open_shards():  # cannot happen unless a stage broke the one-row-per-input rule
@@ -709,6 +718,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_cli_config(OLRDConfig, args)
     try:
         run_olrd(cfg)
+    except (Interrupted, KeyboardInterrupt) as exc:  # Ctrl-C: one line, what was kept and the command that continues
+        kept = str(exc) if isinstance(exc, Interrupted) else f"interrupted; the complete shards in {cfg.output} are kept"
+        again = "magiceraser olrd " + shlex.join(sys.argv[1:] if argv is None else argv)
+        print(f"magiceraser olrd: {kept}; to continue: {again}", file=sys.stderr, flush=True)
+        return INTERRUPTED_EXIT_CODE
     except (UserError, OSError) as exc:  # here too, not only in cli.main: tests and scripts call this main directly
         code = user_error_exit("olrd", exc, args)
         if code is None:

@@ -55,7 +55,7 @@ from magiceraser.training.model import (
     diffusion_loss,
     draw_step_noise,
 )
-from magiceraser.training.preemption import Preempted, PreemptionWatcher
+from magiceraser.training.preemption import Preempted, PreemptionWatcher, watched_signals
 from magiceraser.training.sampling import stable_seed
 from magiceraser.training.tracking import NullLogger, RunLogger
 from magiceraser.write_errors import writing
@@ -179,7 +179,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.learned_count = [0, 0]  # learned prompts, samples (this process)
         self._validation_samples: list[dict[str, Any]] | None = None
-        self.preemption = PreemptionWatcher(cfg.preemption.signals)
+        self.preemption = PreemptionWatcher(watched_signals(cfg.preemption.signals))
         self.step_flags = StepFlags()
         self._batches: Any = None  # the current phase's loader iterator
         self._checkpoint_step = self.plan.step  # the newest checkpoint of this run (0: none yet)
@@ -267,7 +267,7 @@ class Trainer:
             start_positions=dict(positions),
             worker_offset=batches % max(1, d.num_workers),
         )
-        return iter(make_loader(spec, d.num_workers, ignore_signals=cfg.preemption.signals))
+        return iter(make_loader(spec, d.num_workers, ignore_signals=watched_signals(cfg.preemption.signals)))
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -402,7 +402,7 @@ class Trainer:
                 saved = saved or self._save_checkpoint()
                 where = self.preemption.received or "another process"
                 if ctx.is_main:
-                    log.warning("preemption signal (%s): stopped after step %d with checkpoint %s", where, self.step, saved)
+                    log.warning("stop signal (%s): stopped after step %d with checkpoint %s", where, self.step, saved)
                 raise Preempted(self.step, where, saved)
             if cfg.validation.urls and cfg.validation.every and self.step % cfg.validation.every == 0 and self.step < total:
                 self._validate()

@@ -15,6 +15,13 @@ checkpoint together and leave with :data:`PREEMPTED_EXIT_CODE`.
 user is invited to retry"): an orchestrator can tell "preempted, restart me" from a failure
 (Kubernetes ``podFailurePolicy`` ``onExitCodes``, a SLURM script's ``scontrol requeue``), and
 torchrun restarts on any non-zero status (``--max_restarts``).
+
+Ctrl-C (SIGINT, which a terminal sends to the whole process group) is watched the same way
+whatever ``preemption.signals`` says: the processes finish the step, save, and leave with
+:data:`INTERRUPTED_EXIT_CODE` (130, the shell's status for SIGINT) and a line naming the command
+that continues. A second Ctrl-C does not wait: it raises ``KeyboardInterrupt`` at once (every
+checkpoint file is written to a temporary name first, so nothing half-written is left), and the
+command reports the newest checkpoint that exists.
 """
 
 from __future__ import annotations
@@ -25,10 +32,14 @@ import threading
 from collections.abc import Iterable
 from types import FrameType
 
+from magiceraser.errors import INTERRUPTED_EXIT_CODE
+
 log = logging.getLogger(__name__)
 
 #: Exit status of a process that saved a checkpoint because it was asked to leave (EX_TEMPFAIL).
 PREEMPTED_EXIT_CODE = 75
+#: The interactive stop signal, watched in addition to ``preemption.signals``.
+INTERRUPT = "SIGINT"
 
 
 class Preempted(Exception):
@@ -37,6 +48,21 @@ class Preempted(Exception):
     def __init__(self, step: int, signal_name: str, checkpoint: str):
         super().__init__(f"preempted ({signal_name}) at step {step}; checkpoint {checkpoint}")
         self.step, self.signal_name, self.checkpoint = step, signal_name, checkpoint
+
+    @property
+    def interrupted(self) -> bool:
+        """Ctrl-C rather than an orchestrator's signal (the exit status is then 130, not 75)."""
+        return self.signal_name.split()[0] == INTERRUPT
+
+    @property
+    def exit_code(self) -> int:
+        return INTERRUPTED_EXIT_CODE if self.interrupted else PREEMPTED_EXIT_CODE
+
+
+def watched_signals(names: Iterable[str]) -> list[str]:
+    """The preemption signals plus Ctrl-C's (module docstring)."""
+    names = list(names)
+    return names if INTERRUPT in names else [*names, INTERRUPT]
 
 
 def signal_numbers(names: Iterable[str]) -> list[signal.Signals]:
@@ -62,8 +88,11 @@ class PreemptionWatcher:
         return self.received is not None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if name == INTERRUPT and self.received == INTERRUPT:
+            raise KeyboardInterrupt  # the second Ctrl-C: leave now (the module docstring)
         if self.received is None:
-            self.received = signal.Signals(signum).name
+            self.received = name
         # Nothing else here: the flag is read between optimizer steps (see the module docstring).
 
     def request(self, reason: str) -> None:

@@ -42,7 +42,7 @@ from magiceraser.config import build_config, config_to_dict
 from magiceraser.errors import UserError
 from magiceraser.storage import is_object_store
 from magiceraser.training.config import TrainConfig
-from magiceraser.training.preemption import Preempted, PreemptionWatcher
+from magiceraser.training.preemption import Preempted, PreemptionWatcher, watched_signals
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,7 @@ def run_on_ray(cfg: TrainConfig, launch_id: str | None = None) -> RayTrainOutcom
     launch = launch_id
     store = startup.checkpoint_store(cfg)
     locks = startup.take_locks(cfg, store, launch)
-    watcher = PreemptionWatcher(cfg.preemption.signals)
+    watcher = PreemptionWatcher(watched_signals(cfg.preemption.signals))
     done = threading.Event()
     try:
         preflight(cfg, launch, r.num_workers, "cuda" if r.use_gpu else "cpu")

@@ -11,7 +11,9 @@ whose workers execute the same loop.
 
 Exit status: 0 when the run finished and exported; 2 for a user error (one line); 75
 (``preemption.PREEMPTED_EXIT_CODE``) when a preemption signal made the run save a checkpoint and
-leave: restart the same command and it continues (a launcher's restart does so by itself).
+leave: restart the same command and it continues (a launcher's restart does so by itself); 130
+after Ctrl-C, which saves a checkpoint too (a second Ctrl-C leaves at once, keeping the newest
+checkpoint there is). Either way one line says what was kept and the command that continues.
 """
 
 from __future__ import annotations
@@ -35,7 +37,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="with --resume: settings (comma-separated dotted keys) that may differ from the checkpoint's")
     parser.add_argument("--ray", action="store_true", help="run under Ray Train's TorchTrainer (see the ray.* keys)")
     parser.epilog = ("exit status: 0 trained and exported; 2 a user error (one line); 75 a preemption signal "
-                     "(preemption.signals) made it save a checkpoint and stop: restart the same command, or add --resume")
+                     "(preemption.signals) made it save a checkpoint and stop: restart the same command, or add --resume; "
+                     "130 Ctrl-C: it saved a checkpoint (a second Ctrl-C: the newest one there is), continue with --resume")
     args = parser.parse_args(argv)
     if args.resume:
         args.overrides.append("resume=true")
@@ -47,7 +50,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.ray:
         args.overrides.append("ray.enabled=true")
     cfg = load_cli_config(TrainConfig, args)
-    from magiceraser.training.preemption import PREEMPTED_EXIT_CODE, Preempted
+    from magiceraser.errors import INTERRUPTED_EXIT_CODE
+    from magiceraser.training.preemption import Preempted
 
     if cfg.ray.enabled:
         from magiceraser.training.ray_launch import run_on_ray
@@ -57,7 +61,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             run_on_ray(cfg)
         except Preempted as exc:
             print(_preempted_line(exc, argv), file=sys.stderr, flush=True)
-            return PREEMPTED_EXIT_CODE
+            return exc.exit_code
+        except KeyboardInterrupt:
+            print(_interrupted_line(cfg, argv), file=sys.stderr, flush=True)
+            return INTERRUPTED_EXIT_CODE
         return 0
     from magiceraser.training.distributed import init_distributed, shutdown_distributed
     from magiceraser.training.loop import run_training
@@ -70,7 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Preempted as exc:
         if ctx.is_main:
             print(_preempted_line(exc, argv), file=sys.stderr, flush=True)
-        return PREEMPTED_EXIT_CODE
+        return exc.exit_code
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the first step
+        if ctx.is_main:
+            print(_interrupted_line(cfg, argv), file=sys.stderr, flush=True)
+        return INTERRUPTED_EXIT_CODE
     finally:
         shutdown_distributed()
     if ctx.is_main:
@@ -78,14 +89,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def _preempted_line(exc, argv: Sequence[str] | None) -> str:
-    """What a person reads after a preemption: what was kept and how to go on."""
+def _resume_command(argv: Sequence[str] | None) -> str:
+    """The command line that continues this run: the same one, with --resume and without --overwrite."""
     args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--overwrite", "overwrite=true")]
     if "--resume" not in args:
         args.append("--resume")
-    again = "magiceraser train " + " ".join(shlex.quote(a) for a in args)
+    return "magiceraser train " + " ".join(shlex.quote(a) for a in args)
+
+
+def _preempted_line(exc, argv: Sequence[str] | None) -> str:
+    """What a person reads after a preemption or Ctrl-C: what was kept and how to go on."""
+    if exc.interrupted:
+        return (f"magiceraser train: interrupted ({exc.signal_name}) after step {exc.step}; checkpoint {exc.checkpoint} "
+                f"saved; to continue: {_resume_command(argv)}")
     return (f"magiceraser train: preempted ({exc.signal_name}) after step {exc.step}; checkpoint {exc.checkpoint} "
-            f"saved; exit status 75 asks the launcher to restart it; to continue by hand: {again}")
+            f"saved; exit status 75 asks the launcher to restart it; to continue by hand: {_resume_command(argv)}")
+
+
+def _interrupted_line(cfg, argv: Sequence[str] | None) -> str:
+    """After a second Ctrl-C (or one before the first step): the newest checkpoint that exists."""
+    from magiceraser.training.startup import checkpoint_store
+
+    try:
+        refs = checkpoint_store(cfg).list()
+    except OSError:
+        refs = []
+    kept = f"the newest checkpoint, {refs[-1].url} (step {refs[-1].step}), is kept" if refs else "no checkpoint was saved yet"
+    return f"magiceraser train: interrupted; {kept}; to continue: {_resume_command(argv)}"
 
 
 if __name__ == "__main__":

@@ -276,6 +276,43 @@ def test_killed_run_resumes_to_the_same_shards(uninterrupted, job_config, tmp_pa
     assert not (out / "job.lock").exists()  # the killed job's lock was taken over, then released
 
 
+def test_ctrl_c_keeps_the_shards_says_how_to_continue_in_one_line_and_exits_130(uninterrupted, job_config, tmp_path):
+    """Ctrl-C in a terminal: SIGINT to the whole process group (the driver and the local Ray it started).
+
+    Before: a 35-40 line traceback (Ray Data internals, KeyboardInterrupt) and no hint. Now one
+    line naming the complete shards kept and the command that continues, exit 130, the lock
+    released; that command finishes the job with the uninterrupted run's bytes.
+    """
+    full, _ = uninterrupted
+    n_shards = len(list(full.glob("olrd-*.tar")))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "magiceraser", "olrd", "--config", str(job_config), f"output={out}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 600
+        while not any(out.glob("olrd-*.json")):
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no shard finished in time"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        _kill_tree(proc)
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    line = err.strip().splitlines()[-1]
+    m = re.fullmatch(rf"magiceraser olrd: interrupted; (\d+) of {n_shards} shards are complete in {re.escape(str(out))} "
+                     rf"and kept; to continue: magiceraser olrd --config {re.escape(str(job_config))} output={re.escape(str(out))}",
+                     line)
+    assert m, line
+    assert int(m.group(1)) == len(list(out.glob("olrd-*.json"))) >= 1
+    assert not (out / "job.lock").exists()
+    _run(job_config, out)  # the command it names, here in this process's Ray
+    for tar in full.glob("olrd-*.tar"):
+        assert (out / tar.name).read_bytes() == tar.read_bytes(), tar.name
+
+
 def test_preview_renders_a_grid_of_the_shard(uninterrupted, tmp_path):
     from magiceraser.datasets.preview import PANEL, main
     from magiceraser.imageio import decode_image
@@ -306,6 +343,23 @@ def test_progress_timeline_counts_inputs_by_when_workers_finished_them(monkeypat
     for t, n in timeline[1:]:  # n inputs were finished by t, the n-th smallest finish time
         assert n % 100 == 0 and abs(t - ordered[n - 1]) < 1e-3
         assert (finished <= t + 1e-3).sum() >= n
+
+
+def test_progress_rate_leaves_out_the_start_up(monkeypatch):
+    """30 s of start-up (Ray, the models), then 2 images/s: the line says 2, not 0.07 (what it said before)."""
+    from magiceraser.datasets import olrd_job
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(olrd_job.time, "time", lambda: clock["now"])
+    progress = olrd_job.Progress(total=100, interval_s=1e9)
+    assert progress.line().endswith("starting up")
+    clock["now"] += 30.0
+    progress.update("", clock["now"])
+    assert progress.rate == 0.0 and progress.line().endswith("first image after 30 s of start-up")
+    for _ in range(20):
+        clock["now"] += 0.5
+        progress.update("", clock["now"])
+    assert progress.line().endswith(", 2.00 images/s"), progress.line()
 
 
 @pytest.mark.slow

@@ -245,3 +245,54 @@ def test_two_processes_survive_a_preempted_node_a_preempted_rank_and_a_killed_ra
     files = run_files(tmp_path / "run" / "wandb", state["wandb_run_id"])
     steps = [s for f in files for s in history_steps(f)]
     assert len(files) == 4 and steps == sorted(set(steps)) and steps[-1] == 60, (len(files), steps)
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_saves_exits_130_in_one_line_and_a_second_one_leaves_at_once(
+        tiny_sd, olrd_shards, tmp_path):
+    """Ctrl-C in a terminal: SIGINT to the whole process group (the trainer and its loader workers).
+
+    The first stops after the step, saves, and says how to continue, exit 130; the command it names
+    continues to the end. A double Ctrl-C leaves without waiting for the step, naming the newest
+    checkpoint there is. No traceback either way.
+    """
+    import json
+
+    over = {"phases.total_steps": 60, "phases.textual_inversion_steps": 3, "checkpoint.every": 5, "num_threads": 1,
+            "data.num_workers": 2}
+    urls = [olrd_shards / "olrd-*.tar"]
+    for name in ("once", "twice"):
+        save_config(tiny_train_config(tiny_sd, urls, tmp_path / name, **over), tmp_path / f"{name}.yaml")
+
+    def interrupt(name: str, times: int) -> tuple[int, list[str]]:
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+        with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
+            proc = subprocess.Popen([sys.executable, "-m", "magiceraser", "train", "--config", str(tmp_path / f"{name}.yaml")],
+                                    stdout=out, stderr=err, env=env, cwd=str(REPO), start_new_session=True)
+        _wait_for(tmp_path / f"{name}.out", r"step 7/60", proc)
+        for _ in range(times):
+            os.killpg(proc.pid, signal.SIGINT)
+            time.sleep(0.05)
+        code = proc.wait(timeout=60)
+        return code, (tmp_path / f"{name}.err").read_text().strip().splitlines()
+
+    code, err = interrupt("once", 1)
+    assert code == 130 and "Traceback" not in "\n".join(err) and "KeyboardInterrupt" not in "\n".join(err), err[-30:]
+    m = re.fullmatch(r"magiceraser train: interrupted \(SIGINT\) after step (\d+); checkpoint (\S+) saved; "
+                     r"to continue: magiceraser train --config (\S+) --resume", err[-1])
+    assert m and m.group(3) == str(tmp_path / "once.yaml"), err[-1]
+    assert Path(m.group(2)).name == f"checkpoint-{int(m.group(1)):08d}" and (Path(m.group(2)) / "state.json").exists()
+    assert not (tmp_path / "once" / "job.lock").exists()
+    resumed = subprocess.run([sys.executable, "-m", "magiceraser", "train", "--config", m.group(3), "--resume"],
+                             capture_output=True, text=True, cwd=str(REPO), timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((tmp_path / "once" / META_NAME).read_text())["steps"] == 60
+
+    code, err = interrupt("twice", 2)
+    assert code == 130 and "Traceback" not in "\n".join(err), err[-30:]
+    m = re.fullmatch(r"magiceraser train: interrupted(?: \(SIGINT\) after step \d+)?; (.*); to continue: "
+                     r"magiceraser train --config \S+ --resume", err[-1])
+    assert m, err[-1]
+    assert not (tmp_path / "twice" / "job.lock").exists()
+    newest = CheckpointStore(tmp_path / "twice" / "checkpoints").list()[-1]
+    assert newest.url in m.group(1) or f"checkpoint {newest.url}" in err[-1], (err[-1], newest)
