@@ -97,6 +97,26 @@ class ConfigArgumentParser(argparse.ArgumentParser):
         return text + "\n" + config_help(cls)
 
 
+class PlainTextHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help with the reStructuredText of docstrings rendered as plain text (``x`` -> 'x', :func:`f` -> f).
+
+    Descriptions (often a module docstring's first paragraph) and epilogs keep their line breaks,
+    as with :class:`argparse.RawDescriptionHelpFormatter`; option help is wrapped as usual. The
+    rendering is :func:`magiceraser.config.plain_text`, the one the config key listing uses.
+    Any parser can take it: ``argparse.ArgumentParser(..., formatter_class=PlainTextHelpFormatter)``.
+    """
+
+    def _format_text(self, text: str) -> str:
+        from magiceraser.config import plain_text
+
+        return super()._format_text(plain_text(text))
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        from magiceraser.config import plain_text
+
+        return plain_text(super()._expand_help(action))
+
+
 def resolve_config_class(ref: type | str | None) -> type | None:
     """A config class, or ``"module:Class"`` imported, or ``None``."""
     if ref is None or isinstance(ref, type):
@@ -113,12 +133,13 @@ def config_argparser(prog: str, description: str, config_cls: type | None = None
     """
     parser = ConfigArgumentParser(
         prog=f"magiceraser {prog}", description=description,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=PlainTextHelpFormatter,
         config_cls=config_cls if config_cls is not None else CONFIG_CLASSES.get(prog),
     )
     parser.add_argument("--config", default=None, help="YAML config file (defaults are used without one)")
     parser.add_argument(
-        "overrides", nargs="*", metavar="key=value", help="override config fields, dotted keys for nesting"
+        "overrides", nargs="*", metavar="key=value",
+        help="override config fields: dotted keys for nesting, key[i].field for element i of a list",
     )
     parser.add_argument(
         DEBUG_FLAG, action="store_true", help=f"show the traceback of a user error (also {DEBUG_ENV}=1)"

@@ -18,6 +18,15 @@ command line is silently reinterpreted:
   mappings, lists of mappings) are parsed as YAML, as before (``steps=10``, ``lr=1e-4``,
   ``resume=true``, ``name=null``, ``methods=[{name: a, kind: telea}]``).
 
+One element of a list (from the YAML, or the field's default list) is set with an index:
+``methods[1].trained_dir=runs/x`` sets that field of element 1 (counted from 0), read by the
+field's type as above; ``methods[1]={name: b, kind: lama}`` replaces the whole element (fields it
+does not give take their defaults, not the old element's). Element overrides are applied after the
+YAML and after the plain overrides (so ``methods=[...]`` first, then ``methods[1].x=...``), whole
+elements before their fields. The index must exist (0 .. length-1): the list is not extended, and
+a negative index is refused rather than counted from the end, so a key names the same element
+whatever the list's length. Errors name the full key (``methods[1].trained_dir: ...``).
+
 The same key given twice with different values is refused: the shell expands an unquoted
 ``{000000..000999}`` into 1000 arguments, and keeping only the last one would silently train on
 one shard.
@@ -30,6 +39,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import re
 import textwrap
 import types
 import typing
@@ -45,7 +55,7 @@ T = TypeVar("T")
 
 __all__ = [
     "ConfigError", "load_config", "parse_overrides", "parse_value", "config_to_dict", "build_config",
-    "save_config", "field_docs", "config_help",
+    "save_config", "field_docs", "config_help", "apply_overrides", "plain_text",
 ]
 
 # YAML's spellings of null that an Optional field accepts on the command line (not the empty string:
@@ -71,10 +81,21 @@ def parse_overrides(overrides: Sequence[str], cls: type | None = None) -> dict[s
     """Turn ``["a.b=1", "c=x"]`` into the nested dict ``{"a": {"b": 1}, "c": "x"}``.
 
     With ``cls`` (the config dataclass) each value is read by its field's declared type (see the
-    module docstring); without it, as YAML.
+    module docstring); without it, as YAML. An element override (``methods[1].name=x``) needs the
+    list it changes: :func:`apply_overrides` / :func:`load_config` take those.
     """
     pairs = [_split_override(item) for item in overrides]
     _refuse_repeated_keys(pairs)
+    indexed = [key for _, key, _ in pairs if _is_indexed(key)]
+    if indexed:
+        raise ConfigError(
+            f"{indexed[0]}: a list element can only be overridden together with the config it changes "
+            f"(load_config / apply_overrides), not by parse_overrides"
+        )
+    return _nest_overrides(pairs, cls)
+
+
+def _nest_overrides(pairs: Sequence[tuple[str, str, str]], cls: type | None) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for item, key, raw in pairs:
         tp = field_type(cls, key) if cls is not None else Any
@@ -82,15 +103,163 @@ def parse_overrides(overrides: Sequence[str], cls: type | None = None) -> dict[s
     return out
 
 
+def apply_overrides(cls: type, data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``data`` (the YAML's mapping) with the ``key=value`` overrides applied, ready for :func:`build_config`.
+
+    Plain keys are merged in first; then element overrides (``methods[1].trained_dir=x``,
+    ``methods[1]={...}``) change the list as it now stands (given, or the field's default),
+    whole elements before fields inside them. ``data`` is not modified.
+    """
+    pairs = [_split_override(item) for item in overrides]
+    _refuse_repeated_keys(pairs)
+    plain = [p for p in pairs if not _is_indexed(p[1])]
+    out = _deep_merge(data, _nest_overrides(plain, cls))
+    indexed = sorted((p for p in pairs if _is_indexed(p[1])), key=lambda p: len(_key_path(p[1], p[0])))
+    for item, key, raw in indexed:
+        value = parse_value(raw, field_type(cls, key), key)
+        out = _put_path(out, _ABSENT, cls, _key_path(key, item), value, "")
+    return out
+
+
 def _split_override(item: str) -> tuple[str, str, str]:
-    """``"a.b=1"`` -> ``(item, "a.b", "1")``; the value is kept verbatim (it may contain ``=``)."""
+    """``"a.b=1"`` -> ``(item, "a.b", "1")``; the value is kept verbatim (it may contain ``=``).
+
+    The key comes back in canonical form (``methods[01]`` -> ``methods[1]``), so the same element
+    written two ways counts as the same key.
+    """
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key=value (e.g. steps=100, wandb.mode=offline)")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {item!r} has an empty key")
+    if _is_indexed(key):
+        key = _key_text(_key_path(key, item))
     return item, key, raw
+
+
+# A key's dotted part: a name, then optionally one or more [index] (``methods[1]``, ``grid[0][2]``).
+_PART = re.compile(r"(?P<name>[^\[\]]+)(?P<indices>(?:\[[^\[\]]*\])*)")
+_INDEX = re.compile(r"\[([^\[\]]*)\]")
+
+
+def _is_indexed(key: str) -> bool:
+    return "[" in key or "]" in key
+
+
+def _key_path(key: str, item: str) -> list[str | int]:
+    """``"methods[1].trained_dir"`` -> ``["methods", 1, "trained_dir"]``; bad brackets are a ConfigError."""
+    path: list[str | int] = []
+    for part in key.split("."):
+        m = _PART.fullmatch(part)
+        if m is None:
+            name = part.split("[", 1)[0].split("]", 1)[0].strip() or "name"
+            raise ConfigError(
+                f"override {item!r}: {part!r} is neither a key nor an element of a list; write element i of a "
+                f"list as {name}[i], counted from 0 ({name}[0] is the first)"
+            )
+        path.append(m["name"].strip())
+        for text in _INDEX.findall(m["indices"]):
+            where = _key_text(path) + f"[{text}]"
+            text = text.strip()
+            if not text:
+                raise ConfigError(
+                    f"{where}: give the element's index (counted from 0), e.g. {_key_text(path)}[0]"
+                )
+            if re.fullmatch(r"-\d+", text):
+                raise ConfigError(
+                    f"{where}: negative indices are not accepted; count from 0 ({_key_text(path)}[0] is the first element)"
+                )
+            if not text.isdigit():
+                raise ConfigError(f"{where}: the index must be a whole number counted from 0, e.g. {_key_text(path)}[0]")
+            path.append(int(text))
+    return path
+
+
+def _key_text(path: Sequence[str | int]) -> str:
+    """``["methods", 1, "trained_dir"]`` -> ``"methods[1].trained_dir"``."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else part)
+    return text
+
+
+_ABSENT: Any = object()
+
+
+def _field_defaults(cls: type | None) -> Any:
+    """What each field of ``cls`` is when not given: a dataclass instance when ``cls()`` builds, else a
+    ``{field: default}`` mapping (fields without one left out)."""
+    if cls is None or not dataclasses.is_dataclass(cls):
+        return _ABSENT
+    instance = _default_instance(cls)
+    if instance is not None:
+        return instance
+    defaults = {}
+    for f in dataclasses.fields(cls):
+        if f.init and (f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING):  # type: ignore[misc]
+            try:
+                defaults[f.name] = _field_default(f)
+            except Exception:
+                continue
+    return defaults
+
+
+def _default_of(default: Any, name: str) -> Any:
+    """The default of field ``name`` inside the default value ``default`` of its section."""
+    if dataclasses.is_dataclass(default) and not isinstance(default, type):
+        return getattr(default, name, _ABSENT)
+    if isinstance(default, Mapping):
+        return default.get(name, _ABSENT)
+    return _ABSENT
+
+
+def _put_path(node: Any, default: Any, tp: Any, path: Sequence[str | int], value: Any, done: str) -> Any:
+    """A copy of ``node`` (the value given so far at key ``done``, ``_ABSENT`` if none) with ``value``
+    stored at ``path`` inside it. ``default`` is what the key holds when not given (as
+    :func:`build_config` fills it in: a section's defaults come from its parent's default), ``tp``
+    its declared type."""
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    inner = _strip_optional(tp)
+    if isinstance(head, int):
+        current = node if node is not _ABSENT else (config_to_dict(default) if default is not _ABSENT else _ABSENT)
+        where = f"{done}[{head}]"
+        if current is _ABSENT or current is None:
+            raise ConfigError(f"{where}: {done} has no list to index (it is not set); give the list in the YAML")
+        if isinstance(current, (str, bytes)) or not isinstance(current, Sequence):
+            what = f"{current!r}" if _is_list_type(inner) or inner is Any else _type_name(tp)
+            raise ConfigError(f"{where}: {done} is {what}, not a list; only the elements of a list have an index")
+        if head >= len(current):
+            n = len(current)
+            held = "the list is empty" if n == 0 else f"the list has {n} element{'s' if n != 1 else ''} (0..{n - 1})"
+            raise ConfigError(f"{where}: {held}; add an element in the YAML (or set the whole list: {done}=[...])")
+        args = get_args(inner)
+        fixed = get_origin(inner) is tuple and args and args[-1] is not Ellipsis
+        item_tp = (args[head] if head < len(args) else Any) if fixed else (_item_types(inner)[0] if _is_list_type(inner) else Any)
+        items = list(current)
+        items[head] = _put_path(items[head], _ABSENT, item_tp, rest, value, where)
+        return items
+    key = f"{done}.{head}" if done else head
+    if dataclasses.is_dataclass(inner):
+        if default is _ABSENT:  # not inside a default: the section is built from its class's defaults
+            default = _field_defaults(inner)
+        hints = _init_hints(inner)
+        if head not in hints:
+            raise _unknown_keys(inner, [head], done + "." if done else "")
+        child_tp = hints[head]
+    elif get_origin(inner) in (dict, Mapping):
+        args = get_args(inner)
+        child_tp = args[1] if len(args) == 2 else Any
+    else:
+        child_tp = Any
+    mapping = node if node is not _ABSENT else {}
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{key}: {done} is {mapping!r}, not a mapping of fields; cannot set {head} inside it")
+    out = dict(mapping)
+    out[head] = _put_path(mapping.get(head, _ABSENT), _default_of(default, head), child_tp, rest, value, key)
+    return out
 
 
 def _refuse_repeated_keys(pairs: Sequence[tuple[str, str, str]]) -> None:
@@ -131,12 +300,22 @@ def _set_nested(out: dict[str, Any], key: str, value: Any, item: str) -> None:
 def field_type(cls: type | None, key: str) -> Any:
     """Declared type of the dotted ``key`` inside the dataclass ``cls``; ``Any`` when unknown.
 
-    An unknown key is not an error here: :func:`build_config` reports it with the valid keys.
+    ``[i]`` in the key steps into a list's item type (``methods[1].trained_dir`` -> ``str``). An
+    unknown key is not an error here: :func:`build_config` reports it with the valid keys.
     """
     tp: Any = cls
-    for part in key.split("."):
+    path = _key_path(key, key) if _is_indexed(key) else key.split(".")
+    for part in path:
         tp = _strip_optional(tp)
-        if dataclasses.is_dataclass(tp):
+        if isinstance(part, int):
+            if not _is_list_type(tp):
+                return Any
+            args = get_args(tp)
+            if get_origin(tp) is tuple and args and args[-1] is not Ellipsis:
+                tp = args[part] if part < len(args) else Any
+            else:
+                tp = _item_types(tp)[0]
+        elif dataclasses.is_dataclass(tp):
             hints = _init_hints(tp)
             if part not in hints:
                 return Any
@@ -395,11 +574,7 @@ def build_config(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        known = ", ".join(sorted(fields))
-        raise ConfigError(
-            f"unknown config key {prefix + unknown[0]!r} for {cls.__name__}" + (f" (and {unknown[1:]})" if unknown[1:] else "")
-            + f"; valid keys: {known}"
-        )
+        raise _unknown_keys(cls, unknown, prefix)
     kwargs = {}
     for name, value in data.items():
         tp = hints[name]
@@ -416,6 +591,14 @@ def build_config(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(_post_init_message(cls, prefix, str(exc))) from exc
+
+
+def _unknown_keys(cls: type, unknown: Sequence[str], prefix: str) -> ConfigError:
+    known = ", ".join(sorted(f.name for f in dataclasses.fields(cls) if f.init))
+    return ConfigError(
+        f"unknown config key {prefix + unknown[0]!r} for {cls.__name__}" + (f" (and {list(unknown[1:])})" if unknown[1:] else "")
+        + f"; valid keys: {known}"
+    )
 
 
 def _post_init_message(cls: type, prefix: str, message: str) -> str:
@@ -445,8 +628,7 @@ def _field_default(field: dataclasses.Field) -> Any:
 def load_config(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] = ()) -> T:
     """Load ``cls`` from an optional YAML file, then apply ``key=value`` overrides."""
     data = _read_config_file(Path(path)) if path is not None else {}
-    data = _deep_merge(data, parse_overrides(overrides, cls))
-    return build_config(cls, data)
+    return build_config(cls, apply_overrides(cls, data, overrides))
 
 
 def _read_config_file(path: Path) -> dict[str, Any]:
@@ -529,9 +711,48 @@ def _class_attribute_docs(klass: type) -> dict[str, str]:
 
 
 def _one_line(doc: str) -> str:
-    """First paragraph of a docstring on one line, rST ``literals`` shown as `literals`."""
+    """First paragraph of a docstring on one line, as plain text (:func:`plain_text`)."""
     paragraph = inspect.cleandoc(doc).split("\n\n", 1)[0]
-    return " ".join(paragraph.split()).replace("``", "`")
+    return plain_text(" ".join(paragraph.split()))
+
+
+# reStructuredText inline markup, as docstrings write it.
+_RST_ROLE = re.compile(r":(?:[A-Za-z][\w.+-]*:)+`(?P<body>[^`]+)`")  # :func:`x`, :py:class:`~a.B`
+_RST_LINK = re.compile(r"(?<!`)`(?P<text>[^`<]+?)\s*<(?P<url>[^`>]+)>`__?")  # `text <url>`_
+_RST_LITERAL = re.compile(r"``(?P<body>[^`]+?)``")  # ``x``
+_RST_INTERPRETED = re.compile(r"(?<![`\w])`(?P<body>[^`\s][^`]*?)`(?:__?)?(?![`\w])")  # `x`, `x`_
+
+
+def plain_text(text: str) -> str:
+    """Docstring text with its reStructuredText inline markup rendered for a terminal.
+
+    ``:role:`target``` -> the target as a reader names it (``:class:`~a.b.C``` -> ``C``,
+    ``:func:`title <a.b>``` -> ``title``); ````literal```` and ```interpreted``` -> ``'literal'``
+    (quoted, as a shell word would be; text already in quotes keeps its own); ```text <url>`_`` ->
+    ``text (url)``. Everything else, line breaks included, is kept. The one renderer of ``--help``:
+    config key docs here, and descriptions and option help through
+    :class:`magiceraser.cli_args.PlainTextHelpFormatter`.
+    """
+    text = _RST_ROLE.sub(_role_target, text)
+    text = _RST_LINK.sub(lambda m: f"{m['text']} ({m['url']})", text)
+    text = _RST_LITERAL.sub(lambda m: _quoted(m["body"]), text)
+    return _RST_INTERPRETED.sub(lambda m: _quoted(m["body"]), text)
+
+
+def _role_target(m: re.Match[str]) -> str:
+    body = m["body"].strip()
+    if body.endswith(">") and "<" in body:  # :ref:`title <target>`
+        return body[: body.rindex("<")].strip()
+    body = body.lstrip("!")
+    if body.startswith("~"):  # :class:`~magiceraser.errors.UserError` -> UserError
+        return body[1:].rsplit(".", 1)[-1]
+    return body
+
+
+def _quoted(body: str) -> str:
+    if len(body) >= 2 and body[0] in _QUOTES and body[-1] == body[0]:
+        return body
+    return f"'{body}'"
 
 
 _MISSING_DEFAULT = "(required)"
@@ -542,7 +763,7 @@ def config_keys(cls: type, prefix: str = "", instance: Any = None) -> list[tuple
 
     Defaults come from ``instance`` (the parent's default for this section) when there is one, so a
     parent that builds its section with non-default values shows those. Items of a list of
-    dataclasses are listed as ``key[].field``.
+    dataclasses are listed as ``key[i].field``, the syntax of an element override.
     """
     if instance is None:
         instance = _default_instance(cls)
@@ -560,7 +781,7 @@ def config_keys(cls: type, prefix: str = "", instance: Any = None) -> list[tuple
         rows.append((key, _type_name(tp), _show_default(value), docs.get(f.name, "")))
         item = _item_types(tp)[0] if _is_list_type(tp) else None
         if item is not None and dataclasses.is_dataclass(item):
-            rows += config_keys(item, key + "[].")
+            rows += config_keys(item, key + "[i].")
     return rows
 
 
@@ -597,6 +818,13 @@ def config_help(cls: type) -> str:
         f"config keys of {cls.__name__}: set them in --config FILE.yaml or as key=value (lists as [a,b]",
         "or a,b; quote a value holding spaces, # or {...} for the shell):",
     ]
+    element = next((key for key, *_ in rows if "[i]." in key), None)
+    if element is not None:
+        example = element.replace("[i].", "[1].", 1)
+        lines += [
+            "one element of a list as key[i].field=value (i from 0; the element must exist), or replace it",
+            f"with key[i]={{...}}; quote it for the shell: '{example}=...'",
+        ]
     for key, tp, default, doc in rows:
         lines.append(f"  {key:<{width}}  {tp} = {default}" + (f"  {doc}" if doc else ""))
     return "\n".join(lines) + "\n"

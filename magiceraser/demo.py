@@ -19,6 +19,7 @@ import time
 from collections.abc import Sequence
 
 from magiceraser.cli import main as cli_main
+from magiceraser.cli_args import PlainTextHelpFormatter
 
 DEMO_STEPS: list[tuple[str, list[str]]] = [
     ("tiny models", ["tiny-models", "demo/models"]),
@@ -35,7 +36,8 @@ DEMO_STEPS: list[tuple[str, list[str]]] = [
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="magiceraser demo", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="magiceraser demo", description=__doc__.split("\n\n")[0],
+                                     formatter_class=PlainTextHelpFormatter)
     parser.add_argument("--from-step", type=int, default=1, help="start at this step (1-based)")
     args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")

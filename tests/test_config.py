@@ -254,8 +254,8 @@ def test_config_help_lists_every_key_with_type_default_and_doc():
         ("urls", r"list\[str\]", r"\[\]", "Shards."),
         ("size", r"tuple\[int, int\]", r"\[8, 8\]", "Width and height."),
         ("inner.mode", r"\{online,offline,disabled\}", '"offline"', ""),
-        ("items\\[\\].project", "str", '"p"', ""),
+        ("items\\[i\\].project", "str", '"p"', ""),
         ("section.x", "int", "1", "An int inside a section"),
     ]:
         assert re.search(rf"^  {key}\s+{tp} = {default}(  {doc}|$)", text, re.M), (key, text)
-    assert not re.search(r"^  (inner|section|items\[\])\s", text, re.M)  # sections only through their keys
+    assert not re.search(r"^  (inner|section|items\[i\])\s", text, re.M)  # sections only through their keys

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from magiceraser import coco
+from magiceraser.cli_args import PlainTextHelpFormatter
 from magiceraser.panoptic import Segment
 
 NUM_SCENES = 12
@@ -197,7 +198,8 @@ def write_demo_scenes(out_dir: str | Path, num_scenes: int = NUM_SCENES) -> Path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="magiceraser demo-scenes", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="magiceraser demo-scenes", description=__doc__.split("\n\n")[0],
+                                     formatter_class=PlainTextHelpFormatter)
     parser.add_argument("out_dir", help="directory to write the scenes into")
     parser.add_argument("--num-scenes", type=int, default=NUM_SCENES, help="how many scenes")
     args = parser.parse_args(argv)

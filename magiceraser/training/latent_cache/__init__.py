@@ -30,7 +30,11 @@ temporary file and uploaded once under its final key (no temporary keys), its ``
 after it and ``cache.json`` last, exactly the order that makes the local folder safe.
 """
 
-from magiceraser.training.latent_cache.build import build_cache
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from magiceraser.training.latent_cache.cli import main
 from magiceraser.training.latent_cache.config import (
     CACHE_FORMAT,
@@ -38,14 +42,44 @@ from magiceraser.training.latent_cache.config import (
     MATCHED_FIELDS,
     LatentCacheConfig,
 )
-from magiceraser.training.latent_cache.encode import (
-    encode_shard,
-    shard_dependencies,
-    source_identity,
-    stored_vae_digest,
-    vae_digest,
-)
 from magiceraser.training.latent_cache.reader import cache_shard_urls, check_cache_matches
+
+if TYPE_CHECKING:
+    from magiceraser.training.latent_cache.build import build_cache
+    from magiceraser.training.latent_cache.encode import (
+        encode_shard,
+        shard_dependencies,
+        source_identity,
+        stored_vae_digest,
+        vae_digest,
+    )
+
+# Names whose modules import torch (encode.py, and build.py through it) are imported on first use
+# (PEP 562 module __getattr__), so that ``magiceraser cache-latents --help``, which imports this
+# package for its command and for LatentCacheConfig, does not load torch (about 1 s warm, several
+# from a cold disk). tests/test_config_help_text.py checks it for every command's --help.
+_LAZY = {
+    "build_cache": "build",
+    "encode_shard": "encode",
+    "shard_dependencies": "encode",
+    "source_identity": "encode",
+    "stored_vae_digest": "encode",
+    "vae_digest": "encode",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "CACHE_FORMAT", "CACHE_META", "MATCHED_FIELDS", "LatentCacheConfig", "build_cache", "cache_shard_urls",

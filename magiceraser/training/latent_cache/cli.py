@@ -6,7 +6,6 @@ import json
 import logging
 from collections.abc import Sequence
 
-from magiceraser.training.latent_cache.build import build_cache
 from magiceraser.training.latent_cache.config import LatentCacheConfig
 
 log = logging.getLogger(__name__)
@@ -19,6 +18,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_cli_config(LatentCacheConfig, args)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    from magiceraser.training.latent_cache.build import build_cache  # imports torch: not for --help
+
     summary = build_cache(cfg)
     print(json.dumps(summary))
     return 0
