@@ -39,6 +39,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug, argv = _pop_debug_flags(argv)
     with debug_scope(debug):
+        from magiceraser.quiet import silence_known_warnings
+
+        silence_known_warnings()  # the libraries' expected alarms, each with its reason (quiet.py); not under --debug
         return _dispatch(argv)
 
 

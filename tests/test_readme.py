@@ -14,6 +14,7 @@ than it shows is reported.
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 from dataclasses import dataclass
@@ -238,3 +239,11 @@ def test_readme_check_catches_an_unquoted_brace_pattern():
     assert bash_words("magiceraser train 'data.urls=[s3://b/olrd-{000000..000002}.tar]'")[2:] == [
         "data.urls=[s3://b/olrd-{000000..000002}.tar]"
     ]
+
+
+def test_the_command_table_lists_every_command():
+    """Each subcommand of the dispatcher has a row in the README's command table, and no row names another."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    table = readme.split("| command | what it does |", 1)[1].split("\n\n", 1)[0]
+    rows = re.findall(r"^\| `magiceraser ([a-z-]+)", table, flags=re.M)
+    assert sorted(rows) == sorted(COMMANDS), (rows, list(COMMANDS))

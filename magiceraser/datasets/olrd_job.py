@@ -80,6 +80,7 @@ from magiceraser.fingerprint import changed, flatten
 from magiceraser.fingerprint import describe_changes as fingerprint_changes
 from magiceraser.fingerprint import digest as fingerprint_digest
 from magiceraser.lock import OutputLock
+from magiceraser.quiet import filtered_stderr
 from magiceraser.storage import Folder, public_options
 from magiceraser.write_errors import writing
 
@@ -570,11 +571,13 @@ def _run_locked(cfg: OLRDConfig, out: Folder, lock: OutputLock, items: list[Inpu
           + (f", {len(retried)} rebuilt for their retryable skips (retry_failed=true)" if retried else "")
           + f", {len(todo)} inputs to process -> {out}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
-    driver: dict[str, Any] = {"timeline": [], "node_loss_retries": 0, "max_pending_rows": 0, "spilled_shards": 0}
+    driver: dict[str, Any] = {"timeline": [], "node_loss_retries": 0, "max_pending_rows": 0, "spilled_shards": 0,
+                              "lost_actors_given_up": 0}
     if todo:
         started = _init_ray(cfg)
         try:
-            driver = _process(cfg, todo, out, job, sidecars, lock)
+            with filtered_stderr():  # entered after Ray started its processes (quiet.py: a known C++ line)
+                driver = _process(cfg, todo, out, job, sidecars, lock)
         finally:
             if started:
                 import ray

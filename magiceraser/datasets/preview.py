@@ -55,13 +55,20 @@ def _text_panel(lines: list[str], h: int, w: int = 360) -> np.ndarray:
     return np.asarray(panel)
 
 
+def _member(sample: dict, name: str):
+    """The member ``name`` (or the first whose name starts with it, for ``original.``/``blended.``)."""
+    for key, value in sample.items():
+        if key == name or (name.endswith(".") and key.startswith(name)):
+            return value
+    raise ValueError(f"sample {sample.get('__key__')!r} has no {name}{'*' if name.endswith('.') else ''} member")
+
+
 def render_sample(sample: dict, height: int = PANEL) -> np.ndarray:
     """One row of the grid for a decoded sample (keys original.*, blended.*, mask.png, json)."""
-    original = next(v for k, v in sample.items() if k.startswith("original."))
-    blended = next(v for k, v in sample.items() if k.startswith("blended."))
-    mask = sample["mask.png"]
+    original, blended = _member(sample, "original."), _member(sample, "blended.")
+    mask = _member(sample, "mask.png")
     mask = (mask[..., 0] if mask.ndim == 3 else mask) > 127
-    meta = sample["json"]
+    meta = _member(sample, "json")
     small_blended = _fit(blended, height)
     # Draw the outline at panel size: drawn at full size, area downscaling would blur it away.
     small_mask = _fit(mask.astype(np.uint8) * 255, height) > 127
@@ -112,20 +119,41 @@ def render_shard(shard: str | Path, max_samples: int = 8, height: int = PANEL) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from magiceraser.atomic import atomic_write_bytes
-    from magiceraser.imageio import encode_image
+    """Mistakes (no such file, not a shard, an --out that names no image format) are one line, exit 2."""
+    import tarfile
 
-    parser = argparse.ArgumentParser(prog="magiceraser preview", description=__doc__.split("\n\n")[0])
+    from magiceraser.atomic import atomic_write_bytes
+    from magiceraser.cli_args import PlainTextHelpFormatter
+    from magiceraser.errors import UserError
+    from magiceraser.imageio import OUTPUT_FORMATS, encode_image, format_for_suffix
+    from magiceraser.write_errors import writing
+
+    parser = argparse.ArgumentParser(prog="magiceraser preview", description=__doc__.split("\n\n")[0],
+                                     formatter_class=PlainTextHelpFormatter)
     parser.add_argument("shard", help="an olrd-NNNNNN.tar shard")
-    parser.add_argument("--out", required=True, help="PNG file to write")
+    parser.add_argument("--out", required=True, help=f"image file to write; its extension picks the format ({', '.join(OUTPUT_FORMATS)})")
     parser.add_argument("--max-samples", type=int, default=8, help="rows in the grid")
     parser.add_argument("--height", type=int, default=PANEL, help="height of each image in pixels")
     args = parser.parse_args(argv)
-    if not Path(args.shard).is_file():
-        parser.error(f"shard {args.shard} does not exist")
-    grid = render_shard(args.shard, args.max_samples, args.height)
-    atomic_write_bytes(args.out, encode_image(grid, "png"))
-    print(f"preview of {args.shard}: {args.out} ({grid.shape[1]}x{grid.shape[0]})")
+    shard, out = Path(args.shard), Path(args.out)
+    fmt = format_for_suffix(out.suffix)
+    if fmt is None:
+        raise UserError(f"--out {out}: the preview is an image; give a file name ending in one of {', '.join(OUTPUT_FORMATS)}")
+    if not shard.is_file():
+        raise UserError(f"shard {shard} does not exist" if not shard.exists() else f"shard {shard} is not a file")
+    if out.exists() and out.resolve() == shard.resolve():
+        raise UserError(f"--out {out} is the shard itself: choose another file name")
+    if not out.parent.is_dir():
+        raise UserError(f"--out {out}: the folder {out.parent} does not exist")
+    try:
+        grid = render_shard(shard, args.max_samples, args.height)
+    except (OSError, tarfile.TarError, ValueError, KeyError) as exc:  # a text file, a truncated tar, a foreign tar
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{shard} cannot be previewed: it is not a readable OLRD shard (a .tar that magiceraser olrd "
+                        f"wrote): {reason}") from exc
+    with writing(out, "the preview"):
+        atomic_write_bytes(out, encode_image(grid, fmt))
+    print(f"preview of {shard}: {out} ({grid.shape[1]}x{grid.shape[0]})")
     return 0
 
 

@@ -35,6 +35,23 @@ def load_base_components(base_model: str, revision: str | None = None) -> dict[s
     )
 
 
+def load_lora(sd: Any, path: str | Path) -> None:
+    """``sd.load_lora_weights(path)``, without its warning for a LoRA that holds no text-encoder weights.
+
+    MagicEraser's LoRA adapts the UNet only. diffusers' ``load_lora_weights`` then still tries the
+    text encoder and logs "No LoRA keys associated to CLIPTextModel ... open an issue"; loading the
+    same state dict into the UNet alone (what ``load_lora_weights`` does first) is the same result.
+    A LoRA that does hold text-encoder weights (another trainer's) goes through ``load_lora_weights``.
+    """
+    state_dict, network_alphas, metadata = sd.lora_state_dict(str(path), return_lora_metadata=True)
+    if any(key.startswith(f"{sd.text_encoder_name}.") for key in state_dict):
+        sd.load_lora_weights(str(path))
+        return
+    if not all("lora" in key for key in state_dict):
+        raise ValueError(f"{path}: not a LoRA checkpoint (every parameter name must contain 'lora')")
+    sd.load_lora_into_unet(state_dict, network_alphas=network_alphas, unet=sd.unet, metadata=metadata, _pipeline=sd)
+
+
 def load_inpaint_pipeline(
     base_model: str | Path, trained_dir: str | Path | None = None, device: str = "cpu", dtype: Any = None, scheduler: str = "ddim"
 ) -> tuple[Any, str | None]:
@@ -58,7 +75,7 @@ def load_inpaint_pipeline(
     )
     token = None
     if trained is not None:
-        sd.load_lora_weights(str(trained.path))
+        load_lora(sd, trained.path)
         sd.load_textual_inversion(str(trained.embeds_path), token=trained.token)
         token = trained.token
     if scheduler == "ddim":

@@ -29,6 +29,20 @@ log = logging.getLogger(__name__)
 DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def cast_frozen(module: nn.Module, dtype: torch.dtype) -> None:
+    """``module.to(dtype)``, without diffusers' false alarm.
+
+    diffusers' ``ModelMixin.to`` warns "There are modules in AutoencoderKL that should be kept in
+    float32: []" whenever a dtype is given, also when the model keeps no module in float32 (it
+    tests the list against None, not for emptiness). For such a model torch's own cast does the
+    same; a model that does keep modules in float32 goes through diffusers' ``to``.
+    """
+    if getattr(module, "_keep_in_fp32_modules", None):
+        module.to(dtype)
+    else:
+        nn.Module.to(module, dtype)
+
+
 class PromptTuner(nn.Module):
     """Frozen SD-inpainting components + trainable v* and UNet LoRA."""
 
@@ -44,7 +58,7 @@ class PromptTuner(nn.Module):
         self.unet = components["unet"]
         for module in (self.text_encoder, self.vae, self.unet):
             module.requires_grad_(False)
-            module.to(weight_dtype)
+            cast_frozen(module, weight_dtype)
         self.vae.eval()
         self.text_encoder.eval()  # CLIP has no dropout in use; eval keeps the frozen encoder deterministic
         self.unet.set_attn_processor(AttnProcessor2_0())  # torch SDPA attention

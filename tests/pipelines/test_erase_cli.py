@@ -155,3 +155,29 @@ def test_a_full_disk_stops_the_batch_in_one_line_with_the_rest_not_done(tmp_path
     (fs.path / "filler").unlink()
     assert cli_main(["erase", "--image", str(images), "--mask", str(masks), "--out", str(out), *overrides]) == 0
     assert {p.name: p.read_bytes() for p in out.glob("im*.png")} == first
+
+
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "unreachable"])
+def test_without_a_config_on_a_machine_without_the_hub_the_line_says_what_to_set(tmp_path, offline):
+    """The default base_model is a Hub id; offline, the libraries' message points at 'the stacktrace above' and
+    'local_files_only=False', which a command-line user has neither of. One line naming base_model instead."""
+    import subprocess
+    import sys
+
+    _save(tmp_path / "a.png", _img(32, 32, 0))
+    _save(tmp_path / "m.png", _mask(32, 32))
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    if offline == "HF_HUB_OFFLINE":
+        env["HF_HUB_OFFLINE"] = "1"
+    else:  # a Hub that cannot be reached (a closed local port): what a cluster without internet sees
+        env.pop("HF_HUB_OFFLINE", None)
+        env["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    proc = subprocess.run([sys.executable, "-m", "magiceraser", "erase", "--image", str(tmp_path / "a.png"),
+                           "--mask", str(tmp_path / "m.png"), "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("magiceraser erase:")]
+    assert proc.returncode == 2 and len(ours) == 1, proc.stderr[-3000:]
+    default = EraseConfig().base_model
+    assert ours[0].startswith(f"magiceraser erase: base_model: {default!r} could not be downloaded"), ours[0]
+    assert "set base_model=DIR" in ours[0] and "local_files_only" not in ours[0] and "stacktrace" not in ours[0]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "out").exists()

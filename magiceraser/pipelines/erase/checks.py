@@ -18,7 +18,7 @@ from magiceraser.pipelines.erase.config import EraseConfig
 
 __all__ = [
     "EraseUserError", "SingleTarget", "check_input", "check_inputs_pair", "check_writable", "single_target",
-    "check_single_outputs", "check_batch_out", "check_models",
+    "check_single_outputs", "check_batch_out", "check_models", "hub_failure",
 ]
 
 WRITABLE = ", ".join(OUTPUT_FORMATS)
@@ -161,3 +161,34 @@ def check_models(cfg: EraseConfig) -> None:
             raise EraseUserError(f"trained_dir: {exc}") from exc
     if cfg.content_init == "lama" and cfg.lama_path and not Path(cfg.lama_path).is_file():
         raise EraseUserError(f"lama_path: {cfg.lama_path} is not a file; set lama_path= to the Big-LaMa TorchScript file (big-lama.pt)")
+
+
+# What huggingface_hub and diffusers say when a Hub id can be neither downloaded nor found in the cache.
+_HUB_UNREACHABLE = ("not fully cached locally", "couldn't connect to", "outgoing traffic has been disabled",
+                    "cannot find the requested files in the local cache", "offline mode is enabled")
+_HUB_ERRORS = ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "HfHubHTTPError")
+
+
+def hub_failure(exc: BaseException, models: dict[str, str | None]) -> EraseUserError | None:
+    """A model load that failed because a Hugging Face id could not be downloaded: one line naming the key.
+
+    ``models`` maps config keys to their values (``base_model``, ``segmenter``, ...). The libraries'
+    own message suggests ``local_files_only=False`` and "the stacktrace above", neither of which a
+    command-line user has; this says what to set instead. None when ``exc`` is another failure.
+    """
+    chain, e = [], exc
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(str(x) for x in chain).lower()
+    if not (any(m in text for m in _HUB_UNREACHABLE)
+            or any(cls.__name__ in _HUB_ERRORS for x in chain for cls in type(x).__mro__)):
+        return None
+    hub = {k: v for k, v in models.items() if v and not _looks_local(v)}
+    if not hub:
+        return None
+    key, value = next(((k, v) for k, v in hub.items() if v.lower() in text), next(iter(hub.items())))
+    return EraseUserError(
+        f"{key}: {value!r} could not be downloaded from the Hugging Face Hub (no connection, and it is not in the local "
+        f"cache); download it where there is internet (huggingface-cli download {value} --local-dir DIR) and set {key}=DIR, "
+        "or try the demo's tiny models: make demo, then --config configs/erase/demo.yaml")

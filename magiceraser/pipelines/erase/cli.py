@@ -19,8 +19,9 @@ them is skipped with reason ``no_class_found``.
 
 Everything that can be checked is checked before models load: paths exist and are readable, the
 output is writable and is not (inside) an input, no two inputs share a stem, model folders exist.
-A user error prints one line naming the flag, key or file and exits 2; exit 1 means some item
-failed (batch) or nothing was erased, 130 an interrupted batch.
+A user error prints one line naming the flag, key or file and exits 2 (a single image in which
+``--classes`` finds nothing too); exit 1 means some item of a batch failed or none was erased,
+130 an interrupted batch.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def load_pipeline(cfg: EraseConfig):
     try:
         return build_pipeline(cfg)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
+        models = {"base_model": cfg.base_model, "segmenter": cfg.segmenter}
+        if (offline := checks.hub_failure(exc, models)) is not None:
+            raise offline from exc
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise EraseUserError(
             f"cannot load the models ({type(exc).__name__}: {first}); check base_model, trained_dir, segmenter and lama_path"
@@ -198,18 +202,15 @@ def write_image(path: Path, arr: np.ndarray, fmt: str) -> bytes:
 # ---------------------------------------------------------------------------------------- single image
 def run_single(pipe, cfg: EraseConfig, image_path: Path, mask_path: Path | None, target: SingleTarget,
                classes: tuple[str, ...] = (), class_dilation: int = 0) -> int:
-    """Erase one image; an unusable input is a user error (exit 2); no object of ``classes`` found: exit 1."""
+    """Erase one image; an unusable input or no object of ``classes`` found is a user error (exit 2)."""
     pan, segments = None, None
     try:
         if mask_path is None:
             image, mask, pan, segments = decode_classes(str(image_path), image_path.read_bytes(), pipe, cfg, classes, class_dilation)
         else:
             image, mask = decode_pair(str(image_path), image_path.read_bytes(), str(mask_path), mask_path.read_bytes(), cfg)
-    except SkipItem as exc:
-        if exc.reason == "no_class_found":
-            print(f"magiceraser erase: {exc}; nothing erased", file=sys.stderr)
-            return 1
-        return user_error(exc)
+    except SkipItem as exc:  # the user's to fix (another image, other classes): one line, exit 2
+        return user_error(f"{exc}; nothing erased" if exc.reason == "no_class_found" else exc)
     t0 = time.time()
     result = erase_one(pipe, cfg, image, mask, pan)
     seconds = time.time() - t0
