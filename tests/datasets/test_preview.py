@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 from PIL import Image
@@ -41,10 +43,7 @@ def test_preview_draws_every_sample_with_its_outline(tmp_path):
     assert decode_image(png, min_side=1).shape[0] == 64 + 6
 
 
-def _magiceraser(*args: str, cwd) -> "subprocess.CompletedProcess[str]":
-    import subprocess
-    import sys
-
+def _magiceraser(*args: str, cwd) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "magiceraser", *args], capture_output=True, text=True, cwd=str(cwd),
                           timeout=120)
 

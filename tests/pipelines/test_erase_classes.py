@@ -77,6 +77,11 @@ def test_directory_mode_erases_every_person_and_records_the_segments(tmp_path, o
     outside = ~dilate(people, 8 + 2)  # the pipeline's mask_dilation (EraseConfig default 8) plus --class-dilation
     assert np.array_equal(result[outside], bright[outside])  # the car and the grass stay
     assert (result[people] != bright[people]).any()
+    # save_inputs=true (in the overrides) in directory mode: the input and the mask built from the classes.
+    saved = np.asarray(Image.open(out / "masks" / "street.png")) > 127
+    assert saved[people].all() and not saved[~dilate(people, 2)].any()
+    assert np.array_equal(np.asarray(Image.open(out / "inputs" / "street.png")), bright)
+    assert erased["mask_saved"] == str(out / "masks" / "street.png") and not (out / "masks" / "night.png").exists()
     # A rerun with the same classes reuses the result; other classes erase again.
     assert main(["--image", str(images), "--classes", "person", "--class-dilation", "2", "--out", str(out), *overrides]) == 0
     assert json.loads((out / "erase_report.json").read_text())["erased"][0].get("reused") is True

@@ -71,6 +71,8 @@ def test_directory_mode_skips_bad_items_and_reports(tmp_path, overrides):
     reasons = {Path_(e["image"]): e["reason"] for e in report["skipped"]}
     assert reasons == {"mismatch.png": "size_mismatch", "empty.png": "empty_mask", "broken.jpg": "image_not_an_image", "lonely.png": "no_mask"}
     assert np.asarray(Image.open(tmp_path / "out" / "good.png")).shape == (64, 80, 3)
+    # save_inputs unset: a directory's inputs are not copied (they are the --image/--mask folders)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["erase_report.json", "good.png"]
 
 
 def Path_(p):  # file name of a reported path

@@ -251,6 +251,38 @@ def test_a_killed_run_leaves_a_valid_report_and_a_rerun_completes_it(tmp_path, o
     assert report["status"] == "complete" and sorted(Path(r["image"]).name for r in report["erased"]) == ["a.png", "b.png", "c.png"]
 
 
+def test_copies_of_one_image_are_each_reused_by_a_rerun_also_after_a_kill(tmp_path, overrides, capsys, monkeypatch):
+    """Six identical copies: records were keyed by content alone, so a rerun reused 1 and erased 5 again
+    (after a kill part way too). Keyed by path and content, a rerun reuses all six, and after a kill
+    erases exactly the copies not done."""
+    images, masks = tmp_path / "images", tmp_path / "masks"
+    images.mkdir()
+    masks.mkdir()
+    img, m = _img(64, 64, 3), _mask(64, 64)
+    for i in range(6):
+        _save(images / f"copy{i}.png", img)
+        _save(masks / f"copy{i}.png", m)
+    out = tmp_path / "out"
+    args = ["--image", images, "--mask", masks, "--out", out]
+    assert erase(args, overrides, capsys)[0] == 0
+    calls = Calls(monkeypatch)
+    rc, _ = erase(args, overrides, capsys)
+    assert rc == 0 and calls.n == 0 and _report(out)["counts"]["reused"] == 6  # was 1: five erased again
+
+    def kill_fourth(n):
+        if n == 4:
+            raise HardKill
+
+    out2 = tmp_path / "out2"
+    Calls(monkeypatch, kill_fourth)
+    with pytest.raises(HardKill):
+        magiceraser_main(["erase", "--image", str(images), "--mask", str(masks), "--out", str(out2), *overrides])
+    assert len(_report(out2)["erased"]) == 3
+    calls = Calls(monkeypatch)
+    rc, _ = erase(["--image", images, "--mask", masks, "--out", out2], overrides, capsys)
+    assert rc == 0 and calls.n == 3 and _report(out2)["counts"]["reused"] == 3
+
+
 def test_rerun_skips_by_content_not_by_name(tmp_path, overrides, capsys, monkeypatch):
     images, masks = _dataset(tmp_path)
     out = tmp_path / "out"

@@ -14,8 +14,9 @@ Report. ``OUT/erase_report.json`` is written atomically before the first item (e
 
 Resume. Each erased record holds a fingerprint: sha256 of the image bytes, the mask bytes and the
 erase settings (every config field that can change a result, plus a listing of local model
-files). A rerun reuses a record only when the fingerprint matches *and* the result file still has
-the recorded sha256; anything else (changed image, mask, config or model, edited or deleted
+files). A rerun reuses a record only when the record of that image path has a matching
+fingerprint *and* the result file still has the recorded sha256 (copies of one image share a
+fingerprint, so the path tells their records apart); anything else (changed image, mask, config or model, edited or deleted
 result) is erased again. File names alone never decide.
 """
 
@@ -159,15 +160,20 @@ class BatchReport:
     _last_write: float = 0.0
 
     @staticmethod
-    def reusable(path: Path) -> dict[str, dict[str, Any]]:
-        """Erased records of an earlier report by fingerprint; {} for a missing, foreign or unreadable one."""
+    def reusable(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
+        """Erased records of an earlier report by (image path, fingerprint); {} for a missing, foreign or unreadable one.
+
+        The path is part of the key: images with the same content (copies) have the same
+        fingerprint, and each has a result of its own to find again.
+        """
         try:
             old = json.loads(path.read_text())
         except (OSError, ValueError):
             return {}
         if not isinstance(old, dict) or old.get("version") != REPORT_VERSION:
             return {}
-        return {r["fingerprint"]: r for r in old.get("erased", []) if isinstance(r, dict) and r.get("fingerprint")}
+        return {(str(r.get("image")), r["fingerprint"]): r for r in old.get("erased", [])
+                if isinstance(r, dict) and r.get("fingerprint")}
 
     def set(self, image: Path, status: str, **fields: Any) -> None:
         """Record ``image`` as erased / skipped / not_done (later calls replace earlier ones)."""

@@ -5,9 +5,10 @@
     magiceraser erase --image IMAGES_DIR --mask MASKS_DIR --out OUT_DIR     # matched by file stem
     magiceraser erase --image IMG_OR_DIR --classes person,car --out OUT     # masks from the segmenter
 
-A single image writes ``result.png`` (plus ``input.png`` and ``mask.png`` with save_inputs) and
+A single image writes ``result.png`` (plus ``input.png`` and ``mask.png`` unless save_inputs=false) and
 ``erase.json`` into OUT_DIR, or just the result when OUT names a file (its format follows the
-extension). Directory mode writes ``{stem}.{output_format}`` per image and ``erase_report.json``:
+extension). Directory mode writes ``{stem}.{output_format}`` per image (and, with save_inputs=true,
+``inputs/{stem}.png`` and ``masks/{stem}.png``) and ``erase_report.json``:
 every image ends erased, skipped with a reason (unreadable files, size mismatch, empty mask, no
 matching mask, an exception while erasing) or not done (interrupted); a bad item never stops the
 batch, the report is rewritten atomically as items finish, and a rerun reuses results whose
@@ -226,7 +227,7 @@ def run_single(pipe, cfg: EraseConfig, image_path: Path, mask_path: Path | None,
     with writing(out, "the erased image"):
         out.mkdir(parents=True, exist_ok=True)
         write_image(out / "result.png", result.image, "png")
-        if cfg.save_inputs:
+        if cfg.save_inputs is not False:  # null: yes for a single image
             write_image(out / "input.png", image, "png")
             write_image(out / "mask.png", mask.astype(np.uint8) * 255, "png")
     source = {"mask": str(mask_path)} if mask_path is not None else {"classes": list(classes), "segments": segments}
@@ -254,6 +255,17 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+def save_batch_inputs(pair: Pair, image: np.ndarray, mask: np.ndarray) -> dict[str, str]:
+    """Directory mode with save_inputs=true: the decoded input and the erased mask as inputs/{stem}.png, masks/{stem}.png."""
+    saved = {}
+    for folder, arr, key in (("inputs", image, "input_saved"), ("masks", mask.astype(np.uint8) * 255, "mask_saved")):
+        path = pair.out.parent / folder / f"{pair.image.stem}.png"
+        path.parent.mkdir(exist_ok=True)
+        write_image(path, arr, "png")
+        saved[key] = str(path)
+    return saved
+
+
 def erase_item(pipe, cfg: EraseConfig, pair: Pair, settings: str) -> tuple[str, dict[str, Any]]:
     """Erase one pair and say how it ended: ("erased", record) or ("skipped", record); never raises an Exception.
 
@@ -276,6 +288,8 @@ def erase_item(pipe, cfg: EraseConfig, pair: Pair, settings: str) -> tuple[str, 
         result = erase_one(pipe, cfg, image, mask, pan)
         with writing(pair.out, "an erased image"):
             data = write_image(pair.out, result.image, cfg.output_format)
+            if cfg.save_inputs:  # null: not for a directory (its inputs are the --image/--mask folders)
+                base.update(save_batch_inputs(pair, image, mask))
     except SkipItem as exc:
         return "skipped", {**base, "reason": exc.reason, "message": str(exc)}
     except WriteError:
@@ -290,10 +304,10 @@ def erase_item(pipe, cfg: EraseConfig, pair: Pair, settings: str) -> tuple[str, 
     }
 
 
-def _reused(pair: Pair, previous: dict[str, dict[str, Any]], settings: str) -> dict[str, Any] | None:
+def _reused(pair: Pair, previous: dict[tuple[str, str], dict[str, Any]], settings: str) -> dict[str, Any] | None:
     """The earlier record of ``pair`` if its inputs and settings are unchanged and its result file is intact."""
     try:
-        rec = previous.get(fingerprint(pair.image.read_bytes(), pair.mask_bytes(), settings))
+        rec = previous.get((str(pair.image), fingerprint(pair.image.read_bytes(), pair.mask_bytes(), settings)))
         if rec is None or rec.get("out") != str(pair.out) or not pair.out.is_file():
             return None
         return rec if sha256_file(pair.out) == rec.get("out_sha256") else None
@@ -425,7 +439,7 @@ def prepare(cfg: EraseConfig, image: Path, mask: Path | None, out: Path, classes
             plan.pairs = [dataclasses.replace(p, class_dilation=class_dilation) for p in plan.pairs]
         return plan
     target = checks.single_target(out)
-    checks.check_single_outputs(target, image, mask if mask is not None else image, cfg.save_inputs)
+    checks.check_single_outputs(target, image, mask if mask is not None else image, cfg.save_inputs is not False)
     return target
 
 

@@ -65,8 +65,10 @@ class EraseConfig:
     or tif/tiff (uncompressed). A single-image --out FILE follows its own extension instead."""
     seed: int = 0
     """Seed of the starting noise."""
-    save_inputs: bool = True
-    """Also save the input image and mask next to each result (input.png, mask.png)."""
+    save_inputs: bool | None = None
+    """Also save the input image and the mask that was erased (binarised, or built from --classes) as PNG.
+    A single image: input.png and mask.png next to result.png. Directory mode: inputs/{stem}.png and
+    masks/{stem}.png under --out. null (the default): yes for a single image, no for a directory."""
 
     def __post_init__(self) -> None:
         if not self.base_model:
