@@ -55,7 +55,7 @@ from magiceraser.training.model import (
     diffusion_loss,
     draw_step_noise,
 )
-from magiceraser.training.preemption import Preempted, PreemptionWatcher, watched_signals
+from magiceraser.training.preemption import INTERRUPT, Preempted, PreemptionWatcher, watched_signals
 from magiceraser.training.sampling import stable_seed
 from magiceraser.training.tracking import NullLogger, RunLogger
 from magiceraser.write_errors import writing
@@ -402,7 +402,8 @@ class Trainer:
                 saved = saved or self._save_checkpoint()
                 where = self.preemption.received or "another process"
                 if ctx.is_main:
-                    log.warning("stop signal (%s): stopped after step %d with checkpoint %s", where, self.step, saved)
+                    kind = "interrupt" if where.split()[0] == INTERRUPT else "preemption signal"
+                    log.warning("%s (%s): stopped after step %d with checkpoint %s", kind, where, self.step, saved)
                 raise Preempted(self.step, where, saved)
             if cfg.validation.urls and cfg.validation.every and self.step % cfg.validation.every == 0 and self.step < total:
                 self._validate()
