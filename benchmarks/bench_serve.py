@@ -47,10 +47,11 @@ def plain_loop(cfg, img: np.ndarray, mask: np.ndarray, n: int) -> tuple[float, l
     """(requests/s, per-call seconds) of the pipeline called in a loop."""
     import torch
 
-    from magiceraser.pipelines.erase.cli import build_pipeline, erase_one
+    from magiceraser.pipelines.erase.build import eraser_from_config
+    from magiceraser.pipelines.erase.cli import erase_one
 
     torch.set_num_threads(max(1, cfg.num_threads))
-    pipe = build_pipeline(cfg)
+    pipe = eraser_from_config(cfg)
     for _ in range(2):
         erase_one(pipe, cfg, img, mask)
     times = []

@@ -19,7 +19,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from magiceraser.pipelines.erase.settings import EraseSettings
+
 DEFAULT_BASE_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+
+# A crop margin this large makes every region's crop the whole image (crop_box clamps to it), so the
+# pipeline runs once on the full letterboxed square, as the paper's protocol does.
+WHOLE_IMAGE_MARGIN = 1e4
 
 
 class MethodUnavailable(RuntimeError):
@@ -90,14 +96,23 @@ class MethodConfig:
                              "labels; set segmenter, or refocus: false")
         if self.kind == "sd" and self.trained_dir:
             raise ValueError("trained_dir: kind=sd is the plain base model; use kind=magiceraser for a trained directory")
-        if self.num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps: must be >= 1, got {self.num_inference_steps}")
-        if not 0.0 < self.strength <= 1.0:
-            raise ValueError(f"strength: must be in (0, 1], got {self.strength}")
-        if self.mask_dilation < 0:
-            raise ValueError(f"mask_dilation: must be >= 0, got {self.mask_dilation}")
+        self.erase_settings()  # the eraser's own checks of steps, strength, seed, mask_dilation (naming the field)
         if self.telea_radius < 1:
             raise ValueError(f"telea_radius: must be >= 1, got {self.telea_radius}")
+
+
+    def erase_settings(self) -> EraseSettings:
+        """The eraser's per-call settings of this row (the seed is the first image's; each image adds its index).
+
+        Plain SD inpainting (kind=sd) starts from pure noise (strength 1) without refocus; the paper's
+        protocol is one pass over the whole letterboxed image (``whole_image``).
+        """
+        plain = self.kind == "sd"
+        return EraseSettings(
+            num_inference_steps=self.num_inference_steps, strength=1.0 if plain else self.strength,
+            guidance_scale=self.guidance_scale, refocus=self.refocus and not plain, seed=self.seed,
+            mask_dilation=self.mask_dilation, crop_margin=WHOLE_IMAGE_MARGIN if self.whole_image else 0.5,
+        )
 
 
 # An eraser takes (image HxWx3 uint8, mask bool HxW, index, pair key) and returns (image, info).
@@ -130,19 +145,12 @@ def build_method(cfg: MethodConfig, device: str = "cpu", dtype: str | None = Non
     return _build_diffusion(cfg, device, dtype, size)
 
 
-# A crop margin this large makes every region's crop the whole image (crop_box clamps to it), so the
-# pipeline runs once on the full letterboxed square, as the paper's protocol does.
-WHOLE_IMAGE_MARGIN = 1e4
-
-
 def _build_diffusion(cfg: MethodConfig, device: str, dtype: str | None, size: int) -> Eraser:
     try:
-        from magiceraser.pipelines import MagicEraserPipeline
+        from magiceraser.pipelines.erase.build import build_eraser
     except ImportError as exc:
         raise MethodUnavailable(f"the MagicEraser pipeline is not importable: {exc}") from exc
-    import torch
 
-    torch_dtype = getattr(torch, dtype) if dtype else None
     plain = cfg.kind == "sd"
     trained = None if plain or not cfg.trained_dir else cfg.trained_dir
     if trained:
@@ -150,28 +158,21 @@ def _build_diffusion(cfg: MethodConfig, device: str, dtype: str | None, size: in
     content_init = "none" if plain else cfg.content_init
     if content_init == "lama":
         _need_file(cfg.lama_path, "Big-LaMa TorchScript weights (lama_path)")
-    segmenter = None
-    if cfg.segmenter and not plain:
-        segmenter = load_segmenter(cfg.segmenter, device)
+    segmenter = load_segmenter(cfg.segmenter, device) if cfg.segmenter and not plain else None
     try:
-        pipe = MagicEraserPipeline.from_pretrained(
+        pipe = build_eraser(
             cfg.base_model, trained_dir=trained, segmenter=segmenter, content_init=content_init,
-            lama_path=cfg.lama_path or None, device=device, dtype=torch_dtype, model_size=size,
+            lama_path=cfg.lama_path or None, telea_radius=cfg.telea_radius, device=device, dtype=dtype, model_size=size,
         )
     except (OSError, ValueError) as exc:
         raise MethodUnavailable(f"cannot load {cfg.base_model!r} (+ {trained or 'no trained dir'}): {exc}") from exc
     use_learned = cfg.learned_prompt and trained is not None and not plain
-    strength = 1.0 if plain else cfg.strength
+    settings = cfg.erase_settings()
     per_image = read_prompts(cfg.prompts) if cfg.prompts and not use_learned else {}
 
     def erase_diffusion(image: np.ndarray, mask: np.ndarray, index: int, key: str = "") -> tuple[np.ndarray, dict[str, Any]]:
-        out = pipe(
-            image, mask, prompt=None if use_learned else per_image.get(key, cfg.prompt),
-            num_inference_steps=cfg.num_inference_steps,
-            strength=strength, guidance_scale=cfg.guidance_scale, refocus=cfg.refocus and not plain,
-            seed=cfg.seed + index, mask_dilation=cfg.mask_dilation,
-            crop_margin=WHOLE_IMAGE_MARGIN if cfg.whole_image else 0.5,
-        )
+        prompt = None if use_learned else per_image.get(key, cfg.prompt)
+        out = pipe(image, mask, settings.replace(prompt=prompt, seed=cfg.seed + index))
         return np.asarray(out.image, np.uint8), {"prompt": getattr(out, "prompt", None), "tag": getattr(out, "tag", None)}
 
     return erase_diffusion

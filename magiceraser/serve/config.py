@@ -92,7 +92,7 @@ class ServeSettings:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ServeConfig(EraseConfig):
     serve: ServeSettings = field(default_factory=ServeSettings)
     """The service: replicas, GPUs, batching, queue and request limits."""

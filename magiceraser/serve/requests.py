@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from magiceraser.class_masks import THING_NAMES, parse_class_names
 from magiceraser.imageio import ImageDecodeError, decode_image, decode_mask
-from magiceraser.serve.segments import THING_NAMES, parse_class_names
+from magiceraser.pipelines.erase.settings import EraseSettings, SettingError
 
 __all__ = [
     "ApiError", "EraseParams", "parse_erase_params", "parse_classes", "decode_upload", "decode_upload_mask",
@@ -38,6 +39,11 @@ class ApiError(Exception):
         return (type(self), (self.status, self.field, self.message))
 
 
+# Form field -> the EraseSettings field it sets (the others have the same name).
+SETTING_OF_FIELD = {"steps": "num_inference_steps"}
+FIELD_OF_SETTING = {v: k for k, v in SETTING_OF_FIELD.items()}
+
+
 @dataclass(frozen=True)
 class EraseParams:
     """The per-request settings of ``POST /api/erase``; None means "the config's value"."""
@@ -49,6 +55,15 @@ class EraseParams:
     tag: str | None = None
     prompt: str | None = None
     classes: tuple[str, ...] = ()
+
+    def settings(self, base: EraseSettings) -> EraseSettings:
+        """``base`` (the config's settings) with the fields this request gave; ApiError 422 naming a bad one."""
+        given = {SETTING_OF_FIELD.get(name, name): getattr(self, name)
+                 for name in ("steps", "strength", "seed", "refocus", "tag", "prompt") if getattr(self, name) is not None}
+        try:
+            return base.replace(**given)
+        except SettingError as exc:
+            raise ApiError(422, FIELD_OF_SETTING.get(exc.field, exc.field), str(exc)) from None
 
 
 def _blank(value: str | None) -> bool:
@@ -96,7 +111,7 @@ def _text(field: str, value: str | None, limit: int = 500) -> str | None:
 
 
 def parse_classes(text: str | None) -> tuple[str, ...]:
-    """``classes=`` -> COCO thing class names (:func:`~magiceraser.serve.segments.parse_class_names`); ApiError 422."""
+    """``classes=`` -> COCO thing class names (:func:`~magiceraser.class_masks.parse_class_names`); ApiError 422."""
     try:
         return parse_class_names(text)
     except ValueError as exc:
@@ -112,26 +127,25 @@ def parse_erase_params(
     prompt: str | None = None,
     classes: str | None = None,
     max_steps: int = 200,
+    base: EraseSettings | None = None,
 ) -> EraseParams:
-    """Form fields (text as sent) -> :class:`EraseParams`; ApiError(422) naming the first bad field."""
+    """Form fields (text as sent) -> :class:`EraseParams`; ApiError(422) naming the first bad field.
+
+    The values are checked by :class:`EraseSettings` over ``base`` (the service's config; default:
+    the eraser's defaults), so a request is refused here by the same rules as a config.
+    """
     n_steps = _int("steps", steps)
-    if n_steps is not None and not 1 <= n_steps <= max_steps:
+    if n_steps is not None and n_steps > max_steps:  # the service's own limit; the rest is EraseSettings'
         raise ApiError(422, "steps", f"steps must be in 1..{max_steps}, got {n_steps}")
-    s = _float("strength", strength)
-    if s is not None and not 0.0 < s <= 1.0:
-        raise ApiError(422, "strength", f"strength must be in (0, 1], got {s}")
-    if n_steps is not None and s is not None and int(n_steps * s) < 1:
-        raise ApiError(422, "strength", f"steps × strength must give at least one denoising step, got {n_steps} × {s}")
-    sd = _int("seed", seed)
-    if sd is not None and not 0 <= sd < 2**63:
-        raise ApiError(422, "seed", f"seed must be in 0..2^63-1, got {sd}")
     tag_text = _text("tag", tag, 100)
     if tag_text is not None and tag_text.strip() == "":
         tag_text = None
-    return EraseParams(
-        steps=n_steps, strength=s, seed=sd, refocus=_bool("refocus", refocus), tag=tag_text,
-        prompt=_text("prompt", prompt), classes=parse_classes(classes),
+    params = EraseParams(
+        steps=n_steps, strength=_float("strength", strength), seed=_int("seed", seed), refocus=_bool("refocus", refocus),
+        tag=tag_text, prompt=_text("prompt", prompt), classes=parse_classes(classes),
     )
+    params.settings(base or EraseSettings())
+    return params
 
 
 def _check_size(field: str, data: bytes, max_bytes: int) -> None:

@@ -16,10 +16,11 @@ from typing import Any
 
 import numpy as np
 
+from magiceraser.class_masks import class_mask
 from magiceraser.panoptic import PanopticResult
+from magiceraser.pipelines.erase.settings import settings_of
 from magiceraser.serve.config import ServeConfig
 from magiceraser.serve.requests import ApiError, EraseParams
-from magiceraser.serve.segments import class_mask
 
 __all__ = ["EraseJob", "EraseResult", "EraserWorker", "build_segmenter"]
 
@@ -68,14 +69,13 @@ class EraserWorker:
 
             torch.set_num_threads(cfg.num_threads)  # this replica's process only
         if pipe is None:
-            import torch
+            from magiceraser.devices import resolve_device
+            from magiceraser.pipelines.erase.build import eraser_from_config
 
-            from magiceraser.pipelines.erase.cli import build_pipeline
-
-            device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-            pipe = build_pipeline(dataclasses.replace(cfg, segmenter=None))
-            pipe.segmenter = build_segmenter(cfg, device)
+            segmenter = build_segmenter(cfg, resolve_device(cfg.device))
+            pipe = eraser_from_config(dataclasses.replace(cfg, segmenter=None), segmenter=segmenter)
         self.pipe = pipe
+        self.settings = settings_of(cfg)
 
     @property
     def has_segmenter(self) -> bool:
@@ -93,17 +93,6 @@ class EraserWorker:
             for i, pan in zip(idx, self.pipe.segmenter.segment([images[i] for i in idx])):
                 out[i] = pan
         return out  # type: ignore[return-value]
-
-    def _call_kwargs(self, job: EraseJob, mask: np.ndarray, pan: PanopticResult | None) -> dict[str, Any]:
-        cfg, p = self.cfg, job.params
-        return dict(
-            image=job.image, mask=mask, tag=p.tag if p.tag is not None else cfg.tag,
-            prompt=p.prompt if p.prompt is not None else cfg.prompt, negative_prompt=cfg.negative_prompt,
-            num_inference_steps=p.steps or cfg.num_inference_steps, strength=p.strength or cfg.strength,
-            guidance_scale=cfg.guidance_scale, refocus=cfg.refocus if p.refocus is None else p.refocus,
-            seed=cfg.seed if p.seed is None else p.seed, mask_dilation=cfg.mask_dilation, crop_margin=cfg.crop_margin,
-            feather=cfg.feather, pan=pan, min_region_area=cfg.min_region_area, max_regions=cfg.max_regions or None,
-        )
 
     def _class_masks(self, jobs: list[EraseJob], outcome: list[Any]) -> dict[int, tuple[np.ndarray, PanopticResult, list]]:
         """Masks of the classes= jobs (index -> mask, segmentation, erased segments); failures go to ``outcome``."""
@@ -143,7 +132,10 @@ class EraserWorker:
                 continue
             mask, pan, erased = built[i] if job.mask is None else (job.mask, None, [])
             try:
-                plans.append(self.pipe.plan(**self._call_kwargs(job, mask, pan)))
+                plans.append(self.pipe.plan(job.image, mask, job.params.settings(self.settings), pan))
+            except ApiError as exc:  # a setting out of range with this config's values
+                outcome[i] = exc
+                continue
             except ValueError as exc:
                 outcome[i] = ApiError(422, "classes" if job.mask is None else "mask", str(exc))
                 continue

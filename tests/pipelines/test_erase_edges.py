@@ -75,16 +75,16 @@ def _user_error_line(err: str, *needles: str) -> None:
 @pytest.fixture
 def no_models(monkeypatch):
     """Count model loads; a test asserts none happened (checks come before any work) after checking the effect."""
-    import magiceraser.pipelines.erase.cli as erase_cli
+    import magiceraser.pipelines.erase.build as build
 
     loads: list[int] = []
-    real = erase_cli.build_pipeline
+    real = build.eraser_from_config
 
-    def counting(cfg):
+    def counting(cfg, segmenter=None):
         loads.append(1)
-        return real(cfg)
+        return real(cfg, segmenter)
 
-    monkeypatch.setattr(erase_cli, "build_pipeline", counting)
+    monkeypatch.setattr(build, "eraser_from_config", counting)
     return loads
 
 
@@ -323,9 +323,9 @@ def test_batch_output_format_and_unknown_extensions(tmp_path, overrides, capsys,
     assert rc == 0
     with Image.open(tmp_path / "out" / "a.webp") as im:
         assert im.format == "WEBP"
-    import magiceraser.pipelines.erase.cli as erase_cli
+    import magiceraser.pipelines.erase.build as build
 
-    monkeypatch.setattr(erase_cli, "build_pipeline", lambda cfg: pytest.fail("models loaded for an unknown format"))
+    monkeypatch.setattr(build, "eraser_from_config", lambda cfg: pytest.fail("models loaded for an unknown format"))
     rc, err = erase(["--image", images / "a.png", "--mask", masks / "a.png", "--out", tmp_path / "res.gif"], overrides, capsys)
     assert rc == 2 and ".gif" in err and not (tmp_path / "res.gif").exists()
     with pytest.raises(SystemExit) as exc:

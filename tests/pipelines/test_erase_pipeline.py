@@ -166,10 +166,20 @@ def test_bad_inputs_give_clear_errors():
 
 def test_pipeline_rejects_bad_settings(tiny_pipe):
     img, mask = scene(64, 64), np.pad(np.ones((8, 8), bool), 28)
-    with pytest.raises(ValueError, match="strength"):
+    from magiceraser.pipelines.erase.settings import SettingError
+
+    with pytest.raises(SettingError, match="strength") as bad:
         tiny_pipe(img, mask, strength=0.0)
-    with pytest.raises(ValueError, match="at least one step"):
+    assert bad.value.field == "strength"
+    with pytest.raises(SettingError, match="at least one denoising step") as bad:
         tiny_pipe(img, mask, num_inference_steps=1, strength=0.5)
+    assert bad.value.field == "strength"
+    for name, value in (("feather", -1), ("mask_dilation", -2), ("max_regions", -1), ("seed", -1)):
+        with pytest.raises(SettingError) as bad:
+            tiny_pipe(img, mask, **{name: value})
+        assert bad.value.field == name and name in str(bad.value)
+    with pytest.raises(TypeError, match="not an erase setting: stregth"):
+        tiny_pipe(img, mask, stregth=0.5)
 
 
 def test_geometry_regions_crops_and_paste():

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from magiceraser import coco
+from magiceraser.class_masks import class_mask
 from magiceraser.config import ConfigError, load_config
 from magiceraser.panoptic import PanopticResult, Segment
 from magiceraser.serve.config import ServeConfig
@@ -18,7 +19,7 @@ from magiceraser.serve.requests import (
     parse_classes,
     parse_erase_params,
 )
-from magiceraser.serve.segments import class_mask, rle_decode, rle_encode, segments_payload
+from magiceraser.serve.segments import rle_decode, rle_encode, segments_payload
 
 from .conftest import photo, png_bytes
 

@@ -1,6 +1,6 @@
 """``magiceraser erase --classes person,car``: the mask of an image built from its panoptic segmentation.
 
-The same rule as the service's ``classes=`` (:func:`magiceraser.serve.segments.class_mask`): every
+The same rule as the service's ``classes=`` (:func:`magiceraser.class_masks.class_mask`): every
 thing segment of the named classes, grown by ``dilation`` px; the full-image segmentation is then
 handed to the pipeline (``pan=``), so each crop's tag and refocus labels come from the same
 segmentation that chose the objects. What was erased (segment id, class, area, score) is returned
@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from magiceraser.class_masks import class_mask
 from magiceraser.panoptic import PanopticResult
-from magiceraser.serve.segments import class_mask
 
 __all__ = ["ClassSelection", "NoClassFound", "select_classes"]
 

@@ -56,6 +56,7 @@ from magiceraser.pipelines.erase.batch import (  # noqa: F401 - IMAGE_SUFFIXES r
 from magiceraser.pipelines.erase.checks import EraseUserError, SingleTarget
 from magiceraser.pipelines.erase.classes import NoClassFound, select_classes
 from magiceraser.pipelines.erase.config import EraseConfig
+from magiceraser.pipelines.erase.settings import settings_of
 from magiceraser.write_errors import WriteError, writing
 
 
@@ -73,34 +74,12 @@ class SkipItem(Exception):
         self.reason = reason
 
 
-def build_pipeline(cfg: EraseConfig):
-    """The pipeline a config describes (loads the models)."""
-
-    from magiceraser.devices import resolve_device
-    from magiceraser.pipelines.erase.pipeline import MagicEraserPipeline
-
-    device = resolve_device(cfg.device)
-    segmenter = None
-    if cfg.segmenter:
-        from magiceraser.models.segmenter import Mask2FormerSegmenter
-
-        segmenter = Mask2FormerSegmenter(cfg.segmenter, device=device)
-    content_init: Any = cfg.content_init
-    if cfg.content_init == "telea":
-        from magiceraser.pipelines.erase.content_init import TeleaInpainter
-
-        content_init = TeleaInpainter(cfg.telea_radius)
-    return MagicEraserPipeline.from_pretrained(
-        cfg.base_model, trained_dir=cfg.trained_dir, segmenter=segmenter, content_init=content_init,
-        lama_path=cfg.lama_path, device=device, dtype=cfg.dtype, model_size=cfg.model_size,
-        lambda_pos=cfg.lambda_pos, lambda_neg=cfg.lambda_neg,
-    )
-
-
 def load_pipeline(cfg: EraseConfig):
-    """:func:`build_pipeline`, with a load failure (bad folder, wrong files) turned into a user error."""
+    """The config's eraser (``build.eraser_from_config``), a load failure (bad folder, wrong files) turned into a user error."""
+    from magiceraser.pipelines.erase.build import eraser_from_config
+
     try:
-        return build_pipeline(cfg)
+        return eraser_from_config(cfg)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         models = {"base_model": cfg.base_model, "segmenter": cfg.segmenter}
         if (offline := checks.hub_failure(exc, models)) is not None:
@@ -156,12 +135,7 @@ def decode_classes(image_name: str, image_data: bytes, pipe, cfg: EraseConfig, c
 
 def erase_one(pipe, cfg: EraseConfig, image: np.ndarray, mask: np.ndarray, pan=None):
     """One pipeline call with the config's settings (``pan``: a full-image segmentation to use for the crops)."""
-    return pipe(
-        image, mask, tag=cfg.tag, prompt=cfg.prompt, negative_prompt=cfg.negative_prompt,
-        num_inference_steps=cfg.num_inference_steps, strength=cfg.strength, guidance_scale=cfg.guidance_scale,
-        refocus=cfg.refocus, seed=cfg.seed, mask_dilation=cfg.mask_dilation, crop_margin=cfg.crop_margin,
-        feather=cfg.feather, pan=pan, min_region_area=cfg.min_region_area, max_regions=cfg.max_regions or None,
-    )
+    return pipe(image, mask, settings_of(cfg), pan=pan)
 
 
 def _mask_fields(pair: Pair) -> dict[str, Any]:
@@ -445,7 +419,7 @@ def prepare(cfg: EraseConfig, image: Path, mask: Path | None, out: Path, classes
 
 def parse_class_flags(mask: str | None, classes: str | None, class_dilation: int) -> tuple[str, ...]:
     """``--mask`` xor ``--classes``; the class names checked (EraseUserError naming the flag)."""
-    from magiceraser.serve.segments import parse_class_names
+    from magiceraser.class_masks import parse_class_names
 
     if (mask is None) == (classes is None):
         raise EraseUserError("give either --mask (a mask file or folder) or --classes (e.g. --classes person,car), not both or neither")

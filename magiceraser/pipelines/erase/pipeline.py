@@ -31,11 +31,12 @@ from magiceraser.imageio import MASK_THRESHOLD
 from magiceraser.panoptic import PanopticResult, PanopticSegmenter, dilate, dominant_background_tag
 from magiceraser.pipelines.erase import geometry
 from magiceraser.pipelines.erase.content_init import ContentInitializer, make_content_initializer
+from magiceraser.pipelines.erase.settings import EraseSettings, settings_of
 from magiceraser.prompts import learned_prompt
 
 __all__ = ["MagicEraserPipeline", "MagicEraserOutput", "RegionResult", "ErasePlan", "prepare_inputs", "choose_prompt"]
 
-MANY_REGIONS = 16  # without max_regions, more crops than this per call draw a warning
+MANY_REGIONS = 16  # with no cap on regions (max_regions 0), more crops than this per call draw a warning
 
 
 @dataclass
@@ -221,51 +222,16 @@ class MagicEraserPipeline:
         return self.sd.unet.device
 
     # ------------------------------------------------------------------ call
-    def __call__(
-        self,
-        image: Any,
-        mask: Any,
-        tag: str | None = None,
-        prompt: str | None = None,
-        negative_prompt: str = "",
-        num_inference_steps: int = 50,
-        strength: float = 0.9,
-        guidance_scale: float = 7.5,
-        refocus: bool = True,
-        seed: int = 0,
-        mask_dilation: int = 8,
-        crop_margin: float = 0.5,
-        feather: int = 4,
-        pan: PanopticResult | None = None,
-        min_region_area: int = 0,
-        max_regions: int | None = None,
-    ) -> MagicEraserOutput:
+    def __call__(self, image: Any, mask: Any, settings: EraseSettings | None = None, pan: PanopticResult | None = None,
+                 **changes: Any) -> MagicEraserOutput:
         """Erase ``mask`` (bool HxW, or 0..255 thresholded at 128) from ``image`` (HxWx3 uint8).
 
-        Args:
-            tag: override the background tag (default: dominant stuff class around the mask).
-            prompt: override the whole prompt (default: "A photo of R* {tag}").
-            num_inference_steps, strength: T and s; ⌊T·s⌋ denoising steps run from the noised x̃₀.
-            guidance_scale: classifier-free guidance weight (<= 1 disables CFG).
-            refocus: apply the attention refocus (off for ablations).
-            seed: seed of the starting noise (drawn on the CPU, so results match across devices).
-            mask_dilation: px the mask is grown by before erasing (the regenerated region).
-            crop_margin: context around each region's box, as a fraction of its long side.
-            feather: width in px of the soft seam, inside the dilated mask.
-            pan: a full-image panoptic segmentation to use instead of the segmenter.
-            min_region_area: mask components of fewer px are left unerased (counted in the output);
-                0 keeps all. ``magiceraser erase`` defaults to 16 (EraseConfig).
-            max_regions: at most this many crops (each a full diffusion run); further regions are
-                merged into neighbouring crops. None: no cap, with a warning above
-                ``MANY_REGIONS`` crops. ``magiceraser erase`` defaults to 8.
+        ``settings`` (default :class:`EraseSettings`'s defaults) with ``changes`` applied: any of
+        its fields as a keyword (``strength=0.8``, ``refocus=False``; a ValueError names a bad
+        value, a TypeError an unknown name). ``pan``: a full-image panoptic segmentation to use
+        instead of the segmenter.
         """
-        plan = self.plan(
-            image, mask, tag=tag, prompt=prompt, negative_prompt=negative_prompt,
-            num_inference_steps=num_inference_steps, strength=strength, guidance_scale=guidance_scale,
-            refocus=refocus, seed=seed, mask_dilation=mask_dilation, crop_margin=crop_margin, feather=feather,
-            pan=pan, min_region_area=min_region_area, max_regions=max_regions,
-        )
-        return self.run([plan])[0]
+        return self.run([self.plan(image, mask, settings, pan, **changes)])[0]
 
     def erase_many(self, items: Sequence[dict[str, Any]], max_batch: int = 8) -> list[MagicEraserOutput]:
         """Erase several images in one pass: ``items`` are the keyword arguments of :meth:`__call__`.
@@ -278,52 +244,31 @@ class MagicEraserPipeline:
         """
         return self.run([self.plan(**item) for item in items], max_batch=max_batch)
 
-    def plan(
-        self,
-        image: Any,
-        mask: Any,
-        tag: str | None = None,
-        prompt: str | None = None,
-        negative_prompt: str = "",
-        num_inference_steps: int = 50,
-        strength: float = 0.9,
-        guidance_scale: float = 7.5,
-        refocus: bool = True,
-        seed: int = 0,
-        mask_dilation: int = 8,
-        crop_margin: float = 0.5,
-        feather: int = 4,
-        pan: PanopticResult | None = None,
-        min_region_area: int = 0,
-        max_regions: int | None = None,
-    ) -> ErasePlan:
+    def plan(self, image: Any, mask: Any, settings: EraseSettings | None = None, pan: PanopticResult | None = None,
+             **changes: Any) -> ErasePlan:
         """Check one call's inputs and settings and plan its crops (no model runs); ValueError saying what to fix."""
+        s = settings_of(settings or EraseSettings())
+        if changes:
+            s = s.replace(**changes)
         image, mask = prepare_inputs(image, mask)
-        if not 0.0 < strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
-        if num_inference_steps < 1 or int(num_inference_steps * strength) < 1:
-            raise ValueError(f"num_inference_steps × strength must give at least one step, got {num_inference_steps} × {strength}")
-        if mask_dilation < 0 or feather < 0 or crop_margin < 0:
-            raise ValueError("mask_dilation, feather and crop_margin must be >= 0")
-        if min_region_area < 0:
-            raise ValueError(f"min_region_area must be >= 0, got {min_region_area}")
         if pan is not None and pan.shape != mask.shape:
             raise ValueError(f"pan has shape {pan.shape}, the image {mask.shape}")
-        mask, dropped = geometry.drop_small_regions(mask, min_region_area)
+        mask, dropped = geometry.drop_small_regions(mask, s.min_region_area)
         if not mask.any():
             raise ValueError(
-                f"every masked region is smaller than min_region_area={min_region_area} px "
+                f"every masked region is smaller than min_region_area={s.min_region_area} px "
                 f"({dropped.count} region(s), {dropped.pixels} px): nothing left to erase; lower min_region_area"
             )
-        erase = dilate(mask, mask_dilation)
-        regions = geometry.plan_regions(erase, crop_margin, max_regions=max_regions)
-        if max_regions is None and len(regions.crops) > MANY_REGIONS:
+        erase = dilate(mask, s.mask_dilation)
+        regions = geometry.plan_regions(erase, s.crop_margin, max_regions=s.max_regions or None)
+        if not s.max_regions and len(regions.crops) > MANY_REGIONS:
             warnings.warn(
                 f"the mask has {len(regions.crops)} separate regions, each erased in its own crop (a full diffusion "
                 "run): pass max_regions (and min_region_area for specks) to bound the cost", stacklevel=3,
             )
-        diffusion = _DiffusionKey(int(num_inference_steps), float(strength), float(guidance_scale), bool(refocus), negative_prompt)
-        return ErasePlan(image, mask, erase, regions, dropped, tag, prompt, seed, feather, pan, diffusion)
+        diffusion = _DiffusionKey(s.num_inference_steps, float(s.strength), float(s.guidance_scale), bool(s.refocus),
+                                  s.negative_prompt)
+        return ErasePlan(image, mask, erase, regions, dropped, s.tag, s.prompt, s.seed, s.feather, pan, diffusion)
 
     def run(self, plans: Sequence[ErasePlan], max_batch: int = 8) -> list[MagicEraserOutput]:
         """Erase planned calls, batching compatible crops across them (see :meth:`erase_many`)."""
