@@ -30,7 +30,8 @@ from typing import Any
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -62,8 +63,37 @@ api = FastAPI(
         "erased PNG at the input's size, every pixel outside the dilated mask unchanged. Errors are JSON: "
         '`{"error": message, "field": name, "status": code}`.'
     ),
+    # FastAPI's own /docs and /redoc load their scripts from a CDN (cdn.jsdelivr.net): a blank page
+    # offline or in a cluster without internet. /docs is served below from static/; ReDoc is off.
+    docs_url=None,
+    redoc_url=None,
 )
 api.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+
+
+# Swagger UI from static/: swagger-ui-bundle.js, swagger-ui.css and the favicon are swagger-ui-dist
+# 5.35.0 from npm, unmodified (licence: static/swagger-ui-LICENSE, swagger-ui-NOTICE and
+# swagger-ui-bundle.js.LICENSE.txt). Swagger UI 5 is needed for FastAPI's OpenAPI 3.1 (the PyPI
+# package swagger-ui-bundle ships 4.15, which refuses to render 3.1). FastAPI's self-hosting recipe,
+# with the root_path prefix as FastAPI's own /docs has it (behind a proxy that strips a prefix).
+@api.get("/docs", include_in_schema=False)
+async def _swagger_ui(request: Request) -> HTMLResponse:
+    root = request.scope.get("root_path", "").rstrip("/")
+    return get_swagger_ui_html(
+        openapi_url=root + api.openapi_url,
+        title=f"{api.title} - Swagger UI",
+        oauth2_redirect_url=root + api.swagger_ui_oauth2_redirect_url,
+        swagger_js_url=f"{root}/static/swagger-ui-bundle.js",
+        swagger_css_url=f"{root}/static/swagger-ui.css",
+        swagger_favicon_url=f"{root}/static/swagger-ui-favicon-32x32.png",
+        # No badge from validator.swagger.io: the docs make no request to another host.
+        swagger_ui_parameters={"validatorUrl": None},
+    )
+
+
+@api.get(api.swagger_ui_oauth2_redirect_url, include_in_schema=False)
+async def _swagger_ui_oauth2_redirect() -> HTMLResponse:
+    return get_swagger_ui_oauth2_redirect_html()
 
 
 def _error(status: int, field: str | None, message: str, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -77,19 +77,18 @@ class ServeApp:
 
     def __init__(self, overrides: list[str]):
         from magiceraser.config import load_config
-        from magiceraser.serve.cli import start
+        from magiceraser.serve.cli import launch
         from magiceraser.serve.config import ServeConfig
 
         root = Path(__file__).resolve().parents[2]
         self.cfg = load_config(ServeConfig, root / "configs/erase/demo.yaml", overrides)
-        self.url = start(self.cfg)
+        self.service = launch(self.cfg)
+        self.url = self.service.url
 
     def close(self) -> None:
-        import ray
-        from ray import serve
+        from magiceraser.serve.cli import stop
 
-        serve.shutdown()
-        ray.shutdown()
+        stop(self.service)
 
 
 def start_app(overrides: list[str]) -> ServeApp:

@@ -76,7 +76,7 @@ def test_erase_returns_the_input_size_and_keeps_pixels_outside_the_mask(app, cli
 
 
 def test_classes_build_the_mask_from_the_segments(app, client, segmenter):
-    from magiceraser.serve.segments import class_mask
+    from magiceraser.class_masks import class_mask
 
     img = photo(96, 128, seed=2)
     pan = segmenter.segment([img])[0]
@@ -153,7 +153,14 @@ def test_page_health_and_docs_are_served(client):
     assert client.get("/static/app.js").status_code == 200
     health = client.get("/healthz").json()
     assert health["segmenter"] is True and "person" in health["classes"]
-    assert client.get("/docs").status_code == 200
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "SwaggerUIBundle" in docs.text
+    # Its scripts, style and icon come from the service (offline, in clusters without internet), not a CDN.
+    assert "http://" not in docs.text and "https://" not in docs.text and "cdn." not in docs.text
+    for asset in ("/static/swagger-ui-bundle.js", "/static/swagger-ui.css", "/static/swagger-ui-favicon-32x32.png"):
+        assert asset in docs.text and client.get(asset).status_code == 200
+    assert client.get("/docs/oauth2-redirect").status_code == 200
+    assert client.get("/redoc").status_code == 404  # ReDoc would load its script from a CDN: off
     paths = client.get("/openapi.json").json()["paths"]
     assert {"/api/erase", "/api/segment", "/healthz"} <= set(paths)
 

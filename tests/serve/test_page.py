@@ -1,15 +1,20 @@
 """The page in a real headless browser: Debian's chromium driven by Selenium through chromium-driver.
 
 Upload a photo, draw a mask stroke, click an object to select its segment, Erase: the result image
-appears at the input's size. A screenshot is written to ``$MAGICERASER_TEST_ARTIFACTS`` (default
-``build/test-artifacts/``). Skipped, saying why, where chromium, chromedriver or selenium is missing
-(``.ci/run`` installs them).
+appears at the input's size. The API docs (/docs, Swagger UI) render. The browser is offline: every
+request to another host than the service's fails (a dead proxy for all but loopback, no DNS), and
+its network log shows that none was made, so a script or style from a CDN would fail the tests. A
+screenshot is written to ``$MAGICERASER_TEST_ARTIFACTS`` (default ``build/test-artifacts/``).
+Skipped, saying why, where chromium, chromedriver or selenium is missing (``.ci/run`` installs them).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import socket
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -47,14 +52,38 @@ def browser():
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    driver.set_page_load_timeout(60)
-    yield driver
-    driver.quit()
+    # A port bound and never listened on refuses connections: the browser's proxy for every host but
+    # loopback (chromium never proxies loopback), so nothing reaches the internet or another machine.
+    with socket.socket() as dead_proxy:
+        dead_proxy.bind(("127.0.0.1", 0))
+        opts = webdriver.ChromeOptions()
+        opts.binary_location = CHROMIUM
+        for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1000",
+                    f"--proxy-server=http://127.0.0.1:{dead_proxy.getsockname()[1]}",
+                    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"):
+            opts.add_argument(arg)
+        opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # the network log (_requested_urls)
+        driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+        driver.set_page_load_timeout(60)
+        yield driver
+        driver.quit()
+
+
+def _requested_urls(driver) -> list[str]:
+    """URLs the pages requested since the last call (chromium's network log, drained)."""
+    urls = []
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            urls.append(message["params"]["request"]["url"])
+    return urls
+
+
+def _elsewhere(urls: list[str], service_url: str) -> list[str]:
+    """The URLs not on the service's host and port (data: and blob: URLs are the page's own)."""
+    own = urllib.parse.urlsplit(service_url).netloc
+    return [u for u in urls if urllib.parse.urlsplit(u).scheme not in ("data", "blob")
+            and urllib.parse.urlsplit(u).netloc != own]
 
 
 def _artifacts() -> Path:
@@ -138,6 +167,8 @@ def test_upload_brush_click_erase_and_see_the_result(app, browser, thing_segment
     shot = _artifacts() / "serve_page.png"
     browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 0
+    urls = _requested_urls(browser)
+    assert any(u.endswith("/api/erase") for u in urls) and not _elsewhere(urls, app.url), urls
 
 
 def test_errors_are_shown_in_the_page(app, browser):
@@ -150,3 +181,19 @@ def test_errors_are_shown_in_the_page(app, browser):
     WebDriverWait(browser, 60).until(lambda d: d.find_element(By.ID, "error").get_attribute("hidden") is None)
     text = browser.find_element(By.ID, "error").text
     assert "422" in text and "mask" in text and "empty" in text
+
+
+def test_api_docs_render_offline(app, browser):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    _requested_urls(browser)  # drop what the other tests requested
+    browser.get(app.url + "docs")
+    paths_js = "return Array.from(document.querySelectorAll('.opblock-summary-path'), e => e.dataset.path);"
+    WebDriverWait(browser, 60).until(lambda d: "/api/erase" in d.execute_script(paths_js))
+    assert {"/api/erase", "/api/segment", "/healthz"} <= set(browser.execute_script(paths_js))
+    assert browser.title == "MagicEraser - Swagger UI"
+    browser.save_screenshot(str(_artifacts() / "serve_docs.png"))
+    urls = _requested_urls(browser)
+    paths = {urllib.parse.urlsplit(u).path for u in urls}
+    assert {"/docs", "/static/swagger-ui-bundle.js", "/static/swagger-ui.css", "/openapi.json"} <= paths, urls
+    assert not _elsewhere(urls, app.url), urls
