@@ -40,15 +40,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from magiceraser.errors import UserError
+
 ALEXNET_URL = "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth"
 INCEPTION_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(UserError, FileNotFoundError):
     """A metric's backbone weights are not on this machine (and nothing is downloaded)."""
 
 
-class MissingDependencyError(ImportError):
+class MissingDependencyError(UserError, ImportError):
     """A metric's library is not installed; the message says how to install it without torchvision."""
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping, Sequence
 
+from magiceraser.errors import UserError
 from magiceraser.evaluation.config import EvalConfig
 from magiceraser.evaluation.console import log
 from magiceraser.evaluation.protocol import Evaluation, EvaluationResult
@@ -36,18 +37,23 @@ def print_result(result: EvaluationResult) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from magiceraser.cli_args import config_argparser, load_cli_config
+    from magiceraser.cli_args import config_argparser, load_cli_config, user_error_exit
 
     parser = config_argparser("evaluate", "Evaluate methods with the paper's protocol (letterbox 512, PSNR/SSIM/LPIPS/FID).")
     args = parser.parse_args(argv)
     cfg = load_cli_config(EvalConfig, args)
-    from magiceraser.evaluation.perceptual import MissingDependencyError, MissingWeightsError
-
     try:
-        result = Evaluation(cfg)()
-    except (MissingWeightsError, MissingDependencyError, FileNotFoundError) as exc:
-        print(f"magiceraser evaluate: {exc}", file=sys.stderr)
-        return 2
+        try:
+            result = Evaluation(cfg)()
+        except FileNotFoundError as exc:  # a dataset file or folder the config names (missing weights are UserErrors)
+            if isinstance(exc, UserError):
+                raise
+            raise UserError(str(exc)) from exc
+    except UserError as exc:  # the dispatcher's own report (tests and scripts call this main directly)
+        code = user_error_exit("evaluate", exc, args)
+        if code is None:
+            raise
+        return code
     print_result(result)
     return result.exit_code
 

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from magiceraser.errors import UserError
 from magiceraser.evaluation.config import MetricsConfig
 from magiceraser.evaluation.methods import MethodUnavailable, load_segmenter
 from magiceraser.evaluation.metrics import psnr, ssim, ssim_whole_and_masked
@@ -24,7 +25,7 @@ class Scorer:
             try:
                 self.segmenter = load_segmenter(cfg.regrowth_segmenter, device)
             except MethodUnavailable as exc:
-                raise SystemExit(f"magiceraser evaluate: metrics.regrowth is on but {exc}") from exc
+                raise UserError(f"metrics.regrowth is on but {exc}: set metrics.regrowth_segmenter, or metrics.regrowth=false") from exc
 
     def required(self) -> list[str]:
         keys = ["psnr", "ssim"]
