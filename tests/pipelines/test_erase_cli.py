@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -129,8 +130,9 @@ def test_a_second_batch_on_the_same_out_is_refused_before_any_model_loads(tmp_pa
     out = tmp_path / "out"
     out.mkdir()
     with OutputLock(out):  # a live batch of this very process holds the folder
-        with pytest.raises(Exception, match=rf"{out} is in use by another job \(host .*, pid {os.getpid()}"):
-            main(["--image", str(images), "--mask", str(masks), "--out", str(out), *overrides])
+        assert main(["--image", str(images), "--mask", str(masks), "--out", str(out), *overrides]) == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert re.match(rf"magiceraser erase: {out} is in use by another job \(host .*, pid {os.getpid()}", line), line
     assert sorted(p.name for p in out.iterdir()) == []  # nothing written, not even a report
 
 

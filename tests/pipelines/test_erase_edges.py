@@ -92,10 +92,10 @@ class Calls:
     """Wrap ``erase_one``: count calls and run ``action(n)`` before the n-th one (1-based)."""
 
     def __init__(self, monkeypatch, action=None):
-        import magiceraser.pipelines.erase.cli as erase_cli
+        import magiceraser.pipelines.erase.items as items
 
-        self.n, self.action, self.real = 0, action, erase_cli.erase_one
-        monkeypatch.setattr(erase_cli, "erase_one", self)
+        self.n, self.action, self.real = 0, action, items.erase_one
+        monkeypatch.setattr(items, "erase_one", self)
 
     def __call__(self, *args, **kwargs):
         self.n += 1
