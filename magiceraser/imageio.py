@@ -172,6 +172,10 @@ def decode_mask(data: bytes | str | os.PathLike, threshold: int = MASK_THRESHOLD
     return arr >= threshold
 
 
+#: File suffixes read as images wherever a folder is listed (the data engine's input, the eraser's
+#: folders, the evaluation's datasets), lower case, in the order a lookup by stem tries them.
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+
 # Output formats by file extension, as PIL writes them. WebP is written lossless and TIFF
 # uncompressed, so like PNG they keep every pixel (the eraser leaves pixels outside the mask untouched).
 OUTPUT_FORMATS: dict[str, str] = {".png": "png", ".jpg": "jpg", ".jpeg": "jpg", ".webp": "webp", ".tif": "tiff", ".tiff": "tiff"}

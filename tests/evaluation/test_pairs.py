@@ -50,6 +50,21 @@ def test_realhm_folders_layout(tmp_path):
     np.testing.assert_array_equal(pairs[1].mask, mask)
 
 
+def test_realhm_folders_of_tiffs_are_read_like_any_image(tmp_path):
+    """The evaluation listed its own suffixes without .tif/.tiff, so a folder of TIFFs was silently empty.
+    Every reader now takes the one list (magiceraser.imageio.IMAGE_SUFFIXES)."""
+    from magiceraser.imageio import IMAGE_SUFFIXES
+
+    comp, mask = _scene(np.random.default_rng(1))
+    for folder, arr, suffix in (("composite", comp, ".tif"), ("mask", mask.astype(np.uint8) * 255, ".tiff"),
+                                ("gt", comp[::-1].copy(), ".tif")):
+        _png(tmp_path / folder / f"x{suffix}", arr)
+    [pair] = list(iter_realhm(tmp_path))
+    assert isinstance(pair, EvalPair) and pair.key == "x"
+    np.testing.assert_array_equal(pair.target, comp[::-1])
+    assert {".tif", ".tiff", ".png", ".jpg", ".webp"} <= set(IMAGE_SUFFIXES)
+
+
 def test_realhm_as_distributed_builds_the_composite(tmp_path):
     rng = np.random.default_rng(1)
     folder = tmp_path / "vendor_testing_1" / "set"

@@ -21,9 +21,7 @@ from typing import Any
 
 import numpy as np
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-__all__ = ["IMAGE_EXTS", "EvalPair", "PairOrSkip", "PairSkip", "check_pair"]
+__all__ = ["EvalPair", "PairOrSkip", "PairSkip", "check_pair"]
 
 
 @dataclass

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from magiceraser.evaluation.pairs import IMAGE_EXTS, PairOrSkip, PairSkip, check_pair
-from magiceraser.imageio import ImageDecodeError, decode_image, decode_mask
+from magiceraser.evaluation.pairs import PairOrSkip, PairSkip, check_pair
+from magiceraser.imageio import IMAGE_SUFFIXES, ImageDecodeError, decode_image, decode_mask
 from magiceraser.keys import file_name_key
 
 
 def _find_with_stem(folder: Path, stem: str) -> Path | None:
-    for ext in IMAGE_EXTS:
+    for ext in IMAGE_SUFFIXES:
         for cand in (folder / f"{stem}{ext}", folder / f"{stem}{ext.upper()}"):
             if cand.is_file():
                 return cand
@@ -51,7 +51,7 @@ def _iter_realhm_folders(root: Path) -> Iterator[PairOrSkip]:
     for d in (comp_dir, mask_dir, gt_dir):
         if not d.is_dir():
             raise FileNotFoundError(f"RealHM folder layout needs {d} (composite/, mask/, gt/ with matching file stems)")
-    for comp in sorted(p for p in comp_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS):
+    for comp in sorted(p for p in comp_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):
         key = file_name_key(comp.stem)
         mask_p, gt_p = _find_with_stem(mask_dir, comp.stem), _find_with_stem(gt_dir, comp.stem)
         if mask_p is None or gt_p is None:
@@ -64,7 +64,7 @@ def _iter_realhm_folders(root: Path) -> Iterator[PairOrSkip]:
 
 
 def _iter_realhm_ssh(root: Path) -> Iterator[PairOrSkip]:
-    masks = sorted(p for p in root.rglob("*_mask.*") if p.suffix.lower() in IMAGE_EXTS)
+    masks = sorted(p for p in root.rglob("*_mask.*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not masks:
         raise FileNotFoundError(
             f"no RealHM examples under {root}: expected <name>_mask.jpg next to <name>.jpg and <name>_fore.jpg "

@@ -33,15 +33,15 @@ from typing import Any
 
 from magiceraser.fingerprint import digest
 from magiceraser.fingerprint import file_sha256 as sha256_file
+from magiceraser.imageio import IMAGE_SUFFIXES
 from magiceraser.pipelines.erase.checks import EraseUserError
 from magiceraser.pipelines.erase.config import EraseConfig
 
-__all__ = ["REPORT_NAME", "IMAGE_SUFFIXES", "Pair", "classes_key", "BatchPlan", "plan_batch", "settings_key", "fingerprint", "sha256_file", "BatchReport"]
+__all__ = ["REPORT_NAME", "Pair", "classes_key", "BatchPlan", "plan_batch", "settings_key", "fingerprint", "sha256_file", "BatchReport"]
 
 REPORT_NAME = "erase_report.json"
 REPORT_VERSION = 2  # 1: the unversioned report of earlier releases (no fingerprints, never reused)
 ERASER_VERSION = 1  # bump when a code change alters results, so old records are not reused
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff"}
 # Fields that cannot change a result: left out of the fingerprint so that changing them reuses results.
 NOT_IN_FINGERPRINT = ("num_threads", "save_inputs")
 
@@ -99,7 +99,7 @@ def plan_batch(image_dir: Path, mask_dir: Path | None, out_dir: Path, fmt: str, 
     """Pair images with masks by stem (or, without a mask folder, every image with ``classes``); refuse stem clashes."""
     images = list_images(image_dir)
     if not images:
-        raise EraseUserError(f"--image {image_dir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}): check the folder")
+        raise EraseUserError(f"--image {image_dir} holds no images ({', '.join(IMAGE_SUFFIXES)}): check the folder")
     image_stems, clashes = _by_stem(images)
     if clashes:
         raise _clash_error("images", image_dir, clashes, f"each result is written as {{stem}}.{fmt} and one would replace another")
