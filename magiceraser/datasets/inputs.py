@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from magiceraser.imageio import IMAGE_SUFFIXES
 from magiceraser.keys import sample_key  # the rule is defined beside the evaluation's file-name rule
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 LIST_EXTENSIONS = (".txt", ".lst", ".list", ".csv")
 
 
@@ -80,7 +80,7 @@ def make_items(sources: list[tuple[str, str]], samples_per_shard: int) -> list[I
 
 
 def _is_image(path: str) -> bool:
-    return path.lower().endswith(IMAGE_EXTENSIONS)
+    return path.lower().endswith(IMAGE_SUFFIXES)
 
 
 def _protocol_prefix(fs) -> str:
