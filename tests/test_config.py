@@ -231,10 +231,18 @@ def test_empty_config_file_means_defaults(tmp_path):
     assert load_config(Outer, tmp_path / "empty.yaml") == Outer()
 
 
-def test_config_error_is_a_user_error():
-    from magiceraser.errors import UserError
+def test_a_config_error_is_one_line_and_exit_2_from_the_command(capsys):
+    """A value the config refuses reaches the user as the dispatcher's one line (report_user_error), exit 2,
+    the way argparse exits for a bad flag: before anything else of the command runs."""
+    from magiceraser.cli import main
 
-    assert issubclass(ConfigError, UserError) and issubclass(ConfigError, ValueError)
+    with pytest.raises(SystemExit) as exited:
+        main(["erase", "--image", "x.png", "--mask", "m.png", "--out", "o", "strength=2"])
+    assert exited.value.code == 2
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("magiceraser erase: ") and "strength must be in (0, 1], got 2" in line, line
+    with pytest.raises(ConfigError):  # and a ValueError to code that builds configs itself
+        load_config(Outer, None, ["steps=many"])
 
 
 # --- Issue 10: --help text generated from the config classes ---------------------------------

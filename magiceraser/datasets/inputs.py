@@ -97,8 +97,8 @@ def parse_list_line(line: str) -> str | None:
     """The path a list-file line names (None for a blank or ``#`` line); see the module docstring.
 
     Only a trailing integer after whitespace is a label, so ``my photo 2.jpg`` is one path and
-    ``a b/c.jpg 17`` is the path ``a b/c.jpg``: cutting at the first blank (the old rule) turned
-    such paths into unreadable ones without a word.
+    ``a b/c.jpg 17`` is the path ``a b/c.jpg``: cutting at the first blank would turn such paths
+    into unreadable ones without a word.
     """
     line = line.strip()
     if not line or line.startswith("#"):

@@ -132,7 +132,7 @@ def test_compose_blend_is_exact_and_survives_png():
 def test_downscaled_search_on_large_image_is_still_valid():
     image, pan = scene(h=600, w=800, seed=1)
     # Scale the scene's layout up: rebuild the segment map at 10x.
-    small_img, small = scene()
+    _, small = scene()
     seg = np.kron(small.segment_map, np.ones((10, 10), np.int32))
     pan = PanopticResult(seg, small.segments)
     cfg = ComposeConfig(min_object_area=0.001, search_max_side=128)
