@@ -290,7 +290,7 @@ class CaptionStage:
         return _finish(batch, OUTPUT_COLUMNS)  # the writer needs only the encoded parts
 
 
-class SingleStage:
+class OnePoolStage:
     """Every stage in one actor (the ``one_pool`` layout): decode, segment, compose, caption.
 
     Nothing but the encoded outputs crosses the object store and no stage queues work for the

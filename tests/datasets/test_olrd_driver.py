@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from magiceraser.config import load_config
-from magiceraser.datasets import olrd_job
+from magiceraser.datasets import olrd_job, ray_pipeline
 from magiceraser.datasets.config import OLRDConfig
 
 N_INPUTS, PER_SHARD = 24, 3  # 8 shards
@@ -75,7 +75,7 @@ class ScriptedRay:
     def __init__(self, order=lambda items: list(items), fail_after: dict[int, int] | None = None):
         self.order, self.fail_after, self.calls = order, fail_after or {}, []
 
-    def __call__(self, cfg, items, segmenter_id, elastic=False):
+    def __call__(self, cfg, items, segmenter_name, elastic=False):
         self.calls.append(([it.index for it in items], elastic))
         return self._rows(len(self.calls) - 1, self.order(items))
 
@@ -93,8 +93,8 @@ class ScriptedRay:
 
 
 def _run(monkeypatch, config: Path, out: Path, fake: ScriptedRay, *overrides: str) -> dict:
-    monkeypatch.setattr(olrd_job, "_init_ray", lambda cfg: False)
-    monkeypatch.setattr(olrd_job, "build_dataset", fake)
+    monkeypatch.setattr(ray_pipeline, "init_ray", lambda cfg: False)
+    monkeypatch.setattr(ray_pipeline, "build_dataset", fake)
     return olrd_job.run_olrd(load_config(OLRDConfig, config, [f"output={out}", *overrides]))
 
 
@@ -126,12 +126,12 @@ def test_reruns_are_bounded_and_other_errors_are_not_retried(monkeypatch, config
     assert len(always.calls) == 3
     assert not (tmp_path / "a" / "job.lock").exists() and not list((tmp_path / "a").glob(".tmp-*"))
 
-    def broken(cfg, items, segmenter_id, elastic=False):
+    def broken(cfg, items, segmenter_name, elastic=False):
         raise RuntimeError("a bug in a stage")
 
     calls = []
-    monkeypatch.setattr(olrd_job, "_init_ray", lambda cfg: False)
-    monkeypatch.setattr(olrd_job, "build_dataset", lambda *a, **k: calls.append(1) or broken(*a, **k))
+    monkeypatch.setattr(ray_pipeline, "init_ray", lambda cfg: False)
+    monkeypatch.setattr(ray_pipeline, "build_dataset", lambda *a, **k: calls.append(1) or broken(*a, **k))
     with pytest.raises(RuntimeError, match="a bug"):
         olrd_job.run_olrd(load_config(OLRDConfig, config, [f"output={tmp_path / 'b'}"]))
     assert len(calls) == 1

@@ -256,7 +256,7 @@ def test_killed_run_resumes_to_the_same_shards(uninterrupted, job_config, tmp_pa
             t.getmembers()
     # Resume in this process's Ray, and crash a model actor while it runs: Ray must restart it
     # and retry its batch (max_restarts / max_task_retries), and the output must not change.
-    killer = CrashActor("SingleStage")
+    killer = CrashActor("OnePoolStage")
     killer.start()
     try:
         _run(job_config, out)
@@ -329,10 +329,10 @@ def test_preview_renders_a_grid_of_the_shard(uninterrupted, tmp_path):
 
 
 def test_progress_timeline_counts_inputs_by_when_workers_finished_them(monkeypatch):
-    from magiceraser.datasets import olrd_job
+    from magiceraser.datasets import driver
 
-    monkeypatch.setattr(olrd_job.time, "time", lambda: 1000.0)
-    progress = olrd_job.Progress(total=5000, interval_s=1e9)
+    monkeypatch.setattr(driver.time, "time", lambda: 1000.0)
+    progress = driver.Progress(total=5000, interval_s=1e9)
     rng = np.random.default_rng(0)
     finished = rng.uniform(0.0, 50.0, size=5000)
     for t in finished:  # rows reach the driver out of order
@@ -347,11 +347,11 @@ def test_progress_timeline_counts_inputs_by_when_workers_finished_them(monkeypat
 
 def test_progress_rate_leaves_out_the_start_up(monkeypatch):
     """30 s of start-up (Ray, the models), then 2 images/s: the line says 2, not 0.07 (what it said before)."""
-    from magiceraser.datasets import olrd_job
+    from magiceraser.datasets import driver
 
     clock = {"now": 1000.0}
-    monkeypatch.setattr(olrd_job.time, "time", lambda: clock["now"])
-    progress = olrd_job.Progress(total=100, interval_s=1e9)
+    monkeypatch.setattr(driver.time, "time", lambda: clock["now"])
+    progress = driver.Progress(total=100, interval_s=1e9)
     assert progress.line().endswith("starting up")
     clock["now"] += 30.0
     progress.update("", clock["now"])

@@ -20,9 +20,10 @@ import numpy as np
 import pytest
 
 from magiceraser.config import load_config
-from magiceraser.datasets import olrd_job
+from magiceraser.datasets import job_state, olrd_job, ray_pipeline
 from magiceraser.datasets.config import OLRDConfig
 from magiceraser.datasets.inputs import list_inputs
+from magiceraser.datasets.job_messages import JobError
 from magiceraser.datasets.shards import Sample, ShardResult, Skip, write_shard
 from magiceraser.lock import LockHeld
 
@@ -57,7 +58,7 @@ def _fake_output(config: Path, out: Path, *overrides: str, skips: dict[int, str]
     """Write every shard of the job ``overrides`` describe, as the job would; ``skips``: input index -> reason."""
     cfg = _cfg(config, out, *overrides)
     items = list_inputs(cfg.input, cfg.samples_per_shard)
-    job = olrd_job.job_fingerprint(cfg, items)
+    job = job_state.job_fingerprint(cfg, items)
     out.mkdir(parents=True, exist_ok=True)
     (out / "job.json").write_text(json.dumps(job))
     for shard in range(-(-len(items) // cfg.samples_per_shard)):
@@ -99,12 +100,12 @@ def fake_ray(monkeypatch):
     built: list = []
     gate: dict[str, threading.Event | None] = {"event": None}
 
-    def build_dataset(cfg, items, segmenter_id, elastic=False):
+    def build_dataset(cfg, items, segmenter_name, elastic=False):
         built.extend(items)
         return FakeDataset(items, gate["event"])
 
-    monkeypatch.setattr(olrd_job, "_init_ray", lambda cfg: False)
-    monkeypatch.setattr(olrd_job, "build_dataset", build_dataset)
+    monkeypatch.setattr(ray_pipeline, "init_ray", lambda cfg: False)
+    monkeypatch.setattr(ray_pipeline, "build_dataset", build_dataset)
     return built, gate
 
 
@@ -133,7 +134,7 @@ def test_a_foreign_sidecar_is_refused_under_a_matching_job_json(setup, tmp_path)
     _fake_output(config, other, "seed=0", "compose.max_thing_overlap=0.3")
     for ext in ("tar", "json"):  # one shard of another job copied in
         (out / f"olrd-000001.{ext}").write_bytes((other / f"olrd-000001.{ext}").read_bytes())
-    with pytest.raises(olrd_job.JobError, match=r"olrd-000001\.json .*compose\.max_thing_overlap: 0\.3 -> "):
+    with pytest.raises(JobError, match=r"olrd-000001\.json .*compose\.max_thing_overlap: 0\.3 -> "):
         olrd_job.run_olrd(_cfg(config, out, "seed=0"))
 
 
@@ -158,8 +159,8 @@ def test_an_unreadable_job_json_is_one_line_naming_the_file(setup, capsys):
 def test_changed_settings_are_named_with_old_and_new_values():
     old = {"fingerprint": "a", "seed": 0, "compose": {"max_thing_overlap": 0.1, "min_background_share": 0.95}}
     new = {"fingerprint": "b", "seed": 7, "compose": {"max_thing_overlap": 0.2, "min_background_share": 0.95}}
-    assert olrd_job.describe_changes(old, new) == "compose.max_thing_overlap: 0.1 -> 0.2, seed: 0 -> 7"
-    assert olrd_job.describe_changes({"fingerprint": "a"}, new) == "unknown"  # a sidecar with only the digest
+    assert job_state.describe_changes(old, new) == "compose.max_thing_overlap: 0.1 -> 0.2, seed: 0 -> 7"
+    assert job_state.describe_changes({"fingerprint": "a"}, new) == "unknown"  # a sidecar with only the digest
 
 
 # --- finding 2: transient failures are retryable, and retry_failed rebuilds exactly their shards ---
@@ -287,14 +288,14 @@ def test_stale_locks_are_taken_over_with_a_message(setup, fake_ray, capsys):
 def test_lock_is_released_on_errors(setup, fake_ray, monkeypatch):
     config, out = setup
     _fake_output(config, out, "seed=0")
-    with pytest.raises(olrd_job.JobError):
+    with pytest.raises(JobError):
         olrd_job.run_olrd(_cfg(config, out, "seed=3"))
     assert not (out / "job.lock").exists()
 
-    def broken(cfg, items, segmenter_id, elastic=False):
+    def broken(cfg, items, segmenter_name, elastic=False):
         raise RuntimeError("pipeline failed")
 
-    monkeypatch.setattr(olrd_job, "build_dataset", broken)
+    monkeypatch.setattr(ray_pipeline, "build_dataset", broken)
     (out / "olrd-000002.json").unlink()
     with pytest.raises(RuntimeError, match="pipeline failed"):
         olrd_job.run_olrd(_cfg(config, out, "seed=0"))

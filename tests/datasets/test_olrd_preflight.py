@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from magiceraser.datasets import olrd_job
+from magiceraser.datasets import olrd_job, preflight, ray_pipeline
 
 N_INPUTS = 3
 
@@ -39,8 +39,8 @@ def job(tmp_path, monkeypatch):
     def ray_must_not_start(cfg):
         raise AssertionError("Ray was started: the mistake was not caught before it")
 
-    monkeypatch.setattr(olrd_job, "_init_ray", ray_must_not_start)
-    monkeypatch.setattr(olrd_job, "build_dataset", ray_must_not_start)
+    monkeypatch.setattr(ray_pipeline, "init_ray", ray_must_not_start)
+    monkeypatch.setattr(ray_pipeline, "build_dataset", ray_must_not_start)
 
     def run(*overrides: str) -> int:
         return olrd_job.main(["--config", str(config), *overrides])
@@ -216,5 +216,5 @@ def test_a_valid_job_passes_preflight_and_hugging_face_ids_are_not_paths(job):
     root, _ = job
     cfg = load_config(OLRDConfig, root / "olrd.yaml", ["segmenter.backend=mask2former",
                                                        "segmenter.model=facebook/mask2former-swin-large-coco-panoptic"])
-    assert len(olrd_job.preflight(cfg)) == N_INPUTS and not (root / "out").exists()
-    assert not olrd_job._looks_local("llava-hf/llava-1.5-7b-hf") and olrd_job._looks_local("demo/models/llava")
+    assert len(preflight.preflight(cfg)) == N_INPUTS and not (root / "out").exists()
+    assert not preflight._looks_local("llava-hf/llava-1.5-7b-hf") and preflight._looks_local("demo/models/llava")
