@@ -20,6 +20,7 @@ from magiceraser.datasets.inputs import InputError, InputItem, list_inputs
 from magiceraser.datasets.job_messages import JobError, first_line, log
 from magiceraser.datasets.shards import as_folder
 from magiceraser.imageio import IMAGE_SUFFIXES
+from magiceraser.models.hub import is_hub_id
 from magiceraser.storage import Folder
 
 
@@ -113,16 +114,10 @@ def _check_annotations(cfg: OLRDConfig, items: list[InputItem]) -> None:
             "they will be skipped (no_annotation)")
 
 
-def _looks_local(model: str) -> bool:
-    """True when ``model`` can only be a local path, never a Hugging Face id (``name`` or ``owner/name``)."""
-    parts = model.replace("\\", "/").split("/")
-    return model.startswith(("/", "~", "file://")) or len(parts) > 2 or any(p in (".", "..", "") for p in parts)
-
-
 def _check_local_model(key: str, model: str) -> None:
     """A model given as a local path must be a checkpoint folder (transformers and vLLM read its config.json)."""
     path = Path(os.path.expanduser(model.removeprefix("file://")))
-    if not _looks_local(model) and not path.is_dir():
+    if is_hub_id(model) and not path.is_dir():
         return  # a Hugging Face id (transformers prefers a local folder of that name, checked like any other)
     if not path.is_dir():
         raise JobError(f"{key}={model!r} does not exist: give a local checkpoint folder or a Hugging Face id")

@@ -2,7 +2,7 @@
 
 A resume must never report a stale score, so every cached file records a fingerprint of its
 inputs and is recomputed when the fingerprint no longer matches (the pattern of
-``magiceraser.datasets.olrd_job.job_fingerprint``):
+``magiceraser.datasets.job_state.job_fingerprint``):
 
     pairs/<dataset>/manifest.json        :func:`pairs_deps`: dataset config, size, a listing of the
                                          source files, :data:`PAIRS_VERSION`

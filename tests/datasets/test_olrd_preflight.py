@@ -217,4 +217,8 @@ def test_a_valid_job_passes_preflight_and_hugging_face_ids_are_not_paths(job):
     cfg = load_config(OLRDConfig, root / "olrd.yaml", ["segmenter.backend=mask2former",
                                                        "segmenter.model=facebook/mask2former-swin-large-coco-panoptic"])
     assert len(preflight.preflight(cfg)) == N_INPUTS and not (root / "out").exists()
-    assert not preflight._looks_local("llava-hf/llava-1.5-7b-hf") and preflight._looks_local("demo/models/llava")
+    from magiceraser.models.hub import is_hub_id
+
+    assert is_hub_id("llava-hf/llava-1.5-7b-hf") and not is_hub_id("demo/models/llava")
+    for local in ("/abs/llava", "~/models/llava", "./llava", "../llava", "org\\name", ".hidden", "name/", "a/b/c", "x--y"):
+        assert not is_hub_id(local), local

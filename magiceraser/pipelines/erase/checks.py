@@ -14,6 +14,7 @@ from pathlib import Path
 
 from magiceraser.errors import UserError
 from magiceraser.imageio import OUTPUT_FORMATS, format_for_suffix
+from magiceraser.models.hub import is_hub_id
 from magiceraser.pipelines.erase.config import EraseConfig
 
 __all__ = [
@@ -131,14 +132,9 @@ def check_batch_out(out: Path, image_dir: Path, mask_dir: Path) -> None:
     check_writable(out, "--out", as_dir=True)
 
 
-def _looks_local(name: str) -> bool:
-    """Whether a model name is meant as a local path rather than a Hugging Face id ("org/name")."""
-    return Path(name).exists() or name.startswith(("/", ".", "~")) or "\\" in name or name.count("/") >= 2
-
-
 def _check_model_dir(key: str, name: str | None, marker: str) -> None:
     """A local model folder named by config ``key`` exists and holds ``marker`` (Hugging Face ids are left to the loader)."""
-    if not name or not _looks_local(name):
+    if not name or (is_hub_id(name) and not Path(name).exists()):
         return
     p = Path(name).expanduser()
     if not p.is_dir():
@@ -184,7 +180,7 @@ def hub_failure(exc: BaseException, models: dict[str, str | None]) -> EraseUserE
     if not (any(m in text for m in _HUB_UNREACHABLE)
             or any(cls.__name__ in _HUB_ERRORS for x in chain for cls in type(x).__mro__)):
         return None
-    hub = {k: v for k, v in models.items() if v and not _looks_local(v)}
+    hub = {k: v for k, v in models.items() if v and is_hub_id(v)}
     if not hub:
         return None
     key, value = next(((k, v) for k, v in hub.items() if v.lower() in text), next(iter(hub.items())))
