@@ -7,9 +7,9 @@ settings, one torch thread) erase a 128×128 photo with one masked object. First
 and 16 concurrent clients, each sending multipart PNGs and reading the PNG answer. Then the loop
 once more: the faster loop run is the baseline (a shared machine's load drifts during a run).
 
-Goals: at 1 client the service's p50 latency is at most 1.15× the loop's (HTTP, PNG coding, Ray
-hops and the batch wait are the only additions); at 16 clients it serves at least 1.3× the loop's
-requests/s (batched crops share UNet calls).
+Goals (goals.py): ``serve_latency``, the service's p50 latency at 1 client against the loop's
+(HTTP, PNG coding, Ray hops and the batch wait are the only additions), and ``serve_throughput``,
+its requests/s at 16 clients against the loop's (batched crops share UNet calls).
 
     python benchmarks/bench_serve.py [--requests 24] [--batch 8] [--port 8765]
 """
@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from goals import GOALS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +49,7 @@ def plain_loop(cfg, img: np.ndarray, mask: np.ndarray, n: int) -> tuple[float, l
     import torch
 
     from magiceraser.pipelines.erase.build import eraser_from_config
-    from magiceraser.pipelines.erase.cli import erase_one
+    from magiceraser.pipelines.erase.items import erase_one
 
     torch.set_num_threads(max(1, cfg.num_threads))
     pipe = eraser_from_config(cfg)
@@ -188,9 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| loop | {loop_rps:.2f} | {loop_p50 * 1000:.0f} | {percentile(loop_times, 95) * 1000:.0f} | 1.00x |")
     for clients, rps, lat, _ in rows:
         print(f"| {clients} | {rps:.2f} | {statistics.median(lat) * 1000:.0f} | {percentile(lat, 95) * 1000:.0f} | {rps / loop_rps:.2f}x |")
-    ok1, ok16 = overhead <= 1.15, speedup >= 1.3
-    print(f"\nlatency at 1 client: {overhead:.2f}x the loop's p50 (goal <= 1.15x): {'met' if ok1 else 'NOT met'}")
-    print(f"throughput at 16 clients: {speedup:.2f}x the loop's (goal >= 1.3x): {'met' if ok16 else 'NOT met'}")
+    latency, throughput = GOALS["serve_latency"], GOALS["serve_throughput"]
+    ok1, ok16 = latency.met(overhead), throughput.met(speedup)
+    print(f"\nlatency at 1 client: {overhead:.2f}x the loop's p50 (goal {latency.text()}): {'met' if ok1 else 'NOT met'}")
+    print(f"throughput at 16 clients: {speedup:.2f}x the loop's (goal {throughput.text()}): {'met' if ok16 else 'NOT met'}")
     return 0
 
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The one command to run on the GPU machine (issue 14): install the carried wheels and the project
 # into a virtual environment layered over the preinstalled stack, then run the acceptance script
-# under a total time limit. See the docstring of benchmarks/gpu_acceptance.py for what to carry.
+# under a total time limit. benchmarks/README.md ("The lent GPU machine") says what to carry.
 #
 #   bash benchmarks/gpu_acceptance.sh              # on the GPU machine: install + run (<= 8 min)
 #   bash benchmarks/gpu_acceptance.sh --download   # here, with the package index: fill .whl/

@@ -8,6 +8,7 @@ that needs one of them fails here as it would there.
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 import subprocess
@@ -91,16 +92,35 @@ def test_cpu_smoke_never_imports_ray_wandb_vllm(smoke_run):
     assert "No module named 'wandb'" not in smoke_run.stdout
 
 
-def test_failing_section_is_reported_and_the_rest_still_run(monkeypatch, capsys):
-    """A section that raises becomes a FAILED row with the error; the run goes on and exits 1."""
+def _import(name: str):
+    """A module of benchmarks/ (its scripts import each other as top-level modules)."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        import gpu_acceptance as ga
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(SCRIPT.parent))
+
+
+def test_failing_section_is_reported_and_the_rest_still_run(monkeypatch, capsys):
+    """A section that raises becomes a FAILED row with the error; the run goes on and exits 1."""
+    ga = _import("gpu_acceptance")
     rows, status = ga.run_section_child("env", smoke=True, limit=120)
     assert status == "" and any(r.what == "versions" for r in rows)
     rows, status = ga.run_section_child("no-such-section", smoke=True, limit=120)
     assert status.startswith("exit code") and any(r.ok is False for r in rows)
     table = ga.format_table([ga.Row("erase", "FAILED", "RuntimeError: boom", ok=False), ga.Row("train", "x", "1", "<= 2", True)])
     assert "FAILED" in table and "boom" in table and "ok" in table
+
+
+def test_goal_numbers_live_in_goals_py_and_the_readme_shows_them():
+    """Every script reads its goals from goals.py (no number after a "goal" elsewhere), and the goal
+    table of benchmarks/README.md is goals.py's own."""
+    goals = _import("goals")
+    stray = re.compile(r"goal[^\n]{0,40}?(<=|>=|≤|≥|<|>)\s*[0-9]", re.IGNORECASE)
+    for path in sorted(SCRIPT.parent.glob("*.py")):
+        if path.name != "goals.py":
+            hits = [line for line in path.read_text().splitlines() if stray.search(line)]
+            assert not hits, f"{path.name} writes a goal number: {hits}"
+    readme = (SCRIPT.parent / "README.md").read_text()
+    assert goals.markdown() in readme, "benchmarks/README.md: paste the output of `python benchmarks/goals.py`"
+    assert goals.GOALS["erase_refocus_overhead"].met(1.2) and not goals.GOALS["train_images_per_s_gpu"].met(79.9)

@@ -1,4 +1,5 @@
-"""refocused_attention against a direct float64 transcription of docs/method.md Eq. 5-9."""
+"""refocused_attention against the float64 transcription of docs/method.md Eq. 5-9 (refocus_reference),
+and that transcription itself against the equations' case tables and stock attention."""
 
 from __future__ import annotations
 
@@ -10,31 +11,55 @@ import torch.nn.functional as F
 
 from magiceraser.pipelines.erase import refocus, refocus_kernel
 from magiceraser.pipelines.erase.refocus import refocused_attention
+from magiceraser.pipelines.erase.refocus_reference import refocus_eq5_9, refocus_masks
 
 pytestmark = pytest.mark.numeric
-
-
-def direct_eq5_9(q, k, v, labels, lambda_pos=0.8, lambda_neg=1.0):
-    """Eq. 5-9 written out with full N×N matrices in float64, label tests spelled out."""
-    q, k, v = q.double(), k.double(), v.double()
-    d = q.shape[-1]
-    s = q @ k.transpose(-1, -2)
-    s_max = s.max(dim=-1, keepdim=True).values
-    s_min = s.min(dim=-1, keepdim=True).values
-    li = labels[:, None, :, None]
-    lj = labels[:, None, None, :]
-    m, p, n = 0, 1, 2
-    mask_pos = ((li == m) & (lj == p)) | ((li == p) & ((lj == m) | (lj == p)))  # Eq. 7
-    mask_neg = ((li == m) & ((lj == m) | (lj == n))) | ((li == n) & (lj == m))  # Eq. 8
-    w_pos = (1 - lambda_pos) * s_min + lambda_pos * s_max  # Eq. 9
-    w_neg = lambda_neg * s_max
-    big_m = w_pos * mask_pos.double() - w_neg * mask_neg.double()  # Eq. 6
-    return torch.softmax((s + big_m) / math.sqrt(d), dim=-1) @ v  # Eq. 5
 
 
 def rand_qkv(b=2, h=3, n=40, d=8, seed=0, scale=1.0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(b, h, n, d, generator=g) * scale for _ in range(3)]
+
+
+# ---------------------------------------------------------------- the reference itself
+
+
+def test_reference_masks_are_the_cases_of_eq_7_and_8():
+    """Every (l_i, l_j) pair against the cases of docs/method.md, written out by hand, and the
+    tables the optimized paths use."""
+    m, p, n = 0, 1, 2
+    positive = {(m, p), (p, m), (p, p)}  # Eq. 7
+    negative = {(m, m), (m, n), (n, m)}  # Eq. 8
+    labels = torch.tensor([[m, p, n]])
+    mask_pos, mask_neg = refocus_masks(labels)
+    for i in range(3):
+        for j in range(3):
+            assert bool(mask_pos[0, 0, i, j]) == ((i, j) in positive), (i, j)
+            assert bool(mask_neg[0, 0, i, j]) == ((i, j) in negative), (i, j)
+            assert refocus.POS_TABLE[i][j] == float((i, j) in positive)
+            assert refocus.NEG_TABLE[i][j] == float((i, j) in negative)
+
+
+@pytest.mark.parametrize("cls", [0, 1, 2])
+def test_reference_with_one_label_everywhere_is_plain_attention(cls):
+    """One label for every token makes M constant along each row (W_pos for p, −W_neg for m, 0 for
+    n), and softmax ignores a per-row constant: the reference must equal stock attention."""
+    q, k, v = (t.double() for t in rand_qkv(seed=13, scale=1.5))
+    labels = torch.full((2, 40), cls)
+    torch.testing.assert_close(refocus_eq5_9(q, k, v, labels), F.scaled_dot_product_attention(q, k, v), atol=1e-12, rtol=1e-10)
+
+
+def test_reference_moves_attention_as_eq_9_says():
+    """A mask query's logits worked out by hand: with λ_pos = λ_neg = 1, W_pos = W_neg = S_max, so its
+    positive key gains S_max and its mask and negative keys lose S_max (Eq. 6-9), then Eq. 5."""
+    q = torch.tensor([[[[1.0, 0.0]]]], dtype=torch.float64).expand(1, 1, 3, 2)
+    k = torch.tensor([[[[2.0, 0.0], [1.0, 0.0], [3.0, 0.0]]]], dtype=torch.float64)
+    v = torch.eye(3, dtype=torch.float64)[None, None]
+    labels = torch.tensor([[0, 1, 2]])  # key 0: m, key 1: p, key 2: n; query 0 is m
+    out = refocus_eq5_9(q, k, v, labels, lambda_pos=1.0, lambda_neg=1.0)
+    s = torch.tensor([2.0, 1.0, 3.0], dtype=torch.float64)  # S of query 0; S_max = 3
+    logits = s + torch.tensor([-3.0, 3.0, -3.0])  # (m, m): −W_neg; (m, p): +W_pos; (m, n): −W_neg
+    torch.testing.assert_close(out[0, 0, 0], torch.softmax(logits / math.sqrt(2), -1), atol=1e-15, rtol=1e-12)
 
 
 # The compiled CPU kernel where this machine can build it (tests/pipelines/test_refocus_kernel.py
@@ -48,7 +73,7 @@ def test_matches_direct_formula_random_labels(seed, path):
     q, k, v = rand_qkv(seed=seed, scale=1.5)
     labels = torch.randint(0, 3, (2, 40), generator=torch.Generator().manual_seed(seed))
     out = refocused_attention(q, k, v, labels, _path=path)
-    torch.testing.assert_close(out.double(), direct_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out.double(), refocus_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -57,7 +82,7 @@ def test_labels_all_one_class(cls, path):
     q, k, v = rand_qkv(seed=3)
     labels = torch.full((2, 40), cls)
     out = refocused_attention(q, k, v, labels, lambda_pos=0.6, lambda_neg=0.5, _path=path)
-    torch.testing.assert_close(out.double(), direct_eq5_9(q, k, v, labels, 0.6, 0.5), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out.double(), refocus_eq5_9(q, k, v, labels, 0.6, 0.5), atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -67,7 +92,7 @@ def test_rows_with_negative_maximum_logit(path):
     assert (q @ k.transpose(-1, -2)).amax(-1).lt(0).all()
     labels = torch.randint(0, 3, (2, 40), generator=torch.Generator().manual_seed(4))
     out = refocused_attention(q, k, v, labels, _path=path)
-    torch.testing.assert_close(out.double(), direct_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out.double(), refocus_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
 
 
 def test_refocus_changes_attention_and_batch_elements_use_their_own_labels():
@@ -78,7 +103,7 @@ def test_refocus_changes_attention_and_batch_elements_use_their_own_labels():
     assert (out - plain).abs().max() > 1e-2
     swapped = refocused_attention(q, k, v, labels.flip(0))
     assert not torch.allclose(out, swapped)
-    torch.testing.assert_close(swapped.double()[0], direct_eq5_9(q, k, v, labels.flip(0))[0], atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(swapped.double()[0], refocus_eq5_9(q, k, v, labels.flip(0))[0], atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -101,7 +126,7 @@ def test_fused_path_float64_large_logits_and_default_dispatch():
     float64 inputs of this size take the fused path by default."""
     q, k, v = rand_qkv(b=2, h=2, n=70, d=16, seed=11, scale=4.0)
     labels = torch.randint(0, 3, (2, 70), generator=torch.Generator().manual_seed(11))
-    ref = direct_eq5_9(q, k, v, labels)
+    ref = refocus_eq5_9(q, k, v, labels)
     out = refocused_attention(q.double(), k.double(), v.double(), labels, chunk_size=9, _path="fused")
     torch.testing.assert_close(out, ref, atol=1e-10, rtol=1e-9)
     out32 = refocused_attention(q, k, v, labels, chunk_size=9, _path="fused")
@@ -135,7 +160,7 @@ def test_fused_path_holds_one_chunk_of_scores(monkeypatch):
     monkeypatch.undo()
     assert 0 < seen["scores"] <= chunk * n < b * h * n * n
     assert seen["sdpa"] == 0
-    torch.testing.assert_close(out.double(), direct_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out.double(), refocus_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("per_head", [True, False])
@@ -162,7 +187,7 @@ def test_never_holds_full_score_or_mask_matrix(monkeypatch, per_head):
     monkeypatch.undo()
     assert seen["matmul"] == (1 if per_head else b * h) * chunk * n < b * h * n * n
     assert seen["sdpa_masks"] == [None]
-    torch.testing.assert_close(out.double(), direct_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out.double(), refocus_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
 
 
 def test_default_chunk_bounds_scores():
@@ -196,7 +221,7 @@ def test_flash_path_with_empty_label_groups(classes):
     q, k, v = rand_qkv(b=2, h=2, n=33, d=8, seed=20, scale=1.5)
     labels = _labels(2, 33, 20, classes)
     out = refocused_attention(q, k, v, labels, _path="flash")
-    torch.testing.assert_close(out.double(), direct_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out.double(), refocus_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
 
 
 def test_flash_path_rows_with_different_groups_present():
@@ -204,7 +229,7 @@ def test_flash_path_rows_with_different_groups_present():
     q, k, v = rand_qkv(b=3, h=2, n=30, d=8, seed=21)
     labels = torch.stack([_labels(1, 30, 21)[0], torch.full((30,), 2), _labels(1, 30, 22, (0, 1))[0]])
     out = refocused_attention(q, k, v, labels, _path="flash")
-    torch.testing.assert_close(out.double(), direct_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out.double(), refocus_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("n,d,heads", [(96, 40, 8), (64, 80, 8), (40, 160, 2)])
@@ -214,7 +239,7 @@ def test_flash_path_unet_head_sizes(n, d, heads):
     labels = _labels(2, n, 23)
     for lp, ln in ((0.8, 1.0), (0.3, 0.5)):
         out = refocused_attention(q, k, v, labels, lp, ln, _path="flash")
-        torch.testing.assert_close(out.double(), direct_eq5_9(q, k, v, labels, lp, ln), atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(out.double(), refocus_eq5_9(q, k, v, labels, lp, ln), atol=2e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("chunk", [1, 5, 13, 41, 1000])
@@ -227,7 +252,7 @@ def test_flash_path_chunk_boundaries(chunk, per_head):
     chunked = refocused_attention(q, k, v, labels, chunk_size=chunk, per_head=per_head, _path="flash")
     # Rounding only: a 1-row product (chunk 1) rounds S_max differently from a blocked one.
     torch.testing.assert_close(chunked, whole, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(chunked.double(), direct_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(chunked.double(), refocus_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
 
 
 def test_flash_path_float64_large_logits_and_value_head_size():
@@ -235,11 +260,11 @@ def test_flash_path_float64_large_logits_and_value_head_size():
     q, k, v = rand_qkv(b=2, h=2, n=70, d=16, seed=25, scale=4.0)
     labels = _labels(2, 70, 25)
     out = refocused_attention(q.double(), k.double(), v.double(), labels, chunk_size=9, _path="flash")
-    torch.testing.assert_close(out, direct_eq5_9(q, k, v, labels), atol=1e-10, rtol=1e-9)
+    torch.testing.assert_close(out, refocus_eq5_9(q, k, v, labels), atol=1e-10, rtol=1e-9)
     narrow = v[..., :5]
     out = refocused_attention(q, k, narrow, labels, _path="flash")
     assert out.shape == (2, 2, 70, 5)
-    torch.testing.assert_close(out.double(), direct_eq5_9(q, k, narrow, labels), atol=2e-4, rtol=1e-3)
+    torch.testing.assert_close(out.double(), refocus_eq5_9(q, k, narrow, labels), atol=2e-4, rtol=1e-3)
 
 
 def test_flash_path_shared_labels_of_a_cfg_pair():
@@ -250,7 +275,7 @@ def test_flash_path_shared_labels_of_a_cfg_pair():
     shared = refocused_attention(q, k, v, row.unsqueeze(0).expand(2, 48), _path="flash")
     separate = torch.cat([refocused_attention(q[i : i + 1], k[i : i + 1], v[i : i + 1], row[None], _path="flash") for i in range(2)])
     torch.testing.assert_close(shared, separate, atol=1e-6, rtol=1e-6)
-    torch.testing.assert_close(shared.double(), direct_eq5_9(q, k, v, row.expand(2, 48)), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(shared.double(), refocus_eq5_9(q, k, v, row.expand(2, 48)), atol=2e-5, rtol=1e-4)
 
 
 def test_flash_path_holds_one_chunk_of_scores_and_one_attention_of_keys(monkeypatch):
@@ -282,7 +307,7 @@ def test_flash_path_holds_one_chunk_of_scores_and_one_attention_of_keys(monkeypa
     monkeypatch.undo()
     assert seen["matmul"] == chunk * n < b * h * n * n
     assert seen["keys"] == b * n and seen["sdpa"] == 0
-    torch.testing.assert_close(out.double(), direct_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out.double(), refocus_eq5_9(q, k, v, labels), atol=2e-5, rtol=1e-4)
 
 
 def test_auto_dispatch_by_size_dtype_and_device(monkeypatch):
@@ -314,7 +339,7 @@ def test_cuda_path_against_float64_reference(n, d, dtype):
     """The SDPA path on CUDA (head size padded to a multiple of 8) at the UNet's head sizes."""
     q, k, v = rand_qkv(b=2, h=8, n=n, d=d, seed=30, scale=0.5)
     labels = _labels(2, n, 30)
-    ref = direct_eq5_9(q, k, v, labels)
+    ref = refocus_eq5_9(q, k, v, labels)
     cuda = [t.to("cuda", dtype) for t in (q, k, v)]
     out = refocused_attention(*cuda, labels.cuda())
     assert out.dtype == dtype and out.device.type == "cuda"

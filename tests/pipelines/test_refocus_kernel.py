@@ -13,6 +13,7 @@ import torch
 
 from magiceraser.pipelines.erase import refocus_kernel as rk
 from magiceraser.pipelines.erase.refocus import _refocus_coefficients, refocused_attention
+from magiceraser.pipelines.erase.refocus_reference import attention_with_extrema_term, refocus_eq5_9
 
 CAN_BUILD = rk._compiler() is not None and "mkl" in torch.__config__.show().lower()
 needs_kernel = pytest.mark.skipif(not CAN_BUILD, reason="needs a C++ compiler and an MKL-linked torch (x86 builds)")
@@ -45,7 +46,19 @@ def test_matches_the_float64_contract_at_unet_head_sizes_and_block_edges(b, h, n
     coef_max, coef_min = torch.randn(3, 3, generator=g), torch.randn(3, 3, generator=g)
     out = rk.refocus(q, k, v, labels, coef_max, coef_min)
     # n = 700 spans two key blocks (512) in a group and eleven query blocks (64); 130 a partial one.
-    torch.testing.assert_close(out.double(), rk.reference(q, k, v, labels, coef_max, coef_min), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out.double(), attention_with_extrema_term(q, k, v, labels, coef_max, coef_min), atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.numeric
+@pytest.mark.parametrize("lambda_pos,lambda_neg", [(0.8, 1.0), (0.3, 0.5)])
+def test_the_contract_with_the_methods_coefficients_is_eq_5_9(lambda_pos, lambda_neg):
+    """The kernel is checked against the general (S_max, S_min)-linear form; with the coefficient
+    tables refocused_attention hands it, that form must be Eq. 5-9 itself."""
+    q, k, v, g = rand(2, 3, 50, 8, seed=7, scale=1.5)
+    labels = torch.randint(0, 3, (2, 50), generator=g)
+    cm, cn = _refocus_coefficients(lambda_pos, lambda_neg, torch.float64, "cpu")
+    torch.testing.assert_close(attention_with_extrema_term(q, k, v, labels, cm, cn),
+                               refocus_eq5_9(q, k, v, labels, lambda_pos, lambda_neg), atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.numeric
@@ -57,7 +70,7 @@ def test_large_logits_empty_groups_and_rows_with_their_own_labels():
     labels = torch.stack([torch.full((90,), 2), torch.randint(0, 2, (90,), generator=g)])
     cm, cn = _refocus_coefficients(0.8, 1.0, torch.float32, "cpu")
     out = rk.refocus(q, k, v, labels, cm, cn)
-    torch.testing.assert_close(out.double(), rk.reference(q, k, v, labels, cm, cn), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out.double(), attention_with_extrema_term(q, k, v, labels, cm, cn), atol=2e-5, rtol=1e-4)
     assert float((q @ k.transpose(-1, -2)).abs().max()) > 300
 
 
@@ -80,7 +93,7 @@ def test_kernel_path_of_refocused_attention_and_its_argument_checks():
     labels = torch.randint(0, 3, (1, 50), generator=g)
     cm, cn = _refocus_coefficients(0.6, 0.5, torch.float32, "cpu")
     out = refocused_attention(q, k, v, labels, lambda_pos=0.6, lambda_neg=0.5, _path="kernel")
-    torch.testing.assert_close(out.double(), rk.reference(q, k, v, labels, cm, cn), atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(out.double(), attention_with_extrema_term(q, k, v, labels, cm, cn), atol=2e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="float32"):
         refocused_attention(q.double(), k.double(), v.double(), labels, _path="kernel")
     with pytest.raises(ValueError, match="values 0, 1, 2"):

@@ -18,18 +18,17 @@ materialising any score or mask matrix. The only extra work is the per-query sta
 S_min, which need every score once: they are computed over chunks of queries so at most
 ``chunk_size × N`` scores per (batch, head) exist at a time (on CPU one (batch, head) at a time).
 
-Why a second, fused path on CPU: there the two passes above cost about 2× stock SDPA (the
-statistics pass alone costs as much as a whole attention, and the augmented head size 43 slows
-the fused SDPA kernel). :func:`_fused_cpu` instead makes a single pass per (batch, head) and chunk
-of queries: keys are grouped by label once, so the scores of a chunk lie in three contiguous
-blocks (one per key label); per-block max/min give S_max, S_min *and* the exact row maximum of
-S + M (max over blocks of block-max + c_i[L]), so M and the softmax shift are added with one
-broadcast add per block, then clamp + exp in place and one product with V that also yields the
-row sums (a column of ones appended to V). 1/√d is folded into K. Measured 1.6-1.7× stock SDPA CPU
-time against 1.8-2.3× for the two-pass path on the 2-core dev machine (benchmarks/bench_refocus.py);
-the two matrix products alone cost about one stock SDPA, so the elementwise passes are what remains. The clamp is
+Why a second, fused path on CPU (:func:`_fused_cpu`): there the two passes above cost far more than
+one stock SDPA call (the statistics pass alone costs about a whole attention, and the augmented
+head size d + 3 slows the fused SDPA kernel). This path makes a single pass per (batch, head) and
+chunk of queries instead: keys are grouped by label once, so the scores of a chunk lie in three
+contiguous blocks (one per key label); per-block max/min give S_max, S_min *and* the exact row
+maximum of S + M (max over blocks of block-max + c_i[L]), so M and the softmax shift are added
+with one broadcast add per block, then clamp + exp in place and one product with V that also
+yields the row sums (a column of ones appended to V). 1/√d is folded into K. The two matrix
+products alone cost about one stock SDPA call; the elementwise passes are the rest. The clamp is
 not cosmetic: exp of logits in [-104, -87] gives float32 denormals, which make the following
-matrix product ~60× slower; clamping at log(finfo.tiny) + 1 changes each weight by < 1e-37.
+matrix product many times slower; clamping at log(finfo.tiny) + 1 changes each weight by < 1e-37.
 On GPUs the SDPA path stays (flash kernels), and half precisions use it everywhere.
 
 Why a third, flash-LSE path on CPU (:func:`_flash_lse_cpu`): M is constant over each key-label
@@ -41,25 +40,24 @@ exactly. torch's CPU flash kernel (``aten._scaled_dot_product_flash_attention_fo
 both the group softmax times V and Z_L, so three stock calls (one per non-empty group, together
 the work of one attention, cache-blocked and with the kernel's own vectorised exp) plus the
 extrema pass of :func:`score_extrema` give the result; empty groups are skipped (the kernel
-divides by zero on an empty key set). What remains extra is the extrema pass, which is one full
-QKᵀ product plus a max and a min: on the 2-core dev machine with one thread it costs 0.5× a
-stock SDPA call by itself (the stock call is close to two such products), so this path cannot go
-much below ~1.4× stock SDPA: measured 1.38× at N = 4096, d = 40 and 1.75× at N = 1024, d = 80
-(CPU time, 1 thread), against 2.2× and 1.75-2.2× for the fused path. ``auto`` takes it from
-:data:`FLASH_MIN_KEYS` keys on when the kernel below is unavailable.
+divides by zero on an empty key set). What remains extra is the extrema pass, one full QKᵀ
+product plus a max and a min, which no composition of stock calls avoids. ``auto`` takes this path
+from :data:`FLASH_MIN_KEYS` keys on when the kernel below is unavailable.
 
 Why a compiled kernel on CPU (:func:`_kernel_cpu`, ``refocus_cpu.cpp`` via refocus_kernel): with
-stock kernels the extrema cost a whole extra Q·Kᵀ product (0.4-0.5× a stock SDPA call, more at
-d = 80, where SDPA itself is two matrix products at BLAS speed), so no composition of stock calls
-gets near one attention. The kernel does the flash-LSE computation in one pass: for a block of 64
-queries it runs an online softmax over each key-label group in turn (keys sorted by label), taking
-S_max and S_min from the same cache-resident block of scores, then combines the three groups with
-c_i[L] as above. Its products are torch's own BLAS (sgemm); the extra work over one flash-attention
-pass is a max and a min per score. Measured (benchmarks/bench_refocus.py, CPU time / stock SDPA,
-1 thread): 1.02-1.13× at N = 4096, d = 40 and 1.11-1.14× at N = 1024, d = 80, against 1.50× and
-1.66-1.73× for the flash-LSE path in the same runs; with 2 threads 1.05× and 1.22× wall. It is built
-on first use (about 2 s with g++) and used for float32 on CPU wherever it builds and passes its
-self-check; float64 and machines without a compiler keep the paths above.
+stock kernels the extrema cost a whole extra Q·Kᵀ product (more at d = 80, where SDPA itself is
+two matrix products at BLAS speed), so no composition of stock calls gets near one attention. The
+kernel does the flash-LSE computation in one pass: for a block of 64 queries it runs an online
+softmax over each key-label group in turn (keys sorted by label), taking S_max and S_min from the
+same cache-resident block of scores, then combines the three groups with c_i[L] as above. Its
+products are torch's own BLAS (sgemm); the extra work over one flash-attention pass is a max and a
+min per score. It is built on first use (seconds with g++) and used for float32 on CPU wherever it
+builds and passes its self-check; float64 and machines without a compiler keep the paths above.
+
+Every path is checked against the full-matrix float64 transcription of Eq. 5-9 in
+:mod:`magiceraser.pipelines.erase.refocus_reference`. What each costs against stock SDPA is
+measured by ``benchmarks/bench_refocus.py``; the figures, with the command and machine that
+produced them, are in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -86,20 +84,18 @@ NEG_TABLE[LABEL_MASK][LABEL_NEG] = 1.0
 NEG_TABLE[LABEL_NEG][LABEL_MASK] = 1.0
 
 # Scores held at once while computing S_max / S_min. On CPU the scores of one (batch, head) and
-# chunk of queries stay within L2 (measured ~10x faster than large batched chunks on the 2-core
-# dev machine: the reductions then read cache, not DRAM); on GPUs large batched chunks keep the
-# number of kernel launches small.
+# chunk of queries stay within L2 (the reductions then read cache, not DRAM: much faster than
+# large batched chunks); on GPUs large batched chunks keep the number of kernel launches small.
 CPU_CHUNK_SCORES = 1 << 18
 DEFAULT_SCORE_BUDGET = 1 << 26
-# Queries per chunk of the fused CPU path (per (batch, head)): 512 × 4096 scores = 8 MiB. Measured
-# at N = 4096 (1 and 2 threads): 128 → 1.9-2.6×, 256 → 1.7-2.1×, 512 → 1.6-1.7×, 1024 → 1.7× SDPA
-# CPU time; per-chunk Python/dispatch overhead dominates below 512, cache misses above.
+# Queries per chunk of the fused CPU path (per (batch, head)): 512 × 4096 scores = 8 MiB. The
+# fastest chunk at N = 4096 in bench_refocus: per-chunk Python/dispatch overhead dominates below
+# 512, cache misses above.
 FUSED_CPU_CHUNK = 512
-# The auto dispatch takes the flash-LSE path on CPU from this many keys on (float32/float64).
-# Measured CPU time / stock SDPA, 1 thread, two runs each (benchmarks/bench_refocus.py):
-# N = 4096, d = 40: flash 1.38-1.39x, fused 2.19-2.75x; N = 1024, d = 80: flash 1.74-1.76x,
-# fused 1.75-2.19x. Below 1024 keys the per-call overhead of three kernel calls is not measured
-# to pay off, so the fused path stays.
+# The auto dispatch takes the flash-LSE path on CPU from this many keys on (float32/float64):
+# from there on it is faster than the fused path in bench_refocus (N = 4096, d = 40 and N = 1024,
+# d = 80); below, the per-call overhead of three kernel calls is not shown to pay off, so the
+# fused path stays.
 FLASH_MIN_KEYS = 1024
 
 

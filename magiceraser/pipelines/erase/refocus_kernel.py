@@ -8,8 +8,8 @@ source, the compiler and its flags, the CPU's instruction-set flags (it is built
 ``-march=native``, so a cache shared by different machines, e.g. a home directory on NFS, holds one
 binary per CPU kind), the torch version and the torch library it links. A changed key means a new
 build, never a stale binary. The build writes a temporary file and renames it, so concurrent first
-uses are safe. A freshly loaded binary is checked against a float64 computation on a small
-problem before it is used.
+uses are safe. A freshly loaded binary is checked against the float64 reference
+(:mod:`magiceraser.pipelines.erase.refocus_reference`) on a small problem before it is used.
 
 Where it cannot be built or loaded (no compiler, a torch built without MKL's ``sgemm_``, a failed
 self-check) :func:`load` returns None, :func:`unavailable_reason` says why, one warning is logged,
@@ -33,17 +33,19 @@ from pathlib import Path
 
 import torch
 
+from magiceraser.pipelines.erase.refocus_reference import attention_with_extrema_term
+
 log = logging.getLogger(__name__)
 
-__all__ = ["load", "unavailable_reason", "refocus", "reference", "build_key", "cache_dir", "Q_BLOCK", "K_BLOCK"]
+__all__ = ["load", "unavailable_reason", "refocus", "build_key", "cache_dir", "Q_BLOCK", "K_BLOCK"]
 
 SOURCE = Path(__file__).with_name("refocus_cpu.cpp")
-# -fassociative-math lets gcc vectorise the row sums (measured 1.09x vs 1.25x stock SDPA without);
-# finite-math is safe because the kernel never forms an infinity (±FLT_MAX sentinels, clamped exp).
+# -fassociative-math lets gcc vectorise the row sums (without it the kernel is measurably slower:
+# benchmarks/README.md); finite-math is safe because the kernel never forms an infinity (±FLT_MAX sentinels, clamped exp).
 CFLAGS = ["-O3", "-march=native", "-fno-math-errno", "-ffinite-math-only", "-fno-signed-zeros", "-fno-trapping-math",
           "-fassociative-math", "-fno-rounding-math", "-fPIC", "-shared", "-std=c++17", "-pthread"]
-# Queries and keys per block: the scores of a block (64 × 512 floats, 128 KiB) stay in L2.
-# Measured (1 thread, N = 4096 / 1024): 32×512 and 64×256-512 within 3% of each other; 128 and 1024 slower.
+# Queries and keys per block: the scores of a block (64 × 512 floats, 128 KiB) stay in L2; smaller
+# blocks pay more per-block overhead, larger ones leave the cache (benchmarks/README.md).
 Q_BLOCK = 64
 K_BLOCK = 512
 ENV_SWITCH = "MAGICERASER_CPU_KERNEL"
@@ -130,16 +132,6 @@ def _bind(path: Path) -> ctypes.CDLL:
     return lib
 
 
-def reference(q, k, v, labels, coef_max, coef_min):
-    """The kernel's contract in float64 with full N×N matrices: softmax((S + M)/√d) V with
-    M[i, j] = S_max[i]·coef_max[l_i, l_j] + S_min[i]·coef_min[l_i, l_j] (for tests and the self-check)."""
-    q, k, v = q.double(), k.double(), v.double()
-    s = q @ k.transpose(-1, -2)
-    li, lj = labels[:, None, :, None], labels[:, None, None, :]
-    m = s.amax(-1, keepdim=True) * coef_max.double()[li, lj] + s.amin(-1, keepdim=True) * coef_min.double()[li, lj]
-    return torch.softmax((s + m) / math.sqrt(q.shape[-1]), dim=-1) @ v
-
-
 def _self_check(lib: ctypes.CDLL) -> str | None:
     """A small problem (an empty label group, key and query block edges, dv < d) against float64."""
     g = torch.Generator().manual_seed(0)
@@ -149,7 +141,7 @@ def _self_check(lib: ctypes.CDLL) -> str | None:
     labels = torch.stack([torch.randint(0, 3, (n,), generator=g), torch.randint(0, 2, (n,), generator=g) * 2])
     coef_max, coef_min = torch.randn(3, 3, generator=g), torch.randn(3, 3, generator=g)
     out = _run(lib, q, k, v, labels, coef_max, coef_min, q_block=16, k_block=16)
-    worst = float((out.double() - reference(q, k, v, labels, coef_max, coef_min)).abs().max())
+    worst = float((out.double() - attention_with_extrema_term(q, k, v, labels, coef_max, coef_min)).abs().max())
     return None if worst < 1e-4 else f"self-check against float64 failed (max error {worst:.3g})"
 
 
@@ -207,7 +199,7 @@ def _run(lib, q, k, v, labels, coef_max, coef_min, q_block=Q_BLOCK, k_block=K_BL
     dv = v.shape[-1]
     labels = labels.to(torch.int64).contiguous()
     # Keys and values sorted by label (stable) so that each label group is one contiguous range.
-    # (index_select into a preallocated tensor: 0.6 ms here where gather took 11 ms at N = 1024, d = 80)
+    # (index_select into preallocated tensors: a gather over the (H, N, d) views is many times slower)
     order = torch.argsort(labels, dim=1, stable=True)
     k_sorted = torch.empty(b, h, n, d, dtype=torch.float32)
     v_sorted = torch.empty(b, h, n, dv, dtype=torch.float32)
@@ -234,7 +226,8 @@ def refocus(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, labels: torch.Ten
     """softmax((S + M)/√d) V in one pass, M[i, j] = S_max[i]·coef_max[l_i, l_j] + S_min[i]·coef_min[l_i, l_j].
 
     q, k: (B, H, N, d), v: (B, H, N, dv ≤ d), float32 CPU; labels (B, N) in {0, 1, 2}; coef_max,
-    coef_min: 3×3 (row: query label, column: key label). See :func:`reference`.
+    coef_min: 3×3 (row: query label, column: key label). Its float64 reference is
+    :func:`magiceraser.pipelines.erase.refocus_reference.attention_with_extrema_term`.
     """
     lib = load()
     if lib is None:
