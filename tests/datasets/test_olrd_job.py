@@ -15,76 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import yaml
 
-from .bad_inputs import corpus
-
-BAD = ("bomb.png", "cmyk.jpg", "empty.jpg", "text.jpg", "tiny.png", "truncated.jpg")
-EXPECTED_SKIPS = {"bomb.png": "too_large", "cmyk.jpg": "no_annotation", "empty.jpg": "empty_file",
-                  "text.jpg": "not_an_image", "tiny.png": "too_small", "truncated.jpg": "truncated"}
-NUM_SCENES = 6
-# Ray starts workers at niceness 15: on a busy shared test machine they would starve. Its agent may
-# also need more than the default 60 s to come up there.
-os.environ.setdefault("RAY_worker_niceness", "0")
-os.environ.setdefault("RAY_agent_register_timeout_ms", "300000")
-
-
-@pytest.fixture(scope="module")
-def job_config(tmp_path_factory, tiny_llava):
-    from magiceraser.datasets.demo_scenes import write_demo_scenes
-
-    root = tmp_path_factory.mktemp("olrd-job")
-    scenes = write_demo_scenes(root / "scenes", NUM_SCENES)
-    files = corpus()
-    for name in BAD:
-        (scenes / "images" / name).write_bytes(files[name][0])
-    cfg = {
-        "input": str(scenes / "images"),
-        "samples_per_shard": 3,
-        "image_format": "png",
-        "read_batch_size": 2,
-        "task_num_cpus": 0.5,
-        "ray_address": "local",
-        "num_cpus": 2,
-        "progress_interval_s": 1.0,
-        "segmenter": {"backend": "coco_panoptic", "annotations": str(scenes / "panoptic.json"), "batch_size": 2,
-                      "num_cpus": 0.5},
-        "captioner": {"backend": "transformers", "model": str(tiny_llava), "device": "cpu", "batch_size": 2,
-                      "num_cpus": 0.5, "max_new_tokens": 4},
-    }
-    path = root / "olrd.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a `ray start` cluster found on the machine
-    yield
-    ray.shutdown()
-
-
-def _run(config: Path, output: Path, *overrides: str):
-    from magiceraser.config import load_config
-    from magiceraser.datasets.config import OLRDConfig
-    from magiceraser.datasets.olrd_job import run_olrd
-
-    return run_olrd(load_config(OLRDConfig, config, [f"output={output}", *overrides]))
+from .job_helpers import BAD, EXPECTED_SKIPS, NUM_SCENES, kill_tree, run_job, tar_keys
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(job_config, local_ray, tmp_path_factory):
     out = tmp_path_factory.mktemp("olrd-out") / "full"
-    stats = _run(job_config, out)
+    stats = run_job(job_config, out)
     return out, stats
-
-
-def _tar_keys(path: Path) -> list[str]:
-    with tarfile.open(path) as tar:
-        names = tar.getnames()
-    return sorted({n.split(".", 1)[0] for n in names})
 
 
 def test_job_outputs_every_input_once_with_reasons(uninterrupted):
@@ -96,7 +35,7 @@ def test_job_outputs_every_input_once_with_reasons(uninterrupted):
     assert all(a[0] <= b[0] and a[1] <= b[1] for a, b in zip(timeline, timeline[1:]))
     n_inputs = NUM_SCENES + len(BAD)
     assert stats["inputs"] == n_inputs and stats["shards"] == 4
-    sample_keys = [k for t in sorted(out.glob("olrd-*.tar")) for k in _tar_keys(t)]
+    sample_keys = [k for t in sorted(out.glob("olrd-*.tar")) for k in tar_keys(t)]
     skips = [json.loads(line) for line in (out / "skipped.jsonl").read_text().splitlines()]
     assert len(sample_keys) == len(set(sample_keys)) == stats["samples"] == NUM_SCENES
     assert {Path(s["source"]).name: s["reason"] for s in skips} == EXPECTED_SKIPS
@@ -108,7 +47,7 @@ def test_job_outputs_every_input_once_with_reasons(uninterrupted):
     for tar in sorted(out.glob("olrd-*.tar")):
         side = json.loads(tar.with_suffix(".json").read_text())
         assert side["tar_bytes"] == tar.stat().st_size
-        assert sorted(side["keys"]) == _tar_keys(tar)
+        assert sorted(side["keys"]) == tar_keys(tar)
         assert side["inputs"] == side["samples"] + side["skipped"]
     assert json.loads((out / "stats.json").read_text()) == stats
 
@@ -148,7 +87,7 @@ def test_shards_read_back_with_ray_data(uninterrupted):
     rows = ds.take_all()
     assert len(rows) == NUM_SCENES
     keys = sorted(r["__key__"] for r in rows)
-    assert keys == sorted(k for t in out.glob("olrd-*.tar") for k in _tar_keys(t))
+    assert keys == sorted(k for t in out.glob("olrd-*.tar") for k in tar_keys(t))
 
 
 @pytest.mark.parametrize("layout", ["per_stage", "segment"])  # "segment": the former name of decode_in_segmenter
@@ -156,7 +95,7 @@ def test_every_layout_writes_the_same_bytes(uninterrupted, job_config, local_ray
     """Decode/compose as Ray tasks or inside the segment actors: same shards as the single-pool run."""
     full, _ = uninterrupted
     out = tmp_path / layout
-    stats = _run(job_config, out, f"layout={layout}")
+    stats = run_job(job_config, out, f"layout={layout}")
     assert stats["samples"] == NUM_SCENES
     tars = sorted(p.name for p in full.glob("olrd-*.tar"))
     assert sorted(p.name for p in out.glob("olrd-*.tar")) == tars
@@ -168,29 +107,9 @@ def test_every_layout_writes_the_same_bytes(uninterrupted, job_config, local_ray
 def test_rerun_skips_finished_work(uninterrupted, job_config):
     out, _ = uninterrupted
     before = {p.name: p.read_bytes() for p in out.glob("olrd-*.tar")}
-    stats = _run(job_config, out)
+    stats = run_job(job_config, out)
     assert stats["processed_this_run"] == 0 and stats["samples"] == NUM_SCENES
     assert {p.name: p.read_bytes() for p in out.glob("olrd-*.tar")} == before
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the job's process group and every descendant (its local Ray) that we started."""
-    import psutil
-
-    try:
-        children = psutil.Process(proc.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        children = []
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    for child in children:
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait(timeout=30)
 
 
 class CrashActor(threading.Thread):
@@ -235,7 +154,7 @@ def _run_and_kill_part_way(job_config: Path, out: Path) -> None:
             time.sleep(0.002)
         os.kill(proc.pid, signal.SIGSTOP)
     finally:
-        _kill_tree(proc)
+        kill_tree(proc)
 
 
 def test_killed_run_resumes_to_the_same_shards(uninterrupted, job_config, tmp_path):
@@ -259,14 +178,14 @@ def test_killed_run_resumes_to_the_same_shards(uninterrupted, job_config, tmp_pa
     killer = CrashActor("OnePoolStage")
     killer.start()
     try:
-        _run(job_config, out)
+        run_job(job_config, out)
     finally:
         killer.stop.set()
         killer.join()
     assert killer.killed, "no model actor was seen to crash"
     tars = sorted(p.name for p in out.glob("olrd-*.tar"))
     assert tars == sorted(p.name for p in full.glob("olrd-*.tar"))
-    keys = [k for t in tars for k in _tar_keys(out / t)]
+    keys = [k for t in tars for k in tar_keys(out / t)]
     assert len(keys) == len(set(keys)) == NUM_SCENES
     # Same input + seed -> identical bytes, whether built in one run or across a kill.
     for name in tars:
@@ -298,7 +217,7 @@ def test_ctrl_c_keeps_the_shards_says_how_to_continue_in_one_line_and_exits_130(
         os.killpg(proc.pid, signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     finally:
-        _kill_tree(proc)
+        kill_tree(proc)
     assert proc.returncode == 130, err[-3000:]
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
     line = err.strip().splitlines()[-1]
@@ -308,7 +227,7 @@ def test_ctrl_c_keeps_the_shards_says_how_to_continue_in_one_line_and_exits_130(
     assert m, line
     assert int(m.group(1)) == len(list(out.glob("olrd-*.json"))) >= 1
     assert not (out / "job.lock").exists()
-    _run(job_config, out)  # the command it names, here in this process's Ray
+    run_job(job_config, out)  # the command it names, here in this process's Ray
     for tar in full.glob("olrd-*.tar"):
         assert (out / tar.name).read_bytes() == tar.read_bytes(), tar.name
 
@@ -318,11 +237,11 @@ def test_preview_renders_a_grid_of_the_shard(uninterrupted, tmp_path):
     from magiceraser.imageio import decode_image
 
     out, _ = uninterrupted
-    shard = next(p for p in sorted(out.glob("olrd-*.tar")) if _tar_keys(p))
+    shard = next(p for p in sorted(out.glob("olrd-*.tar")) if tar_keys(p))
     png = tmp_path / "preview.png"
     assert main([str(shard), "--out", str(png)]) == 0
     grid = decode_image(png, min_side=1)
-    rows = len(_tar_keys(shard))
+    rows = len(tar_keys(shard))
     assert grid.shape[0] == rows * (PANEL + 6)
     red = (grid[..., 0] == 255) & (grid[..., 1] == 0) & (grid[..., 2] == 0)
     assert red.sum() > rows * 20  # the pure red outline of m̃ is drawn on every row
@@ -385,7 +304,7 @@ def test_a_full_disk_stops_the_job_in_one_line_and_a_rerun_with_space_ends_byte_
     assert not (out / "stats.json").exists()
 
     fs.resize(total * 4 // 4096 * 4096)
-    _run(job_config, out)
+    run_job(job_config, out)
     assert sorted(p.name for p in out.glob("olrd-*.tar")) == sorted(p.name for p in full.glob("olrd-*.tar"))
     for p in full.glob("olrd-*.tar"):
         assert (out / p.name).read_bytes() == p.read_bytes(), p.name

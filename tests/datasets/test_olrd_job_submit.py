@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .test_olrd_job import _run, job_config  # noqa: F401  (job_config: a fixture)
+from .job_helpers import run_job
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -56,7 +56,7 @@ def _children(p):
 def reference(job_config, tmp_path_factory) -> Path:  # noqa: F811
     """The same job run here on a local Ray of its own, stopped before the head starts (one cluster at a time)."""
     out = tmp_path_factory.mktemp("olrd-submit-ref") / "out"
-    _run(job_config, out)
+    run_job(job_config, out)
     return out
 
 

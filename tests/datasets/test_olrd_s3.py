@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_olrd_job import BAD, NUM_SCENES, _kill_tree, _run, _tar_keys, job_config  # noqa: F401 - job_config is a fixture
+from .job_helpers import BAD, NUM_SCENES, kill_tree, run_job
 
 FINAL = {"job.json", "skipped.jsonl", "stats.json", "job.lock"}
 
@@ -40,7 +40,7 @@ def ray_s3(s3_server):
 @pytest.fixture(scope="module")
 def local_full(job_config, ray_s3, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("olrd-local") / "full"
-    _run(job_config, out)
+    run_job(job_config, out)
     return out
 
 
@@ -48,7 +48,7 @@ def local_full(job_config, ray_s3, tmp_path_factory):  # noqa: F811
 def s3_full(job_config, ray_s3, s3_server):  # noqa: F811
     bucket = s3_server.new_bucket("olrd")
     url = f"s3://{bucket}/olrd"
-    stats = _run(job_config, url)
+    stats = run_job(job_config, url)
     return bucket, url, stats
 
 
@@ -133,7 +133,7 @@ def _run_and_kill_part_way(job_config: Path, url: str, s3_server, bucket: str) -
             time.sleep(0.005)
         os.kill(proc.pid, signal.SIGSTOP)
     finally:
-        _kill_tree(proc)
+        kill_tree(proc)
 
 
 @pytest.mark.slow
@@ -153,7 +153,7 @@ def test_killed_s3_run_resumes_to_the_same_bytes(local_full, job_config, s3_serv
         with tarfile.open(fileobj=io.BytesIO(objects[name])) as t:
             t.getmembers()
     capsys.readouterr()
-    stats = _run(job_config, url)
+    stats = run_job(job_config, url)
     assert f"taking over the stale lock {url}/job.lock" in capsys.readouterr().err
     assert 0 < stats["processed_this_run"] < NUM_SCENES + len(BAD) and stats["samples"] == NUM_SCENES
     objects = _objects(s3_server, bucket)

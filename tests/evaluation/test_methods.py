@@ -23,7 +23,7 @@ pytest.importorskip("magiceraser.pipelines.erase.pipeline")
 from magiceraser.evaluation import run as R  # noqa: E402
 from magiceraser.evaluation.methods import MethodConfig, MethodUnavailable, build_method  # noqa: E402
 
-from .test_pairs import write_shard  # noqa: E402
+from .olrd_shards import write_shard  # noqa: E402
 
 
 def _image(size=64, seed=0):

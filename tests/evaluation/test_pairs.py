@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 
 import numpy as np
 import pytest
@@ -16,6 +15,8 @@ from magiceraser.evaluation.pairs.composed import seeded_order
 from magiceraser.evaluation.pairs.olrd_shards import iter_olrd_shards, shard_paths
 from magiceraser.evaluation.pairs.openimages import iter_openimages, openimages_panoptic
 from magiceraser.evaluation.pairs.realhm import iter_realhm
+
+from .olrd_shards import encode, write_shard
 
 
 def _png(path, arr):
@@ -87,27 +88,6 @@ def test_realhm_as_distributed_builds_the_composite(tmp_path):
         list(iter_realhm(tmp_path / "nope"))
 
 
-def write_shard(path, samples):
-    """OLRD-format shard written with the stock webdataset writer."""
-    import webdataset as wds
-
-    with wds.TarWriter(str(path)) as sink:
-        for key, blended, mask, original, meta in samples:
-            rec = {"__key__": key, "json": json.dumps(meta).encode()}
-            if blended is not None:
-                rec["blended.jpg"] = _encode(blended, "PNG")  # lossless content under the .jpg name is fine for PIL
-            if mask is not None:
-                rec["mask.png"] = _encode(mask.astype(np.uint8) * 255, "PNG")
-            rec["original.jpg"] = _encode(original, "PNG")
-            sink.write(rec)
-
-
-def _encode(arr, fmt):
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format=fmt)
-    return buf.getvalue()
-
-
 def test_olrd_shards(tmp_path):
     rng = np.random.default_rng(2)
     a, ma = _scene(rng)
@@ -148,12 +128,12 @@ def test_olrd_shards_skip_reasons_of_damaged_shards_and_samples(tmp_path):
     whole = (tmp_path / "olrd-000000.tar").read_bytes()
     (tmp_path / "olrd-000001.tar").write_bytes(whole[: len(whole) // 2 + 100])  # cut inside a member
     (tmp_path / "olrd-000002.tar").write_bytes(b"not a tar" * 100)
-    m = _encode(ma.astype(np.uint8) * 255, "PNG")
-    img, other, small = _encode(a, "PNG"), _encode(b, "PNG"), _encode(a[:20], "PNG")
+    m = encode(ma.astype(np.uint8) * 255, "PNG")
+    img, other, small = encode(a, "PNG"), encode(b, "PNG"), encode(a[:20], "PNG")
     _tar(tmp_path / "olrd-000003.tar", [
         ("n0.blended.jpg", img), ("n0.mask.png", m), ("n0.original.jpg", other),  # no json: fine
         ("n1.blended.jpg", img), ("n1.mask.png", m), ("n1.original.jpg", other), ("n1.json", b"{bad"),
-        ("n2.blended.jpg", img), ("n2.mask.png", _encode(np.zeros_like(a[..., 0]), "PNG")), ("n2.original.jpg", other),
+        ("n2.blended.jpg", img), ("n2.mask.png", encode(np.zeros_like(a[..., 0]), "PNG")), ("n2.original.jpg", other),
         ("n3.blended.jpg", small), ("n3.mask.png", m), ("n3.original.jpg", other),
         ("n4.blended.jpg", b"garbage"), ("n4.mask.png", m), ("n4.original.jpg", other),
         ("d/n5.blended.png", img), ("d/n5.mask.png", m), ("d/n5.original.png", other),

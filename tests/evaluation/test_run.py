@@ -22,7 +22,7 @@ from magiceraser.evaluation import cache as C
 from magiceraser.evaluation import method_run, pair_store, perceptual
 from magiceraser.evaluation import run as R
 
-from .test_pairs import write_shard
+from .olrd_shards import write_shard
 
 
 def _scene(rng, h, w):

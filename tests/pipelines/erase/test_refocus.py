@@ -62,7 +62,7 @@ def test_reference_moves_attention_as_eq_9_says():
     torch.testing.assert_close(out[0, 0, 0], torch.softmax(logits / math.sqrt(2), -1), atol=1e-15, rtol=1e-12)
 
 
-# The compiled CPU kernel where this machine can build it (tests/pipelines/test_refocus_kernel.py
+# The compiled CPU kernel where this machine can build it (tests/pipelines/erase/test_refocus_kernel.py
 # requires that wherever a C++ compiler and MKL-linked torch are present).
 PATHS = (["kernel"] if refocus_kernel.load() is not None else []) + ["flash", "fused", "sdpa"]
 

@@ -15,7 +15,7 @@ from magiceraser.config import load_config
 from magiceraser.pipelines.erase.cli import main
 from magiceraser.pipelines.erase.config import EraseConfig
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "erase"
+CONFIGS = Path(__file__).resolve().parents[3] / "configs" / "erase"
 
 
 def _save(path, arr):
