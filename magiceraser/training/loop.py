@@ -1,10 +1,16 @@
 """The training loop: phase 1 (v* only) then phase 2 (v* + LoRA), one process of possibly many.
 
+The :class:`Trainer` sets a run up and drives it; each part of the work has its own module:
+what the run starts from (locks, restart or command, the checkpoint it continues, the shards) is
+:mod:`startup`, each phase's data stream :mod:`phase_data`, the optimizer and its step
+:mod:`step`, the reported metrics :mod:`reporting`, the trainer's state in checkpoints
+:mod:`trainer_checkpoint`, validation :mod:`validation`, and rank 0's config and export
+:mod:`outputs`.
+
 Written for one device; distribution enters only through :mod:`distributed` (process context,
 one all-reduce of the trainable gradients per optimizer step, gathering states for checkpoints).
-Rank-0-only work (W&B, console, validation, checkpoint and export writes) is in
-:meth:`Trainer._main_process_work` and :meth:`Trainer._finish`; what the run starts from (locks,
-restart or command, the checkpoint it continues) is :mod:`startup`.
+Rank-0-only work (W&B, console, validation, checkpoint and export writes) runs through
+``on_main_process``, so a refused write stops every process with the same error.
 
 A preemption signal (:mod:`preemption`) is read once per optimizer step and summed in that
 step's gradient all-reduce, so all processes stop after the same step, save one checkpoint
@@ -15,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,19 +28,14 @@ from typing import Any
 
 import torch
 
-from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME
-from magiceraser.config import config_to_dict, save_config
-from magiceraser.errors import UserError
-from magiceraser.fingerprint import digest
+from magiceraser.config import config_to_dict
 from magiceraser.models.stable_diffusion import load_base_components
-from magiceraser.olrd_samples import expand_urls
-from magiceraser.training import checkpoint as ckpt
 from magiceraser.training import launch as launches
 from magiceraser.training import resume as resume_checks
 from magiceraser.training import startup
-from magiceraser.training.checkpoint_store import CheckpointRef, DamagedCheckpoint, checkpoint_name
-from magiceraser.training.config import TrainConfig, public_train_config
-from magiceraser.training.data import StreamSpec, make_loader, stop_loader
+from magiceraser.training.checkpoint_store import CheckpointRef, checkpoint_name
+from magiceraser.training.config import TrainConfig
+from magiceraser.training.data import make_loader, stop_loader
 from magiceraser.training.distributed import (
     DistContext,
     StepFlags,
@@ -43,21 +43,38 @@ from magiceraser.training.distributed import (
     all_reduce_scalars,
     barrier,
     broadcast_object,
-    gather_objects,
     init_distributed,
     on_main_process,
 )
-from magiceraser.training.examples import ExampleSpec
-from magiceraser.training.export import sweep_incomplete_export
-from magiceraser.training.model import (
-    DTYPES,
-    PromptTuner,
-    diffusion_loss,
-    draw_step_noise,
+from magiceraser.training.model import DTYPES, PromptTuner
+from magiceraser.training.outputs import export_run, record_config, remove_replaced_run
+from magiceraser.training.phase_data import phase_data_state, phase_stream_spec
+from magiceraser.training.preemption import (
+    INTERRUPT,
+    Preempted,
+    PreemptionWatcher,
+    signals_ignored,
+    watched_signals,
 )
-from magiceraser.training.preemption import INTERRUPT, Preempted, PreemptionWatcher, watched_signals
+from magiceraser.training.reporting import Window, gather_metrics, record_metrics, report_due
 from magiceraser.training.sampling import stable_seed
+from magiceraser.training.step import (
+    StepShape,
+    apply_gradients,
+    backward_micro_batch,
+    build_optimizer,
+    step_shape,
+    trainable_params,
+)
 from magiceraser.training.tracking import NullLogger, RunLogger
+from magiceraser.training.trainer_checkpoint import (
+    encode_trainer_state,
+    gather_process_states,
+    read_on_every_process,
+    restore_process_state,
+    restore_shared_state,
+    saved_world_size,
+)
 from magiceraser.write_errors import writing
 
 log = logging.getLogger(__name__)
@@ -74,27 +91,6 @@ class TrainResult:
     rank: int = 0
     world_size: int = 1
     learned_share: float = float("nan")
-
-
-def training_shards(cfg: TrainConfig) -> list[str]:
-    """The shard URLs a run reads: the latent cache's listed shards, else ``data.urls`` expanded.
-
-    Raises UserError for patterns that match nothing, missing shards or an unfinished cache.
-    """
-    if cfg.data.latent_cache:
-        from magiceraser.training.latent_cache import cache_shard_urls
-
-        return cache_shard_urls(cfg.data.latent_cache)
-    return expand_urls(cfg.data.urls, key="data.urls")
-
-
-def preflight(cfg: TrainConfig, launch_id: str, world_size: int, device_type: str) -> None:
-    """What a launcher checks before starting workers, under its locks: the folders, the checkpoint, the data.
-
-    No model is needed: a refusal here is one line within a second, not a failed group of workers.
-    """
-    startup.plan_start(cfg, startup.checkpoint_store(cfg), launch_id, world_size, device_type)
-    training_shards(cfg)
 
 
 class Trainer:
@@ -133,7 +129,7 @@ class Trainer:
         cfg = self.cfg
         self._verified: dict[str, Any] | None = None  # rank 0: the checkpoint the plan read and checked, decoded
         self.plan: startup.StartPlan = on_main_process(self._plan_start, self.ctx)
-        self.urls = training_shards(cfg)
+        self.urls = startup.training_shards(cfg)
 
         # LoRA initialisation must be identical on every process: seed before building the model.
         torch.manual_seed(cfg.seed)
@@ -156,21 +152,7 @@ class Trainer:
         # From here on each process has its own global RNG stream (LoRA dropout).
         torch.manual_seed(stable_seed("torch", cfg.seed, self.ctx.rank) % 2**62)
 
-        o = cfg.optim
-        self.optimizer = torch.optim.AdamW(
-            [
-                {"params": [self.model.placeholder.vector], "lr": o.embedding_lr, "weight_decay": o.embedding_weight_decay},
-                {"params": self.model.lora_parameters(), "lr": o.lr, "weight_decay": o.weight_decay},
-            ],
-            betas=tuple(o.betas),
-            eps=o.eps,
-        )
-        from diffusers.optimization import get_scheduler
-
-        self.lr_scheduler = get_scheduler(
-            o.scheduler, self.optimizer, num_warmup_steps=o.warmup_steps, num_training_steps=cfg.phases.total_steps
-        )
-        self.scaler = torch.amp.GradScaler("cuda") if o.mixed_precision == "fp16" else None
+        self.optimizer, self.lr_scheduler, self.scaler = build_optimizer(self.model, cfg.optim, cfg.phases.total_steps)
         # One generator for noise, timesteps and VAE samples, seeded alike on every process.
         self.generator = torch.Generator(device=self.ctx.device).manual_seed(cfg.seed)
         self.step = 0
@@ -206,68 +188,24 @@ class Trainer:
         name = self.plan.checkpoint
         assert name is not None
         ref = CheckpointRef(name, self.plan.step, self.store.url(name))
-        problem = ""
-        try:  # rank 0 read and verified it when the run started
-            state, self._verified = self._verified or ckpt.load_checkpoint(self.store, ref), None
-        except (DamagedCheckpoint, OSError) as exc:  # rank 0 verified it a moment ago: the storage changed under us
-            problem = str(exc)
-        # Every process must know whether all could read it, or one would wait in the next collective alone.
-        if all_reduce_scalars([1.0 if problem else 0.0], self.ctx, op="sum")[0] > 0:
-            raise UserError(f"checkpoint {ref.url} could not be read by every process ({problem or 'on another process'}); "
-                            "check that every node sees the checkpoint folder, then start the run again")
-        self.model.load_trainable_state(state["trainable"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["rng"]["generator"].to(self.generator.get_state().device))
-        self.step = int(state["state"]["step"])
-        saved_world = int(state["state"]["world_size"])
-        if saved_world == self.ctx.world_size:
-            ckpt.set_rng_state(state["rng"]["per_rank"][self.ctx.rank])
-            data = state["state"]["data"][self.ctx.rank]
-            data["positions"] = {int(k): [int(v[0]), int(v[1])] for k, v in data["positions"].items()}
-            self.data_state = data
-        else:
+        verified, self._verified = self._verified, None
+        state = read_on_every_process(self.store, ref, verified, self.ctx)
+        self.step = restore_shared_state(state, self.model, self.optimizer, self.lr_scheduler, self.generator)
+        data = restore_process_state(state, self.ctx)
+        if data is None:
             # Streams are defined per (rank, worker): with another world size they cannot be continued,
             # so new streams start with a fresh seed (no sample order is replayed).
-            log.warning("checkpoint was written by %d processes, now %d: data streams restart reseeded", saved_world, self.ctx.world_size)
-            self.data_state = {"phase": 0, "positions": {}, "batches": 0, "reseed": self.step}
+            log.warning("checkpoint was written by %d processes, now %d: data streams restart reseeded",
+                        saved_world_size(state), self.ctx.world_size)
+            data = {"phase": 0, "positions": {}, "batches": 0, "reseed": self.step}
+        self.data_state = data
         if self.ctx.is_main:
             log.info("resumed from %s at step %d", ref.url, self.step)
 
     def _loader(self, phase: int):
-        cfg, d = self.cfg, self.cfg.data
-        resumed = self.data_state.get("phase") == phase
-        positions = self.data_state["positions"] if resumed else {}
-        batches = self.data_state["batches"] if resumed else 0
-        reseed = self.data_state.get("reseed", 0)
-        self.data_state = {"phase": phase, "positions": dict(positions), "batches": batches, "reseed": reseed}
-        spec = StreamSpec(
-            urls=self.urls,
-            example=ExampleSpec(
-                resolution=d.resolution,
-                vae_scale_factor=self.model.vae_scale_factor,
-                mode=d.mode,
-                crop_scale_min=d.crop_scale_min,
-                mask_dilate_max=d.mask_dilate_max,
-                random_mask_max_boxes=d.random_mask_max_boxes,
-                seed=d.seed,
-            ),
-            batch_size=d.batch_size,
-            tokenizer=self.model.tokenizer,
-            token=cfg.model.token,
-            # Phase 1 is textual inversion: every prompt must contain R* for v* to learn anything.
-            learned_prob=1.0 if phase == 1 else d.prompt_learned_prob,
-            tag_choice=d.tag_choice,
-            shuffle_buffer=d.shuffle_buffer,
-            rank=self.ctx.rank,
-            world_size=self.ctx.world_size,
-            subset_fraction=cfg.phases.textual_inversion_subset if phase == 1 else 1.0,
-            cached=bool(d.latent_cache),
-            stream_name=f"phase{phase}-r{reseed}",
-            start_positions=dict(positions),
-            worker_offset=batches % max(1, d.num_workers),
-        )
-        return iter(make_loader(spec, d.num_workers, ignore_signals=watched_signals(cfg.preemption.signals)))
+        self.data_state = phase_data_state(self.data_state, phase)
+        spec = phase_stream_spec(self.cfg, phase, self.urls, self.model, self.ctx, self.data_state)
+        return iter(make_loader(spec, self.cfg.data.num_workers, ignore_signals=watched_signals(self.cfg.preemption.signals)))
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -277,12 +215,14 @@ class Trainer:
             with self.preemption:
                 return self._train()
         except Preempted:
-            self.logger.finish(preempted=True)
+            with signals_ignored(self.preemption.signals):
+                self.logger.finish(preempted=True)
             raise
         finally:
-            self._stop_loader()
-            self.logger.finish()
-            self.close()
+            with signals_ignored(self.preemption.signals):  # a stop is under way: nothing may cut the cleanup short
+                self._stop_loader()
+                self.logger.finish()
+                self.close()
 
     def _stop_loader(self) -> None:
         batches, self._batches = self._batches, None
@@ -295,15 +235,8 @@ class Trainer:
         """
         cfg = self.cfg
         if self.plan.replaced:
-            log.warning("--overwrite: deleting the previous run in %s (%s)", self.out_dir, ", ".join(self.plan.replaced))
-            for ref in self.store.list():
-                self.store.remove(ref)
-            for name in (META_NAME, LORA_WEIGHTS_NAME, EMBEDS_NAME):
-                (self.out_dir / name).unlink(missing_ok=True)
-        sweep_incomplete_export(self.out_dir)
-        public = public_train_config(cfg)
-        with writing(self.out_dir, "the run's config"):
-            save_config(public, self.out_dir / "train_config.yaml")
+            remove_replaced_run(self.out_dir, self.store, self.plan.replaced)
+        public = record_config(cfg, self.out_dir)
         self.logger = RunLogger(cfg.wandb, self.out_dir, config_to_dict(public), resume_id=self.plan.wandb_run_id,
                                 logged_step=self.plan.logged_step, on_logged=self._note_logged_step)
         with writing(self.store.url(launches.RUN_STATE_NAME), "the run's state"):
@@ -332,18 +265,12 @@ class Trainer:
         if self.plan.checkpoint:
             self._resume()
         on_main_process(self._start_outputs, ctx)
-        total, ti_steps, accum = cfg.phases.total_steps, cfg.phases.textual_inversion_steps, cfg.optim.grad_accumulation
-        local_bs = cfg.data.batch_size
-        global_bs = local_bs * ctx.world_size
-        latent = cfg.data.resolution // self.model.vae_scale_factor
-        latent_shape = (self.model.vae.config.latent_channels, latent, latent)
-        num_t = self.model.noise_scheduler.config.num_train_timesteps
-        max_norm = cfg.optim.max_grad_norm if cfg.optim.max_grad_norm > 0 else math.inf
+        total, ti_steps = cfg.phases.total_steps, cfg.phases.textual_inversion_steps
+        shape = step_shape(cfg, self.model, ctx.world_size)
         self.model.unet.train()
 
         phase, batches = None, None
-        loss_sum = torch.zeros((), device=ctx.device)
-        window = {"steps": 0, "time": 0.0, "data": 0.0, "learned": 0, "samples": 0}
+        window = Window(ctx.device)
         while self.step < total:
             want = 1 if self.step < ti_steps else 2
             if want != phase:
@@ -353,48 +280,11 @@ class Trainer:
                 batches = self._batches = self._loader(phase)
                 if ctx.is_main:
                     log.info("phase %d from step %d (%s)", phase, self.step, "v* only" if phase == 1 else "v* + LoRA")
-            params = [p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad]
-            t0 = time.perf_counter()
-            data_time = 0.0
-            self.optimizer.zero_grad(set_to_none=True)
-            for _ in range(accum):
-                td = time.perf_counter()
-                batch = next(batches)
-                data_time += time.perf_counter() - td
-                self.data_state["positions"][batch["worker"]] = batch["position"]
-                self.data_state["batches"] += 1
-                n_learned = int(batch["learned"].sum())
-                window["learned"] += n_learned
-                window["samples"] += len(batch["keys"])
-                self.learned_count[0] += n_learned
-                self.learned_count[1] += len(batch["keys"])
-                batch = {k: (v.to(ctx.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-                draws = draw_step_noise(self.generator, global_bs, ctx.rank, local_bs, latent_shape, num_t, ctx.device)
-                loss = diffusion_loss(self.model, batch, draws, self._autocast) / accum
-                (self.scaler.scale(loss) if self.scaler else loss).backward()
-                loss_sum += loss.detach()
-            # The preemption flag rides in the gradient all-reduce: every process learns of a signal
-            # any of them received, in the same step (on a GPU: one step later, all alike).
-            flags = self.step_flags.push(all_reduce_mean_(params, ctx, flags=[float(self.preemption.requested)]))
-            stop = bool(flags and flags[0] > 0)
-            if self.scaler:
-                self.scaler.unscale_(self.optimizer)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            if self.scaler:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                self.optimizer.step()
-            self.lr_scheduler.step()
-            self.step += 1
-            window["steps"] += 1
-            window["time"] += time.perf_counter() - t0
-            window["data"] += data_time
+            stop, grad_norm = self._optimizer_step(batches, shape, window)
 
-            if self.step % cfg.log_every == 0 or self.step % cfg.wandb.log_every == 0 or self.step == total:
-                self._report(loss_sum, grad_norm, window, phase, accum * global_bs)
-                loss_sum = torch.zeros((), device=ctx.device)
-                window = {"steps": 0, "time": 0.0, "data": 0.0, "learned": 0, "samples": 0}
+            if report_due(self.step, cfg):
+                self._report(window, grad_norm, phase, shape.accum * shape.global_bs)
+                window = Window(ctx.device)
             saved = None
             if cfg.checkpoint.every and (self.step % cfg.checkpoint.every == 0 or self.step == total):
                 saved = self._save_checkpoint()
@@ -409,45 +299,43 @@ class Trainer:
                 self._validate()
         return self._finish()
 
+    def _optimizer_step(self, batches: Any, shape: StepShape, window: Window) -> tuple[bool, torch.Tensor]:
+        """One optimizer step over ``shape.accum`` batches: whether any process was asked to stop, and the gradient norm."""
+        params = trainable_params(self.optimizer)
+        t0 = time.perf_counter()
+        data_time = 0.0
+        self.optimizer.zero_grad(set_to_none=True)
+        for _ in range(shape.accum):
+            td = time.perf_counter()
+            batch = next(batches)
+            data_time += time.perf_counter() - td
+            self._count_batch(batch, window)
+            window.loss_sum += backward_micro_batch(self.model, batch, self.generator, shape, self.ctx, self._autocast, self.scaler)
+        # The preemption flag rides in the gradient all-reduce: every process learns of a signal
+        # any of them received, in the same step (on a GPU: one step later, all alike).
+        flags = self.step_flags.push(all_reduce_mean_(params, self.ctx, flags=[float(self.preemption.requested)]))
+        stop = bool(flags and flags[0] > 0)
+        grad_norm = apply_gradients(self.optimizer, self.lr_scheduler, self.scaler, params, shape.max_norm)
+        self.step += 1
+        window.add_step(time.perf_counter() - t0, data_time)
+        return stop, grad_norm
+
+    def _count_batch(self, batch: dict[str, Any], window: Window) -> None:
+        """Advance the data state to ``batch`` (its worker's position) and count its prompts."""
+        self.data_state["positions"][batch["worker"]] = batch["position"]
+        self.data_state["batches"] += 1
+        n_learned = int(batch["learned"].sum())
+        window.add_batch(n_learned, len(batch["keys"]))
+        self.learned_count[0] += n_learned
+        self.learned_count[1] += len(batch["keys"])
+
     # -- rank-0 work and the collectives that feed it ------------------------------------------
 
-    def _report(self, loss_sum: torch.Tensor, grad_norm: torch.Tensor, window: dict[str, Any], phase: int, samples_per_step: int) -> None:
-        steps = max(1, window["steps"])
-        loss, gnorm, learned, samples, step_time = all_reduce_scalars(
-            [float(loss_sum) / steps, float(grad_norm), window["learned"], window["samples"], window["time"] / steps],
-            self.ctx,
-        )
-        learned, samples = learned * self.ctx.world_size, samples * self.ctx.world_size  # sums
-        total_learned = all_reduce_scalars([self.learned_count[0], self.learned_count[1]], self.ctx, op="sum")
-        metrics = {
-            "train/loss": loss,
-            "train/grad_norm": gnorm,
-            "train/lr_lora": self.lr_scheduler.get_last_lr()[1],
-            "train/lr_embedding": self.lr_scheduler.get_last_lr()[0],
-            "train/step_time_s": step_time,
-            "train/data_time_s": window["data"] / steps,
-            "train/samples_per_s": samples_per_step / step_time if step_time > 0 else float("nan"),
-            "train/prompt_learned_share": learned / samples if samples else float("nan"),
-            "train/prompt_learned_share_total": total_learned[0] / max(1.0, total_learned[1]),
-            "train/phase": phase,
-            "train/v_star_norm": float(self.model.placeholder.vector.detach().norm()),
-        }
-        if self.ctx.device.type == "cuda":
-            metrics["gpu/max_memory_allocated_gb"] = torch.cuda.max_memory_allocated(self.ctx.device) / 2**30
-            metrics["gpu/memory_reserved_gb"] = torch.cuda.memory_reserved(self.ctx.device) / 2**30
-        self._main_process_work(metrics)
-
-    def _main_process_work(self, metrics: dict[str, float]) -> None:
-        if not self.ctx.is_main:
-            return
-        self.history.append({"step": self.step, **metrics})
-        self.logger.log(metrics, step=self.step)
-        if self.step % self.cfg.log_every == 0 or self.step == self.cfg.phases.total_steps:
-            log.info(
-                "step %d/%d  loss %.4f  grad_norm %.3g  lr %.2e  %.1f samples/s  learned-prompt share %.2f",
-                self.step, self.cfg.phases.total_steps, metrics["train/loss"], metrics["train/grad_norm"],
-                metrics["train/lr_lora"], metrics["train/samples_per_s"], metrics["train/prompt_learned_share_total"],
-            )
+    def _report(self, window: Window, grad_norm: torch.Tensor, phase: int, samples_per_step: int) -> None:
+        metrics = gather_metrics(window, grad_norm, phase, samples_per_step, self.learned_count, self.lr_scheduler,
+                                 self.model, self.ctx)
+        if self.ctx.is_main:
+            record_metrics(metrics, self.step, self.cfg, self.history, self.logger)
 
     def _save_checkpoint(self) -> str:
         """Every process's states to rank 0, which writes the checkpoint; returns where it is (on every process).
@@ -455,16 +343,13 @@ class Trainer:
         A refused write (full disk, quota) or a lost lock is one user error on every process,
         and the previous checkpoint stays intact.
         """
-        rng_states = gather_objects(ckpt.rng_state(), self.ctx)
-        data_states = gather_objects(dict(self.data_state), self.ctx)
+        rng_states, data_states = gather_process_states(self.data_state, self.ctx)
 
         def write() -> str:
             startup.check_locks(self.locks)  # never write over the folder of a launch that took our lock over
-            files, state = ckpt.encode_checkpoint(
-                self.step, self.model.trainable_state(), self.optimizer, self.lr_scheduler, self.generator,
-                rng_states, data_states, self.ctx.world_size, self.run_id,
-                extra={"launch": self.launch_id, "wandb_run_id": getattr(self.logger, "run_id", None),
-                       "dependencies": self.dependencies, "fingerprint": digest(self.dependencies)},
+            files, state = encode_trainer_state(
+                self.step, self.model, self.optimizer, self.lr_scheduler, self.generator, rng_states, data_states,
+                self.ctx.world_size, self.run_id, self.launch_id, getattr(self.logger, "run_id", None), self.dependencies,
             )
             where = self.store.url(checkpoint_name(self.step))
             with writing(where, f"the checkpoint of step {self.step}"):
@@ -482,43 +367,21 @@ class Trainer:
         on_main_process(self._validate_main, self.ctx)
 
     def _validate_main(self) -> None:
-        from magiceraser.atomic import atomic_write_bytes
-        from magiceraser.imageio import encode_image
-        from magiceraser.training.data import read_first_samples
-        from magiceraser.training.validation import prepare_validation_samples, run_validation
+        from magiceraser.training.validation import held_out_samples, write_validation_grid
 
-        v = self.cfg.validation
         if self._validation_samples is None:
-            decoded = read_first_samples(v.urls, v.num_samples)
-            self._validation_samples = prepare_validation_samples(decoded, self.cfg.data.resolution, self.cfg.data.crop_scale_min, self.cfg.data.seed)
+            self._validation_samples = held_out_samples(self.cfg)
         if not self._validation_samples:
-            log.warning("validation.urls %s gave no usable sample; skipping validation", v.urls)
+            log.warning("validation.urls %s gave no usable sample; skipping validation", self.cfg.validation.urls)
             return
-        grid = run_validation(
-            self.model, self.base_scheduler_config, self._validation_samples, self.cfg.model.token,
-            v.num_inference_steps, v.guidance_scale, v.seed, self.ctx.device,
-        )
-        path = self.out_dir / "validation" / f"step-{self.step:08d}.png"
-        with writing(path, "a validation grid"):
-            atomic_write_bytes(path, encode_image(grid, "png"))
-        self.logger.log_image("validation/grid", grid, "rows: input, mask, result, target", step=self.step)
-
-    def _export(self) -> None:
-        from magiceraser.training.export import export_trained
-
-        startup.check_locks(self.locks)
-        with writing(self.out_dir, "the export (v* and LoRA)"):
-            export_trained(
-                self.out_dir, self.model.unet, self.model.placeholder.vector, self.cfg.model.token, self.cfg.model.base_model,
-                extra={"steps": self.step, "world_size": self.ctx.world_size,
-                       "training_config": {k: v for k, v in config_to_dict(public_train_config(self.cfg)).items() if k not in resume_checks.LAUNCH_KEYS}},
-            )
-        log.info("exported v* and LoRA to %s", self.out_dir)
+        write_validation_grid(self.model, self.base_scheduler_config, self._validation_samples, self.cfg, self.ctx.device,
+                              self.out_dir, self.step, self.logger)
 
     def _finish(self) -> TrainResult:
         if self.cfg.validation.urls:
             self._validate()
-        on_main_process(self._export, self.ctx)
+        on_main_process(lambda: export_run(self.cfg, self.out_dir, self.model, self.step, self.ctx.world_size, self.locks),
+                        self.ctx)
         if self.ctx.is_main:
             self.logger.finish()  # best effort: the export is written, a W&B hiccup is only logged
         barrier(self.ctx)

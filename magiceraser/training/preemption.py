@@ -26,10 +26,11 @@ command reports the newest checkpoint that exists.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from types import FrameType
 
 from magiceraser.errors import INTERRUPTED_EXIT_CODE
@@ -122,6 +123,25 @@ class PreemptionWatcher:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def signals_ignored(signals: Iterable[signal.Signals]) -> Iterator[None]:
+    """While a run that was told to stop cleans up (loader, W&B, locks): the watched signals are ignored.
+
+    The stop is already under way, so a further Ctrl-C or SIGTERM cannot be acted on sooner; it
+    could only cut the cleanup short and leave the folder's lock behind. Only on the main thread
+    (where Python handles signals); elsewhere a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def ignore_in_worker(names: Iterable[str]) -> None:

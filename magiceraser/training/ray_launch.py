@@ -195,7 +195,7 @@ def run_on_ray(cfg: TrainConfig, launch_id: str | None = None) -> RayTrainOutcom
     from magiceraser.training import startup
     from magiceraser.training.launch import LAUNCH_ENV
     from magiceraser.training.launch import launch_id as current_launch_id
-    from magiceraser.training.loop import preflight
+    from magiceraser.training.startup import preflight
 
     cfg = absolute_paths(cfg)
     r = cfg.ray

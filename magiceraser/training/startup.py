@@ -1,7 +1,8 @@
-"""What a training run starts from: its folders' locks, the refusals, and the checkpoint it continues.
+"""What a training run starts from: its folders' locks, the refusals, the checkpoint it continues
+and the shards it reads.
 
-Decided once, by rank 0 (or by a ``--ray`` driver before any worker starts), before any model
-is loaded, so every mistake is one line within a second:
+Decided once, by rank 0 (or by a ``--ray`` driver before any worker starts: :func:`preflight`),
+before any model is loaded, so every mistake is one line within a second:
 
 1. **Locks**: ``out_dir/job.lock``, and the checkpoint folder's when it lies elsewhere
    (``checkpoint.dir``, also on an object store). A second launch on the same folders is refused,
@@ -17,6 +18,7 @@ is loaded, so every mistake is one line within a second:
    with one line naming what was found: never a traceback, never a silent fresh start.
 4. **Same settings**: the chosen checkpoint's recorded dependencies are compared with this run's
    (``resume.py``); a difference is refused, naming the keys.
+5. **Data**: the shards it reads (``data.urls`` expanded, or the latent cache's list) must exist.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from typing import Any
 
 from magiceraser.errors import UserError
 from magiceraser.lock import OutputLock
+from magiceraser.olrd_samples import expand_urls
 from magiceraser.training import checkpoint as ckpt
 from magiceraser.training import launch as launches
 from magiceraser.training import resume as resume_checks
@@ -197,3 +200,24 @@ def check_dependencies(cfg: TrainConfig, plan: StartPlan, where: str, world_size
     current = resume_checks.training_dependencies(cfg, world_size, device_type, model_digest or "")
     ignore = () if model_digest else ("base_model_config",)
     return resume_checks.check_resume(plan.dependencies, current, where, cfg.resume_allow_changes, ignore=ignore)
+
+
+def training_shards(cfg: TrainConfig) -> list[str]:
+    """The shard URLs a run reads: the latent cache's listed shards, else ``data.urls`` expanded.
+
+    Raises UserError for patterns that match nothing, missing shards or an unfinished cache.
+    """
+    if cfg.data.latent_cache:
+        from magiceraser.training.latent_cache import cache_shard_urls
+
+        return cache_shard_urls(cfg.data.latent_cache)
+    return expand_urls(cfg.data.urls, key="data.urls")
+
+
+def preflight(cfg: TrainConfig, launch_id: str, world_size: int, device_type: str) -> None:
+    """What a launcher checks before starting workers, under its locks: the folders, the checkpoint, the data.
+
+    No model is needed: a refusal here is one line within a second, not a failed group of workers.
+    """
+    plan_start(cfg, checkpoint_store(cfg), launch_id, world_size, device_type)
+    training_shards(cfg)

@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             run_on_ray(cfg)
         except Preempted as exc:
+            _leaving()
             print(_preempted_line(exc, argv), file=sys.stderr, flush=True)
             return exc.exit_code
         except KeyboardInterrupt:
@@ -75,6 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run_training(cfg, ctx)
     except Preempted as exc:
+        _leaving()
         if ctx.is_main:
             print(_preempted_line(exc, argv), file=sys.stderr, flush=True)
         return exc.exit_code
@@ -87,6 +89,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ctx.is_main:
         print(f"trained {result.steps} steps on {result.world_size} process(es); exported to {result.out_dir}")
     return 0
+
+
+def _leaving() -> None:
+    """The run has saved and released its folders: a further Ctrl-C or SIGTERM cannot stop it sooner, and
+    must not turn the closing line into a traceback."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def _resume_command(argv: Sequence[str] | None) -> str:

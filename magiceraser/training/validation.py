@@ -2,19 +2,24 @@
 
 The pipeline is assembled from the components being trained (LoRA active, v* in the text
 encoder), the prompt is the learned one ``A photo of R* {dominant tag}``, and each sample becomes a
-row (input Ĩ, mask, result, target I) of an image grid.
+row (input Ĩ, mask, result, target I) of an image grid. During training rank 0 reads the
+held-out samples once (:func:`held_out_samples`) and writes each validation step's grid to
+``{out_dir}/validation/step-{step:08d}.png`` and to W&B (:func:`write_validation_grid`).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from magiceraser.prompts import learned_prompt
+from magiceraser.training.config import TrainConfig
 from magiceraser.training.sampling import crop_box_containing, mask_bbox, stable_seed
-from magiceraser.training.tracking import image_grid
+from magiceraser.training.tracking import NullLogger, image_grid
+from magiceraser.write_errors import writing
 
 
 def prepare_validation_samples(decoded: list[dict[str, Any]], resolution: int, crop_scale_min: float, seed: int) -> list[dict[str, Any]]:
@@ -75,3 +80,29 @@ def run_validation(model, base_scheduler_config: dict[str, Any], samples: list[d
     finally:
         model.unet.train(was_training)
     return image_grid(rows)
+
+
+def held_out_samples(cfg: TrainConfig) -> list[dict[str, Any]]:
+    """The first ``validation.num_samples`` samples of ``validation.urls``, cropped and resized for validation."""
+    from magiceraser.training.data import read_first_samples
+
+    v = cfg.validation
+    decoded = read_first_samples(v.urls, v.num_samples)
+    return prepare_validation_samples(decoded, cfg.data.resolution, cfg.data.crop_scale_min, cfg.data.seed)
+
+
+def write_validation_grid(model, base_scheduler_config: dict[str, Any], samples: list[dict[str, Any]], cfg: TrainConfig,
+                          device: torch.device, out_dir: Path, step: int, logger: NullLogger) -> None:
+    """Erase ``samples`` with the current weights; write the grid of ``step`` under ``out_dir`` and to W&B."""
+    from magiceraser.atomic import atomic_write_bytes
+    from magiceraser.imageio import encode_image
+
+    v = cfg.validation
+    grid = run_validation(
+        model, base_scheduler_config, samples, cfg.model.token,
+        v.num_inference_steps, v.guidance_scale, v.seed, device,
+    )
+    path = out_dir / "validation" / f"step-{step:08d}.png"
+    with writing(path, "a validation grid"):
+        atomic_write_bytes(path, encode_image(grid, "png"))
+    logger.log_image("validation/grid", grid, "rows: input, mask, result, target", step=step)

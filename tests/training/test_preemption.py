@@ -261,16 +261,18 @@ def test_ctrl_c_to_the_process_group_saves_exits_130_in_one_line_and_a_second_on
     over = {"phases.total_steps": 60, "phases.textual_inversion_steps": 3, "checkpoint.every": 5, "num_threads": 1,
             "data.num_workers": 2}
     urls = [olrd_shards / "olrd-*.tar"]
-    for name in ("once", "twice"):
+    for name in ("once", "twice", "late"):
         save_config(tiny_train_config(tiny_sd, urls, tmp_path / name, **over), tmp_path / f"{name}.yaml")
 
-    def interrupt(name: str, times: int) -> tuple[int, list[str]]:
+    def interrupt(name: str, times: int, second_after: str = "") -> tuple[int, list[str]]:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
         with open(tmp_path / f"{name}.out", "w") as out, open(tmp_path / f"{name}.err", "w") as err:
             proc = subprocess.Popen([sys.executable, "-m", "magiceraser", "train", "--config", str(tmp_path / f"{name}.yaml")],
                                     stdout=out, stderr=err, env=env, cwd=str(REPO), start_new_session=True)
         _wait_for(tmp_path / f"{name}.out", r"step 7/60", proc)
-        for _ in range(times):
+        for i in range(times):
+            if i and second_after:  # the second Ctrl-C only once the run has saved and is cleaning up
+                _wait_for(tmp_path / f"{name}.out", second_after, proc)
             os.killpg(proc.pid, signal.SIGINT)
             time.sleep(0.05)
         code = proc.wait(timeout=60)
@@ -296,3 +298,10 @@ def test_ctrl_c_to_the_process_group_saves_exits_130_in_one_line_and_a_second_on
     assert not (tmp_path / "twice" / "job.lock").exists()
     newest = CheckpointStore(tmp_path / "twice" / "checkpoints").list()[-1]
     assert newest.url in m.group(1) or f"checkpoint {newest.url}" in err[-1], (err[-1], newest)
+
+    # A second Ctrl-C while the run that already saved cleans up (loader, W&B, lock): it cannot stop the
+    # run sooner and must not cut the cleanup short (the lock was once left behind) or print a traceback.
+    code, err = interrupt("late", 2, second_after=r"interrupt \(SIGINT\): stopped after step")
+    assert code == 130 and "Traceback" not in "\n".join(err), err[-30:]
+    assert err[-1].startswith("magiceraser train: interrupted (SIGINT) after step"), err[-1]
+    assert not (tmp_path / "late" / "job.lock").exists()
