@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import free_port
+from .helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(900)

@@ -16,7 +16,7 @@ import pytest
 from magiceraser.imageio import decode_image
 from magiceraser.panoptic import dilate
 
-from .conftest import free_port, photo, png_bytes, serve_overrides, start_app
+from .helpers import free_port, photo, png_bytes, serve_overrides, start_app
 
 pytestmark = pytest.mark.timeout(600)
 

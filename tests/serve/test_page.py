@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import free_port, photo, png_bytes, serve_overrides, start_app
+from .helpers import free_port, photo, png_bytes, serve_overrides, start_app
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser")) if p), None)

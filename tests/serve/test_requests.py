@@ -21,7 +21,7 @@ from magiceraser.serve.requests import (
 )
 from magiceraser.serve.segments import rle_decode, rle_encode, segments_payload
 
-from .conftest import photo, png_bytes
+from .helpers import photo, png_bytes
 
 
 def _raises(status: int, field: str, fn, *args, **kwargs) -> ApiError:

@@ -16,7 +16,7 @@ from magiceraser.serve.config import ServeConfig
 from magiceraser.serve.requests import ApiError, EraseParams, parse_erase_params
 from magiceraser.serve.worker import EraseJob, EraseResult, EraserWorker
 
-from .conftest import photo
+from .helpers import photo
 
 
 @pytest.fixture(scope="module")

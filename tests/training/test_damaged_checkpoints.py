@@ -14,13 +14,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_train_config
 
 from magiceraser.config import save_config
 from magiceraser.errors import UserError
 from magiceraser.storage import Folder
 from magiceraser.training.checkpoint_store import CheckpointStore
 from magiceraser.training.loop import Trainer, run_training
+
+from .run_config import tiny_train_config
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = {"phases.total_steps": 3, "phases.textual_inversion_steps": 1, "checkpoint.every": 1, "checkpoint.keep_last": 3}

@@ -15,14 +15,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import tiny_train_config
-from olrd_fixture import write_olrd_shards
 
 from magiceraser.config import save_config
 from magiceraser.training import checkpoint as ckpt
 from magiceraser.training.checkpoint_store import CheckpointStore
 from magiceraser.training.loop import run_training
 from magiceraser.write_errors import WriteError
+
+from .olrd_fixture import write_olrd_shards
+from .run_config import tiny_train_config
 
 REPO = Path(__file__).resolve().parents[2]
 MiB = 1 << 20

@@ -13,8 +13,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import tiny_train_config
-from olrd_fixture import write_olrd_shards
 
 from magiceraser.errors import UserError
 from magiceraser.training.latent_cache import (
@@ -25,6 +23,9 @@ from magiceraser.training.latent_cache import (
     encode_shard,
 )
 from magiceraser.training.loop import Trainer
+
+from .olrd_fixture import write_olrd_shards
+from .run_config import tiny_train_config
 
 
 def _cfg(tiny_sd, urls, out, **over) -> LatentCacheConfig:

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_train_config
 
 from magiceraser.config import ConfigError
 from magiceraser.training.checkpoint_store import CheckpointStore
@@ -18,6 +17,8 @@ from magiceraser.training.launch import launch_id
 from magiceraser.training.preemption import PreemptionWatcher
 from magiceraser.training.ray_launch import absolute_paths
 from magiceraser.write_errors import WriteError, as_write_error, free_space, writing
+
+from .run_config import tiny_train_config
 
 
 def test_launch_ids_name_one_launch_across_its_restarts_and_nothing_else():

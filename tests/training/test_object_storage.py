@@ -15,13 +15,14 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_train_config
-from olrd_fixture import write_olrd_shards
 
 from magiceraser.config import ConfigError
 from magiceraser.storage import Folder
 from magiceraser.training.latent_cache import LatentCacheConfig, build_cache
 from magiceraser.training.loop import run_training
+
+from .olrd_fixture import write_olrd_shards
+from .run_config import tiny_train_config
 
 
 def _cache_cfg(tiny_sd, urls, out_dir) -> LatentCacheConfig:

@@ -18,9 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_train_config
 from safetensors.torch import load_file
-from wandb_records import history_steps, run_files
 
 from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME
 from magiceraser.config import save_config
@@ -31,6 +29,9 @@ from magiceraser.training.checkpoint_store import CheckpointStore
 from magiceraser.training.launch import read_run_state
 from magiceraser.training.loop import Trainer, run_training
 from magiceraser.training.preemption import PREEMPTED_EXIT_CODE, Preempted
+
+from .run_config import tiny_train_config
+from .wandb_records import history_steps, run_files
 
 REPO = Path(__file__).resolve().parents[2]
 EXPORT = (LORA_WEIGHTS_NAME, EMBEDS_NAME, META_NAME)

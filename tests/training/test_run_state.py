@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_train_config
 
 from magiceraser.artifacts import EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME, read_trained_output
 from magiceraser.errors import UserError
@@ -25,6 +24,8 @@ from magiceraser.training import checkpoint as ckpt
 from magiceraser.training.export import sweep_incomplete_export
 from magiceraser.training.loop import Trainer, run_training
 from magiceraser.training.resume import RESUMABLE_KEYS, check_resume
+
+from .run_config import tiny_train_config
 
 RUN = {"phases.total_steps": 2, "phases.textual_inversion_steps": 1, "checkpoint.every": 1, "checkpoint.keep_last": 2}
 

@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_train_config
-from olrd_fixture import write_olrd_shards
 from safetensors.torch import load_file
 
 from magiceraser.artifacts import read_trained_output
@@ -25,6 +23,9 @@ from magiceraser.prompts import DEFAULT_TOKEN, learned_prompt
 from magiceraser.training import checkpoint as ckpt
 from magiceraser.training.loop import Trainer, run_training
 from magiceraser.training.model import diffusion_loss, draw_step_noise
+
+from .olrd_fixture import write_olrd_shards
+from .run_config import tiny_train_config
 
 REPO = Path(__file__).resolve().parents[2]
 
