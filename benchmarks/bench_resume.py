@@ -23,7 +23,7 @@ import torch
 from goals import GOALS
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "training"))
+sys.path.insert(0, str(REPO / "tests"))  # the trainer tests' helpers (tests/training is a package)
 
 
 def main() -> None:
@@ -37,7 +37,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from olrd_fixture import write_olrd_shards
+    from training.olrd_fixture import write_olrd_shards
     from transformers import CLIPTokenizer
 
     from magiceraser.olrd_samples import expand_urls

@@ -22,7 +22,7 @@ import torch
 from goals import GOALS
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests" / "training"))
+sys.path.insert(0, str(REPO / "tests"))  # the trainer tests' helpers (tests/training is a package)
 
 
 def main() -> None:
@@ -35,8 +35,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    from conftest import tiny_train_config
-    from olrd_fixture import write_olrd_shards
+    from training.olrd_fixture import write_olrd_shards
+    from training.run_config import tiny_train_config
 
     from magiceraser.olrd_samples import expand_urls
     from magiceraser.tiny_models import write_tiny_models
