@@ -7,8 +7,10 @@ the code that caused them (``training.model.cast_frozen``, ``models.stable_diffu
 ``--debug`` (or ``MAGICERASER_DEBUG=1``) shows everything: nothing is installed then.
 
 Two kinds: Python log records, dropped by a filter on the logger that emits them
-(:func:`silence_known_warnings`, installed by the command-line dispatcher), and a line Ray's C++
-core worker writes to the process's stderr (:func:`filtered_stderr`, around the OLRD pipeline).
+(:func:`silence_known_warnings`, installed by the command-line dispatcher and by the processes
+a command starts that print to its terminal: Serve replicas, Ray Train workers), and a line Ray's
+C++ core worker writes to the process's stderr (:func:`filtered_stderr`, around the OLRD pipeline).
+``--debug`` is passed on to those processes as ``MAGICERASER_DEBUG=1``.
 """
 
 from __future__ import annotations

@@ -63,6 +63,9 @@ class EraserWorker:
 
     def __init__(self, cfg: ServeConfig, pipe=None):
         """Load the config's models (``pipe`` given: use it, for tests and the benchmark)."""
+        from magiceraser.quiet import silence_known_warnings
+
+        silence_known_warnings()  # a replica is a process of its own: the command line's filters are not here
         self.cfg = cfg
         if cfg.num_threads:
             import torch

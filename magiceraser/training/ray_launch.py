@@ -103,6 +103,10 @@ def _worker_loop(loop_config: dict[str, Any]) -> None:
     """Body of every Ray Train worker: train, then rank 0 tells the driver how it ended."""
     import ray
 
+    from magiceraser.quiet import silence_known_warnings
+
+    silence_known_warnings()  # a worker is a process of its own: the command line's filters are not here
+
     from magiceraser.training.distributed import init_distributed
     from magiceraser.training.logs import setup_logging
     from magiceraser.training.loop import Trainer
