@@ -39,6 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from magiceraser import __version__
 from magiceraser.config import build_config, config_to_dict, load_config
+from magiceraser.pipelines.erase.settings import settings_of
 from magiceraser.serve.config import ServeConfig
 from magiceraser.serve.requests import (
     THING_NAMES,
@@ -224,7 +225,8 @@ class Ingress:
         s = self.cfg.serve
         if format not in ("png", "json"):
             raise ApiError(422, "format", f"format must be png or json, got {format!r}")
-        params: EraseParams = parse_erase_params(steps, strength, seed, refocus, tag, prompt, classes, max_steps=s.max_steps)
+        params: EraseParams = parse_erase_params(steps, strength, seed, refocus, tag, prompt, classes, max_steps=s.max_steps,
+                                                 base=settings_of(self.cfg))  # checked over this service's settings
         mask_data = await _read(mask, s.max_upload_bytes)
         if mask_data is not None and params.classes:
             raise ApiError(400, "classes", "send either a mask or classes, not both")

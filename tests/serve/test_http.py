@@ -127,6 +127,9 @@ def _bad_requests() -> list[tuple[str, dict, dict, int, str | None]]:
         ("image as text", {"mask": ("m.png", png_bytes(mask.astype(np.uint8) * 255))}, {"image": "abc"}, 422, "image"),
         ("bad steps", _files(img, mask), {"steps": "many"}, 422, "steps"),
         ("bad strength", _files(img, mask), {"strength": "2"}, 422, "strength"),
+        ("no denoising step", _files(img, mask), {"steps": "1", "strength": "0.5"}, 422, "strength"),
+        ("zero steps", _files(img, mask), {"steps": "0"}, 422, "steps"),
+        ("negative seed", _files(img, mask), {"seed": "-1"}, 422, "seed"),
     ]
 
 
