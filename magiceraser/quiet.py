@@ -92,7 +92,9 @@ def filtered_stderr(drop: Sequence[str] = KNOWN_STDERR_LINES) -> Iterator[None]:
     For lines written below Python (a C++ library's log). fd 2 is pointed at a pipe that a thread
     copies, line by line, to the real stderr; at the end fd 2 is restored and the rest is copied.
     Processes started within the block would inherit the pipe, so enter it only after they
-    started (the OLRD driver enters it after Ray). Nothing is filtered under ``--debug``.
+    started (the OLRD driver enters it after Ray). A crash of this process inside the block (an
+    abort right after a C++ fatal message) may lose the last lines not yet copied: rerun with
+    ``--debug``, under which nothing is filtered.
     """
     if debugging() or not drop:
         yield

@@ -11,7 +11,9 @@ the actor as restarting is a race, so the command sometimes ended, sometimes hun
 
 :class:`LostActorWatch` closes it: while a pipeline runs, it polls the cluster's node and actor
 tables; once a node that was alive when the pipeline started is dead and one of this job's
-pipeline actors has been restarting for ``timeout_s``, it kills that actor for good. Its queued
+pipeline actors has been restarting for ``timeout_s`` without any node having taken it (Ray starts
+a restarted actor in a new worker process on a node with room, then runs its constructor: an
+actor loading its models there is left alone), it kills that actor for good. Its queued
 batch then fails with ``ActorDiedError``, a cluster fault like any other, and the driver
 re-plans. ``timeout_s = 0`` waits for the cluster to place the actor again (an autoscaler that
 replaces lost nodes).
@@ -77,13 +79,14 @@ class LostActorWatch:
 
     def __init__(self, timeout_s: float, poll_s: float = 1.0, log: Callable[[str], None] | None = None,
                  alive_nodes: Callable[[], set[str]] | None = None,
-                 restarting_actors: Callable[[], set[str]] | None = None,
+                 pipeline_actors: Callable[[], dict[str, tuple[str, int]]] | None = None,
                  kill: Callable[[str], None] | None = None):
         self.timeout_s = timeout_s
         self.poll_s = poll_s
         self._log = log or (lambda message: print(message, file=sys.stderr, flush=True))
         self._alive_nodes = alive_nodes or _alive_nodes
-        self._restarting_actors = restarting_actors or _restarting_pipeline_actors
+        self._pipeline_actors = pipeline_actors or _pipeline_actors
+        self._pid_alive: dict[str, int] = {}  # each actor's worker pid while it was last seen alive
         self._kill = kill or _kill_actor
         self.given_up: list[str] = []
         self._stop = threading.Event()
@@ -111,15 +114,26 @@ class LostActorWatch:
                 self._log(f"[olrd] could not read the cluster's state ({type(exc).__name__}: {exc}); asking again")
 
     def poll(self, alive_at_start: set[str], since: dict[str, float]) -> list[str]:
-        """One look at the cluster; kills and returns the actors given up on."""
+        """One look at the cluster; kills and returns the actors given up on.
+
+        Only an actor that no node has taken counts. Ray gives a restarted actor a new worker
+        process on a node with room and keeps it RESTARTING while its constructor loads the models
+        (minutes, on a node that does have room): its pid is then new. An actor still RESTARTING
+        with the pid it had while alive has not been placed anywhere.
+        """
         now = time.monotonic()
-        restarting = {a: now for a in self._restarting_actors()}
-        alive_now = self._alive_nodes() if restarting else alive_at_start
-        doomed = actors_to_give_up(alive_at_start, alive_now, restarting, since, now, self.timeout_s)
+        actors = self._pipeline_actors()
+        for actor_id, (state, pid) in actors.items():
+            if state == "ALIVE":
+                self._pid_alive[actor_id] = pid
+        unplaced = {a: now for a, (state, pid) in actors.items()
+                    if state == "RESTARTING" and self._pid_alive.get(a, pid) == pid}
+        alive_now = self._alive_nodes() if unplaced else alive_at_start
+        doomed = actors_to_give_up(alive_at_start, alive_now, unplaced, since, now, self.timeout_s)
         for actor_id in doomed:
             lost = len(alive_at_start - alive_now)
             self._log(f"[olrd] pipeline actor {actor_id[:8]} has been restarting for {self.timeout_s:g} s since "
-                      f"{lost} node(s) were lost, and no live node has room for it: giving it up "
+                      f"{lost} node(s) were lost, and no live node has taken it: giving it up "
                       f"(lost_actor_timeout_s); its batch is planned again on the nodes alive")
             self._kill(actor_id)
             self.given_up.append(actor_id)
@@ -139,13 +153,16 @@ def _alive_nodes() -> set[str]:
     return {n["NodeID"] for n in ray.nodes() if n.get("Alive")}
 
 
-def _restarting_pipeline_actors() -> set[str]:
+def _pipeline_actors() -> dict[str, tuple[str, int]]:
+    """This job's pipeline actors, alive or restarting -> (state, pid of their worker process)."""
     import ray
     from ray._private import state
 
     job_id = ray._private.worker.global_worker.current_job_id
-    return {actor_id for actor_id, info in state.actors(job_id=job_id, actor_state_name="RESTARTING").items()
-            if info.get("ActorClassName", "").startswith(PIPELINE_ACTOR_PREFIX)}
+    return {actor_id: (info["State"], int(info.get("Pid") or 0))
+            for actor_id, info in state.actors(job_id=job_id).items()
+            if info.get("ActorClassName", "").startswith(PIPELINE_ACTOR_PREFIX)
+            and info.get("State") in ("ALIVE", "RESTARTING")}
 
 
 def _kill_actor(actor_id: str) -> None:

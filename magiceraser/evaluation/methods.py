@@ -172,7 +172,7 @@ def _build_diffusion(cfg: MethodConfig, device: str, dtype: str | None, size: in
 
     def erase_diffusion(image: np.ndarray, mask: np.ndarray, index: int, key: str = "") -> tuple[np.ndarray, dict[str, Any]]:
         prompt = None if use_learned else per_image.get(key, cfg.prompt)
-        out = pipe(image, mask, settings.replace(prompt=prompt, seed=cfg.seed + index))
+        out = pipe(image, mask, settings=settings.replace(prompt=prompt, seed=cfg.seed + index))
         return np.asarray(out.image, np.uint8), {"prompt": getattr(out, "prompt", None), "tag": getattr(out, "tag", None)}
 
     return erase_diffusion

@@ -135,7 +135,7 @@ class EraserWorker:
                 continue
             mask, pan, erased = built[i] if job.mask is None else (job.mask, None, [])
             try:
-                plans.append(self.pipe.plan(job.image, mask, job.params.settings(self.settings), pan))
+                plans.append(self.pipe.plan(job.image, mask, settings=job.params.settings(self.settings), pan=pan))
             except ApiError as exc:  # a setting out of range with this config's values
                 outcome[i] = exc
                 continue

@@ -218,8 +218,8 @@ class Trainer:
             with signals_ignored(self.preemption.signals):
                 self.logger.finish(preempted=True)
             raise
-        finally:
-            with signals_ignored(self.preemption.signals):  # a stop is under way: nothing may cut the cleanup short
+        finally:  # once a stop is under way, no further signal may cut the cleanup short
+            with signals_ignored(self.preemption.signals) if self.preemption.requested else contextlib.nullcontext():
                 self._stop_loader()
                 self.logger.finish()
                 self.close()

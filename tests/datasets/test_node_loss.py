@@ -40,24 +40,27 @@ def test_an_actor_that_came_back_starts_its_clock_again():
 
 def test_the_watch_kills_the_lost_actor_from_its_thread_and_stops_with_the_pass():
     nodes = {"n1", "n2"}
-    restarting: set[str] = set()
+    actors = {"lost-on-n1": ("ALIVE", 101), "moved-to-n3": ("ALIVE", 202)}
     killed: list[str] = []
     done = threading.Event()
 
     def kill(actor_id: str) -> None:
         killed.append(actor_id)
-        restarting.discard(actor_id)
+        actors.pop(actor_id, None)
         done.set()
 
     logged: list[str] = []
     watch = LostActorWatch(timeout_s=0.2, poll_s=0.02, log=logged.append, alive_nodes=lambda: set(nodes),
-                           restarting_actors=lambda: set(restarting), kill=kill)
+                           pipeline_actors=lambda: dict(actors), kill=kill)
     with watch:
+        time.sleep(0.1)  # both seen alive, with their worker pids
         nodes.discard("n1")
-        restarting.add("actor-0123456789")
+        actors["lost-on-n1"] = ("RESTARTING", 101)  # no node has taken it: still the dead worker's pid
+        actors["moved-to-n3"] = ("RESTARTING", 303)  # a new worker on a node with room, loading its models
         assert done.wait(10)
-    assert killed == ["actor-0123456789"] == watch.given_up
-    assert len(logged) == 1 and "actor-01" in logged[0] and "lost_actor_timeout_s" in logged[0]
+        time.sleep(0.5)
+    assert killed == ["lost-on-n1"] == watch.given_up  # the one loading elsewhere was never killed
+    assert len(logged) == 1 and "lost-on" in logged[0] and "lost_actor_timeout_s" in logged[0]
     assert not any(t.name == "olrd-lost-actor-watch" for t in threading.enumerate())
 
 
@@ -68,11 +71,11 @@ def test_a_failing_look_at_the_cluster_is_logged_and_asked_again():
         calls["n"] += 1
         if calls["n"] == 1:
             raise ConnectionError("GCS unavailable")
-        return set()
+        return {}
 
     logged: list[str] = []
     with LostActorWatch(timeout_s=1, poll_s=0.01, log=logged.append, alive_nodes=lambda: {"n1"},
-                        restarting_actors=flaky, kill=lambda a: None):
+                        pipeline_actors=flaky, kill=lambda a: None):
         deadline = time.monotonic() + 10
         while calls["n"] < 3 and time.monotonic() < deadline:
             time.sleep(0.01)

@@ -179,12 +179,13 @@ def test_an_actor_lost_with_its_node_and_without_room_to_restart_is_given_up(clu
         victim = actors[nodes.index(doomed.node_id)]
         batch = victim.work.remote(3600)
         alive_at_start = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
+        watch, since = LostActorWatch(timeout_s=1.0, log=lambda m: None), {}
+        assert watch.poll(alive_at_start, since) == [] and since == {}  # both alive: their worker pids noted
         time.sleep(1)
         cluster.remove_node(cluster.workers.pop(0), allow_graceful=False)
 
         with pytest.raises(GetTimeoutError):  # without the watch: restarting, no room, the batch waits
             ray.get(batch, timeout=20)
-        watch, since = LostActorWatch(timeout_s=1.0, log=lambda m: None), {}
         assert watch.poll(alive_at_start, since) == []  # first seen restarting now: not yet given up
         assert set(since) == {victim._actor_id.hex()}
         time.sleep(1.2)

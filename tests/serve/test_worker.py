@@ -46,10 +46,10 @@ def test_a_batch_gives_each_request_what_a_single_call_gives_and_a_bad_one_fails
     assert isinstance(out[3], ApiError) and out[3].status == 501
     assert out[0].batch_size == out[2].batch_size == 2
     base = settings_of(worker.cfg)
-    alone = worker.pipe(image, mask, base).image
+    alone = worker.pipe(image, mask, settings=base).image
     np.testing.assert_allclose(out[0].image.astype(int), alone.astype(int), atol=2)  # batched kernels may round apart
-    assert np.array_equal(worker.pipe(image, mask, base.replace(seed=9, refocus=False)).image,
-                          worker.pipe(image, mask, base, seed=9, refocus=False).image)
+    assert np.array_equal(worker.pipe(image, mask, settings=base.replace(seed=9, refocus=False)).image,
+                          worker.pipe(image, mask, settings=base, seed=9, refocus=False).image)
     kept = ~dilate(mask, base.mask_dilation)  # the config's settings reached the eraser: outside the dilated mask, the input
     assert np.array_equal(out[0].image[kept], image[kept]) and not np.array_equal(out[0].image, image)
 

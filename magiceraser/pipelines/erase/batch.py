@@ -14,7 +14,7 @@ Report. ``OUT/erase_report.json`` is written atomically before the first item (e
 
 Resume. Each erased record holds a fingerprint: sha256 of the image bytes, the mask bytes and the
 erase settings (every config field that can change a result, plus a listing of local model
-files). A rerun reuses a record only when the record of that image path has a matching
+files). A rerun reuses a record only when the record of that image file name has a matching
 fingerprint *and* the result file still has the recorded sha256 (copies of one image share a
 fingerprint, so the path tells their records apart); anything else (changed image, mask, config or model, edited or deleted
 result) is erased again. File names alone never decide.
@@ -161,10 +161,11 @@ class BatchReport:
 
     @staticmethod
     def reusable(path: Path) -> dict[tuple[str, str], dict[str, Any]]:
-        """Erased records of an earlier report by (image path, fingerprint); {} for a missing, foreign or unreadable one.
+        """Erased records of an earlier report by (image file name, fingerprint); {} for a missing, foreign or unreadable one.
 
-        The path is part of the key: images with the same content (copies) have the same
-        fingerprint, and each has a result of its own to find again.
+        The name is part of the key: images with the same content (copies) have the same
+        fingerprint, and each has a result of its own to find again. The name, not the path as
+        typed: ``--image imgs`` and ``--image /abs/imgs`` are the same folder (names are unique in it).
         """
         try:
             old = json.loads(path.read_text())
@@ -172,7 +173,7 @@ class BatchReport:
             return {}
         if not isinstance(old, dict) or old.get("version") != REPORT_VERSION:
             return {}
-        return {(str(r.get("image")), r["fingerprint"]): r for r in old.get("erased", [])
+        return {(Path(str(r.get("image"))).name, r["fingerprint"]): r for r in old.get("erased", [])
                 if isinstance(r, dict) and r.get("fingerprint")}
 
     def set(self, image: Path, status: str, **fields: Any) -> None:

@@ -105,7 +105,7 @@ def erase_item(pipe, cfg: EraseConfig, pair: Pair, settings: str) -> tuple[str, 
 def _reused(pair: Pair, previous: dict[tuple[str, str], dict[str, Any]], settings: str) -> dict[str, Any] | None:
     """The earlier record of ``pair`` if its inputs and settings are unchanged and its result file is intact."""
     try:
-        rec = previous.get((str(pair.image), fingerprint(pair.image.read_bytes(), pair.mask_bytes(), settings)))
+        rec = previous.get((pair.image.name, fingerprint(pair.image.read_bytes(), pair.mask_bytes(), settings)))
         if rec is None or rec.get("out") != str(pair.out) or not pair.out.is_file():
             return None
         return rec if sha256_file(pair.out) == rec.get("out_sha256") else None

@@ -73,7 +73,7 @@ def decode_classes(image_name: str, image_data: bytes, pipe, cfg: EraseConfig, c
 
 def erase_one(pipe, cfg: EraseConfig, image: np.ndarray, mask: np.ndarray, pan=None):
     """One pipeline call with the config's settings (``pan``: a full-image segmentation to use for the crops)."""
-    return pipe(image, mask, settings_of(cfg), pan=pan)
+    return pipe(image, mask, settings=settings_of(cfg), pan=pan)
 
 
 def mask_fields(pair: Pair) -> dict[str, Any]:

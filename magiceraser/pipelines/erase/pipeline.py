@@ -222,7 +222,7 @@ class MagicEraserPipeline:
         return self.sd.unet.device
 
     # ------------------------------------------------------------------ call
-    def __call__(self, image: Any, mask: Any, settings: EraseSettings | None = None, pan: PanopticResult | None = None,
+    def __call__(self, image: Any, mask: Any, *, settings: EraseSettings | None = None, pan: PanopticResult | None = None,
                  **changes: Any) -> MagicEraserOutput:
         """Erase ``mask`` (bool HxW, or 0..255 thresholded at 128) from ``image`` (HxWx3 uint8).
 
@@ -231,7 +231,7 @@ class MagicEraserPipeline:
         value, a TypeError an unknown name). ``pan``: a full-image panoptic segmentation to use
         instead of the segmenter.
         """
-        return self.run([self.plan(image, mask, settings, pan, **changes)])[0]
+        return self.run([self.plan(image, mask, settings=settings, pan=pan, **changes)])[0]
 
     def erase_many(self, items: Sequence[dict[str, Any]], max_batch: int = 8) -> list[MagicEraserOutput]:
         """Erase several images in one pass: ``items`` are the keyword arguments of :meth:`__call__`.
@@ -244,7 +244,7 @@ class MagicEraserPipeline:
         """
         return self.run([self.plan(**item) for item in items], max_batch=max_batch)
 
-    def plan(self, image: Any, mask: Any, settings: EraseSettings | None = None, pan: PanopticResult | None = None,
+    def plan(self, image: Any, mask: Any, *, settings: EraseSettings | None = None, pan: PanopticResult | None = None,
              **changes: Any) -> ErasePlan:
         """Check one call's inputs and settings and plan its crops (no model runs); ValueError saying what to fix."""
         s = settings_of(settings or EraseSettings())

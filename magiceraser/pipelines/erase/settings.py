@@ -64,6 +64,9 @@ class EraseSettings:
         def refuse(field: str, message: str) -> None:
             raise SettingError(field, message)
 
+        if self.max_regions is None:  # the pipeline's keyword once spelled "no cap" as None
+            object.__setattr__(self, "max_regions", 0)
+
         if self.num_inference_steps < 1:
             refuse("num_inference_steps", f"num_inference_steps must be >= 1, got {self.num_inference_steps}")
         if not 0.0 < self.strength <= 1.0:

@@ -268,6 +268,10 @@ def test_copies_of_one_image_are_each_reused_by_a_rerun_also_after_a_kill(tmp_pa
     calls = Calls(monkeypatch)
     rc, _ = erase(args, overrides, capsys)
     assert rc == 0 and calls.n == 0 and _report(out)["counts"]["reused"] == 6  # was 1: five erased again
+    (tmp_path / "same-folder").symlink_to(images)  # the same folder under another spelling: still reused
+    calls = Calls(monkeypatch)
+    rc, _ = erase(["--image", tmp_path / "same-folder", "--mask", masks, "--out", out], overrides, capsys)
+    assert rc == 0 and calls.n == 0 and _report(out)["counts"]["reused"] == 6
 
     def kill_fourth(n):
         if n == 4:

@@ -180,6 +180,7 @@ def test_pipeline_rejects_bad_settings(tiny_pipe):
         assert bad.value.field == name and name in str(bad.value)
     with pytest.raises(TypeError, match="not an erase setting: stregth"):
         tiny_pipe(img, mask, stregth=0.5)
+    assert tiny_pipe.plan(img, mask, max_regions=None).regions.crops  # the old spelling of "no cap" still works
 
 
 def test_geometry_regions_crops_and_paste():
