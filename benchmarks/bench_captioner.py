@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import built_on, default_device, is_cuda, peak_text, reset_peak, sync
+from common import built_on, default_device, is_cuda, peak_text, print_row, reset_peak, sync
 
 
 def llava_config(full: bool, tokenizer):
@@ -105,10 +105,8 @@ def main() -> int:
     args = parser.parse_args()
     device = default_device(args.tiny)
     full = device == "cuda"
-    if not full and not args.tiny:
-        print("no CUDA GPU: the tiny model on CPU (not a GPU figure)")
     runs = [(1, 3), (32, 32)] if full else [(1, 1), (2, 2)]
-    measure_captioner(device, full, 77 if full else 3, runs, lambda what, value: print(f"  {what}: {value}", flush=True))
+    measure_captioner(device, full, 77 if full else 3, runs, print_row)
     return 0
 
 

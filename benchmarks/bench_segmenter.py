@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from common import built_on, default_device, peak_text, reset_peak, sync
+from common import built_on, default_device, peak_text, print_row, reset_peak, sync
 
 
 def mask2former_config(full: bool):
@@ -89,10 +89,8 @@ def main() -> int:
     args = parser.parse_args()
     device = default_device(args.tiny)
     full = device == "cuda"
-    if not full and not args.tiny:
-        print("no CUDA GPU: the tiny model on CPU (not a GPU figure)")
     runs = [(1, 8), (16, 32)] if full else [(1, 1), (2, 2)]
-    measure_segmenter(device, full, 512 if full else 64, runs, lambda what, value: print(f"  {what}: {value}", flush=True))
+    measure_segmenter(device, full, 512 if full else 64, runs, print_row)
     return 0
 
 

@@ -114,7 +114,15 @@ def sd_parts(device: Any, full: bool, seed: int = 0) -> dict[str, Any]:
 
 
 def default_device(tiny: bool) -> str:
-    """CUDA where a GPU is visible and the full-size run is asked for, else CPU."""
+    """CUDA where a GPU is visible and the full-size run is asked for, else CPU (saying so when not asked)."""
     import torch
 
-    return "cuda" if torch.cuda.is_available() and not tiny else "cpu"
+    device = "cuda" if torch.cuda.is_available() and not tiny else "cpu"
+    if device == "cpu" and not tiny:
+        print("no CUDA GPU: the tiny model on CPU (not a GPU figure)")
+    return device
+
+
+def print_row(what: str, value: str) -> None:
+    """A benchmark's figure as one indented line (the report callback of the measuring functions)."""
+    print(f"  {what}: {value}", flush=True)

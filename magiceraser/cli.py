@@ -13,7 +13,6 @@ for a mistake the user can fix; :func:`main` prints it as one line, ``magicerase
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from collections.abc import Sequence
 
@@ -39,20 +38,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch ``magiceraser [--debug] COMMAND [ARGS...]``; user errors become one line + exit 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug, argv = _pop_debug_flags(argv)
-    before = os.environ.get(DEBUG_ENV)
-    if debug:  # processes this command starts (Ray workers, Serve replicas) show everything too
-        os.environ[DEBUG_ENV] = "1"
-    try:
-        with debug_scope(debug):
-            from magiceraser.quiet import silence_known_warnings
+    with debug_scope(debug):
+        from magiceraser.quiet import silence_known_warnings
 
-            silence_known_warnings()  # the libraries' expected alarms, each with its reason (quiet.py); not under --debug
-            return _dispatch(argv)
-    finally:
-        if debug and before is None:
-            os.environ.pop(DEBUG_ENV, None)
-        elif debug:
-            os.environ[DEBUG_ENV] = before
+        silence_known_warnings()  # the libraries' expected alarms, each with its reason (quiet.py); not under --debug
+        return _dispatch(argv)
 
 
 def _dispatch(argv: list[str]) -> int:

@@ -36,13 +36,21 @@ _debug_from_argv = False  # set by the dispatcher for the duration of one comman
 
 @contextlib.contextmanager
 def debug_scope(debug: bool) -> Iterator[None]:
-    """``--debug`` given to ``magiceraser`` itself holds for the one command it dispatches."""
+    """``--debug`` given to ``magiceraser`` itself holds for the one command it dispatches, and for the
+    processes it starts (Ray workers, Serve replicas), which see ``MAGICERASER_DEBUG=1``."""
     global _debug_from_argv
     previous, _debug_from_argv = _debug_from_argv, _debug_from_argv or debug
+    env_before = os.environ.get(DEBUG_ENV)
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
     try:
         yield
     finally:
         _debug_from_argv = previous
+        if debug and env_before is None:
+            os.environ.pop(DEBUG_ENV, None)
+        elif debug:
+            os.environ[DEBUG_ENV] = env_before
 
 
 def debug_requested(args: argparse.Namespace | None = None) -> bool:

@@ -8,7 +8,9 @@ it is a bug. ``--debug`` or ``MAGICERASER_DEBUG=1`` re-raise user errors too, wi
 
 from __future__ import annotations
 
-__all__ = ["UserError", "USER_ERROR_EXIT_CODE", "Interrupted", "INTERRUPTED_EXIT_CODE"]
+from collections.abc import Iterator
+
+__all__ = ["UserError", "USER_ERROR_EXIT_CODE", "Interrupted", "INTERRUPTED_EXIT_CODE", "exception_chain"]
 
 #: Exit status for a user mistake (the same code argparse uses for bad arguments).
 USER_ERROR_EXIT_CODE = 2
@@ -29,3 +31,17 @@ class Interrupted(Exception):
 
     The command's ``main`` adds the command line that continues.
     """
+
+
+def exception_chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc`` and everything it wraps: ``__cause__``, ``__context__`` and a ``cause`` attribute (Ray's
+    errors keep the original there), each once."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]

@@ -108,6 +108,15 @@ class Progress:
                 f"{sum(self.reasons.values())} skipped ({skips}), {speed}")
 
 
+# The driver's counters in stats.json (see run_with_node_loss_retries).
+COUNTERS = ("max_pending_rows", "spilled_shards", "lost_actors_given_up")
+
+
+def no_work_figures() -> dict[str, Any]:
+    """The driver's figures of a run that found every shard done."""
+    return {"timeline": [], "node_loss_retries": 0, **dict.fromkeys(COUNTERS, 0)}
+
+
 def run_with_node_loss_retries(cfg: OLRDConfig, todo: list[InputItem], out: str | Path | Folder, job: dict,
                                sidecars: dict[int, dict], lock: OutputLock | None = None) -> dict[str, Any]:
     """Run the pipeline over ``todo``, writing each shard once all its inputs are back.
@@ -127,7 +136,7 @@ def run_with_node_loss_retries(cfg: OLRDConfig, todo: list[InputItem], out: str 
     out = as_folder(out)
     progress = Progress(len(todo), cfg.progress_interval_s)
     written: set[int] = set()
-    figures = {"max_pending_rows": 0, "spilled_shards": 0, "lost_actors_given_up": 0}
+    figures = dict.fromkeys(COUNTERS, 0)
     attempt = 0
     while True:
         try:

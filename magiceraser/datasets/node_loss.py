@@ -26,6 +26,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from magiceraser.errors import exception_chain
+
 # Ray's errors for work lost with its node, process or object (not a bug in a stage): worth a rerun.
 CLUSTER_FAULTS = ("ActorUnavailableError", "ActorDiedError", "RayActorError", "NodeDiedError", "ObjectLostError",
                   "OwnerDiedError", "ObjectFetchTimedOutError", "ObjectReconstructionFailedError",
@@ -38,17 +40,7 @@ PIPELINE_ACTOR_PREFIX = "MapWorker("
 
 def is_cluster_fault(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it wraps) is Ray losing a node, actor, worker or object."""
-    seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        e = todo.pop()
-        if e is None or id(e) in seen:
-            continue
-        seen.add(id(e))
-        if any(cls.__name__ in CLUSTER_FAULTS for cls in type(e).__mro__):
-            return True
-        todo += [e.__cause__, e.__context__, getattr(e, "cause", None)]
-    return False
+    return any(cls.__name__ in CLUSTER_FAULTS for e in exception_chain(exc) for cls in type(e).__mro__)
 
 
 def actors_to_give_up(alive_at_start: set[str], alive_now: set[str], restarting: dict[str, float],

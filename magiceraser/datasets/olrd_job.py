@@ -37,7 +37,7 @@ from typing import Any
 from magiceraser import __version__
 from magiceraser.datasets import ray_pipeline
 from magiceraser.datasets.config import OLRDConfig
-from magiceraser.datasets.driver import run_with_node_loss_retries
+from magiceraser.datasets.driver import no_work_figures, run_with_node_loss_retries
 from magiceraser.datasets.inputs import InputItem, num_shards
 from magiceraser.datasets.job_messages import JobError, first_line, log
 from magiceraser.datasets.job_state import (
@@ -76,19 +76,8 @@ def run_olrd(cfg: OLRDConfig) -> dict[str, Any]:
                        "choose a location these credentials may write to") from None
     try:
         return _run_locked(cfg, out, lock, items)
-    except KeyboardInterrupt:
-        raise Interrupted(_interrupted_message(out, num_shards(len(items), cfg.samples_per_shard))) from None
     finally:
         lock.release()
-
-
-def _interrupted_message(out: Folder, n_shards: int) -> str:
-    """What Ctrl-C kept: every shard with its sidecar is complete (a rerun skips it)."""
-    try:
-        done = len(scan_sidecars(out, n_shards))
-    except (OSError, ValueError):
-        return f"interrupted; the complete shards in {out} are kept"
-    return f"interrupted; {done} of {n_shards} shards are complete in {out} and kept"
 
 
 def _run_locked(cfg: OLRDConfig, out: Folder, lock: OutputLock, items: list[InputItem]) -> dict[str, Any]:
@@ -108,13 +97,14 @@ def _run_locked(cfg: OLRDConfig, out: Folder, lock: OutputLock, items: list[Inpu
           + (f", {len(retried)} rebuilt for their retryable skips (retry_failed=true)" if retried else "")
           + f", {len(todo)} inputs to process -> {out}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
-    driver: dict[str, Any] = {"timeline": [], "node_loss_retries": 0, "max_pending_rows": 0, "spilled_shards": 0,
-                              "lost_actors_given_up": 0}
+    driver = no_work_figures()
     if todo:
         started = ray_pipeline.init_ray(cfg)
         try:
             with filtered_stderr():  # entered after Ray started its processes (quiet.py: a known C++ line)
                 driver = run_with_node_loss_retries(cfg, todo, out, job, sidecars, lock)
+        except KeyboardInterrupt:  # Ctrl-C: the driver's sidecars are every complete shard (a rerun skips them)
+            raise Interrupted(f"interrupted; {len(sidecars)} of {n_shards} shards are complete in {out} and kept") from None
         finally:
             if started:
                 import ray

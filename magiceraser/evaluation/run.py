@@ -43,14 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = load_cli_config(EvalConfig, args)
     try:
-        try:
-            result = Evaluation(cfg)()
-        except FileNotFoundError as exc:  # a dataset file or folder the config names (missing weights are UserErrors)
-            if isinstance(exc, UserError):
-                raise
-            raise UserError(str(exc)) from exc
-    except UserError as exc:  # the dispatcher's own report (tests and scripts call this main directly)
-        code = user_error_exit("evaluate", exc, args)
+        result = Evaluation(cfg)()
+    except (UserError, FileNotFoundError) as exc:  # a dataset file or folder the config names is the user's too
+        # The dispatcher's own report (tests and scripts call this main directly).
+        code = user_error_exit("evaluate", exc if isinstance(exc, UserError) else UserError(str(exc)), args)
         if code is None:
             raise
         return code

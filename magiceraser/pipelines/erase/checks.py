@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from magiceraser.errors import UserError
+from magiceraser.errors import UserError, exception_chain
 from magiceraser.imageio import OUTPUT_FORMATS, format_for_suffix
 from magiceraser.models.hub import is_hub_id
 from magiceraser.pipelines.erase.config import EraseConfig
@@ -172,10 +172,7 @@ def hub_failure(exc: BaseException, models: dict[str, str | None]) -> EraseUserE
     own message suggests ``local_files_only=False`` and "the stacktrace above", neither of which a
     command-line user has; this says what to set instead. None when ``exc`` is another failure.
     """
-    chain, e = [], exc
-    while e is not None and len(chain) < 10:
-        chain.append(e)
-        e = e.__cause__ or e.__context__
+    chain = list(exception_chain(exc))
     text = " ".join(str(x) for x in chain).lower()
     if not (any(m in text for m in _HUB_UNREACHABLE)
             or any(cls.__name__ in _HUB_ERRORS for x in chain for cls in type(x).__mro__)):
