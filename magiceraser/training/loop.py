@@ -50,7 +50,6 @@ from magiceraser.training.model import DTYPES, PromptTuner
 from magiceraser.training.outputs import export_run, record_config, remove_replaced_run
 from magiceraser.training.phase_data import phase_data_state, phase_stream_spec
 from magiceraser.training.preemption import (
-    INTERRUPT,
     Preempted,
     PreemptionWatcher,
     signals_ignored,
@@ -290,11 +289,11 @@ class Trainer:
                 saved = self._save_checkpoint()
             if stop and self.step < total:
                 saved = saved or self._save_checkpoint()
-                where = self.preemption.received or "another process"
+                stopped = Preempted(self.step, self.preemption.received or "another process", saved)
                 if ctx.is_main:
-                    kind = "interrupt" if where.split()[0] == INTERRUPT else "preemption signal"
-                    log.warning("%s (%s): stopped after step %d with checkpoint %s", kind, where, self.step, saved)
-                raise Preempted(self.step, where, saved)
+                    log.warning("%s (%s): stopped after step %d with checkpoint %s",
+                                "interrupt" if stopped.interrupted else "preemption signal", stopped.signal_name, self.step, saved)
+                raise stopped
             if cfg.validation.urls and cfg.validation.every and self.step % cfg.validation.every == 0 and self.step < total:
                 self._validate()
         return self._finish()
