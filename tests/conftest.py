@@ -64,6 +64,18 @@ def tiny_lama(tiny_models_root):
 
 
 @pytest.fixture(scope="session")
+def tiny_sam(tiny_models_root):
+    """A tiny random SamModel + SamProcessor directory (ReMOVE)."""
+    return _tiny(tiny_models_root, "sam")
+
+
+@pytest.fixture(scope="session")
+def tiny_dinov2(tiny_models_root):
+    """A tiny random Dinov2Model + image processor directory (CFD)."""
+    return _tiny(tiny_models_root, "dinov2")
+
+
+@pytest.fixture(scope="session")
 def s3_server():
     """A local S3 (moto's server on 127.0.0.1, a free port); the AWS variables point at it meanwhile.
 

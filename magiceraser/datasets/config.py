@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from magiceraser.datasets.compose import ComposeConfig
+from magiceraser.models.captioner import DEFAULT_LLAVA
 
 __all__ = ["SegmenterConfig", "CaptionerConfig", "OLRDConfig", "ComposeConfig"]
 
@@ -79,7 +80,7 @@ class CaptionerConfig:
 
     backend: Literal["vllm", "transformers"] = "vllm"
     """'vllm': batched LLaVA on GPUs (``pip install magiceraser[vllm]``); 'transformers': any device."""
-    model: str = "llava-hf/llava-1.5-7b-hf"
+    model: str = DEFAULT_LLAVA
     """LLaVA checkpoint: Hugging Face id or local directory."""
     device: str = "auto"
     """transformers backend: 'auto', 'cpu', 'cuda', 'cuda:N'."""

@@ -12,6 +12,8 @@ the evaluation's COCO-style pairs) can run on it offline::
     OUT/panoptic/scene-00.png ...   segment-id PNGs (R + 256 G + 256^2 B)
     OUT/erase/image.png             one 1000x700 scene ...
     OUT/erase/mask.png              ... and the binary mask (0/255) of an object in it to erase
+    OUT/removal/input/scene-00.png  the first scenes as a removal benchmark without ground truth
+    OUT/removal/mask/scene-00.png   (the evaluation's ``folders`` layout): each with one object's mask
 
 Everything is a deterministic function of the scene index.
 """
@@ -33,6 +35,7 @@ NUM_SCENES = 12
 SIZES = ((240, 320), (300, 400), (288, 384), (320, 480))  # (H, W)
 GROUNDS = ("grass-merged", "gravel", "pavement-merged", "sea")
 THINGS = ("cat", "cup", "person", "clock", "horse")
+REMOVAL_SCENES = 3  # scenes also written as a reference-free removal benchmark (removal/input, removal/mask)
 
 
 def _resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
@@ -190,6 +193,10 @@ def write_demo_scenes(out_dir: str | Path, num_scenes: int = NUM_SCENES) -> Path
         name = f"scene-{i:02d}.png"
         atomic_write_bytes(out / "images" / name, encode_image(image, "png"))
         entries.append((name, seg, segments))
+        if i < REMOVAL_SCENES:  # the last (front-most) object placed is the one to remove
+            thing = [s for s in segments if coco.COCO_PANOPTIC[s.label].isthing][-1]
+            atomic_write_bytes(out / "removal" / "input" / name, encode_image(image, "png"))
+            atomic_write_bytes(out / "removal" / "mask" / name, encode_image((seg == thing.id).astype(np.uint8) * 255, "png"))
     write_coco_panoptic(out, entries)
     image, mask = make_erase_scene()
     atomic_write_bytes(out / "erase" / "image.png", encode_image(image, "png"))
@@ -208,4 +215,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = write_demo_scenes(args.out_dir, args.num_scenes)
     print(f"{args.num_scenes} scenes with COCO panoptic annotations: {out}/images, {out}/panoptic.json, {out}/panoptic/")
     print(f"erase example: {out}/erase/image.png + {out}/erase/mask.png")
+    print(f"removal benchmark without ground truth: {out}/removal/input, {out}/removal/mask")
     return 0

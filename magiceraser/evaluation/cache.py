@@ -10,7 +10,8 @@ inputs and is recomputed when the fingerprint no longer matches (the pattern of
                                          :func:`method_deps` (method config, size, diffusion dtype,
                                          per-image prompts file) and :func:`noise_index`
     methods/.../metrics/<key>.json       the image's key plus, per metric, :func:`metric_keys`
-                                         (:data:`SCORE_VERSION`, LPIPS weights, regrowth segmenter)
+                                         (:data:`SCORE_VERSION`, the metric's models and settings;
+                                         the judges also the pair's object class)
     methods/.../inception_{real,fake}.npz  :func:`files_digest` of the scored images + Inception weights
 
 Keying results on the pair's *content* rather than on the dataset config means a rebuild that
@@ -28,6 +29,7 @@ from typing import Any
 
 from magiceraser.config import config_to_dict
 from magiceraser.evaluation.config import DatasetConfig, MetricsConfig
+from magiceraser.evaluation.layout import PAIR_FILES, target_path
 from magiceraser.evaluation.methods import MethodConfig
 from magiceraser.fingerprint import changed, describe_changes, digest
 
@@ -36,15 +38,25 @@ PAIRS_VERSION = 2  # 2: COCO pair keys from the annotated path; OpenImages pairs
 SCORE_VERSION = 1
 """Bump when a metric's implementation changes its values (cached scores are then recomputed)."""
 
+# The judges' settings: the verdict and the number behind it depend on all of them (the threshold only
+# changes the verdict, but one key per judge keeps the record's two fields consistent).
+_DETECTOR = ("segmenter", "judge_detector_dilation", "judge_detector_threshold")
+_VLM = ("judge_vlm_model", "judge_vlm_backend", "judge_vlm_prompt", "judge_vlm_threshold", "judge_vlm_context",
+        "judge_vlm_fallback_class")
 # metric -> the MetricsConfig fields its value depends on (beyond the images and SCORE_VERSION)
 METRIC_DEPS: dict[str, tuple[str, ...]] = {
     "psnr": (), "ssim": (), "psnr_mask": (), "ssim_mask": (),
     "lpips": ("lpips_alexnet_weights",), "lpips_mask": ("lpips_alexnet_weights",),
-    "regrowth": ("regrowth_segmenter",),
+    "regrowth": ("segmenter",),
+    "remove": ("remove_model",),
+    "cfd": ("cfd_model", "segmenter"), "cfd_context": ("cfd_model", "segmenter"), "cfd_invented": ("cfd_model", "segmenter"),
+    "success_detector": _DETECTOR, "detector_fraction": _DETECTOR,
+    "success_vlm": _VLM, "vlm_p_yes": _VLM,
 }
+# Metrics that also depend on the pair's object class (meta.json), not only on its pixels.
+CLASS_METRICS = frozenset({"success_detector", "detector_fraction", "success_vlm", "vlm_p_yes"})
 # MethodConfig fields that do not change what the method produces
 _NOT_OUTPUT_FIELDS = ("name", "enabled", "optional")
-PAIR_FILES = ("input.png", "mask.png", "target.png")
 
 
 def files_digest(paths: Iterable[Path]) -> str:
@@ -58,8 +70,11 @@ def files_digest(paths: Iterable[Path]) -> str:
 
 
 def pair_digest(root: Path, key: str) -> str:
-    """What a per-image result depends on from its pair: the stored input, mask and target bytes."""
-    return files_digest(root / key / name for name in PAIR_FILES)
+    """What a per-image result depends on from its pair: the stored input, mask and target bytes
+    (a pair without a ground truth: its input and mask, marked as having none)."""
+    if target_path(root, key).is_file():
+        return files_digest(root / key / name for name in PAIR_FILES)
+    return digest({"input_mask": files_digest(root / key / name for name in PAIR_FILES[:2]), "target": None})
 
 
 # ---------------------------------------------------------------- pairs
@@ -148,11 +163,15 @@ class RecordKey:
     method: str
     index: int | None
     metrics: Mapping[str, str]
+    object_class: str | None = None  # the pair's object class (meta.json), which the judges' verdicts depend on
 
     def as_json(self, metrics_held: Iterable[str]) -> dict[str, Any]:
         """The ``cache`` entry of a record holding ``metrics_held``."""
-        return {"pair": self.pair, "method": self.method, "index": self.index,
-                "metrics": {m: self.metrics[m] for m in metrics_held}}
+        held = list(metrics_held)
+        entry = {"pair": self.pair, "method": self.method, "index": self.index, "metrics": {m: self.metrics[m] for m in held}}
+        if CLASS_METRICS.intersection(held):
+            entry["object_class"] = self.object_class
+        return entry
 
 
 @dataclass(frozen=True)
@@ -178,7 +197,9 @@ def check_record(rec: Mapping[str, Any] | None, key: RecordKey) -> Reuse:
     if cache.get("index") != key.index:
         return Reuse(False, {}, "position in the pair list changed (noise seed)")
     held = cache.get("metrics") or {}
-    valid = {m: rec[m] for m in METRIC_DEPS if m in rec and held.get(m) == key.metrics[m]}
+    same_class = cache.get("object_class") == key.object_class
+    valid = {m: rec[m] for m in METRIC_DEPS
+             if m in rec and held.get(m) == key.metrics[m] and (same_class or m not in CLASS_METRICS)}
     stale = [m for m in METRIC_DEPS if m in rec and m not in valid]
     return Reuse(True, valid, "metric settings changed" if stale else None)
 

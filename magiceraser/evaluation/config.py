@@ -5,18 +5,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from magiceraser.evaluation.cfd import DEFAULT_DINOV2
+from magiceraser.evaluation.judges import (
+    DEFAULT_VLM_PROMPT,
+    DETECTOR_DILATION,
+    DETECTOR_THRESHOLD,
+    VLM_CONTEXT,
+    VLM_FALLBACK_PHRASE,
+    VLM_THRESHOLD,
+)
 from magiceraser.evaluation.methods import MethodConfig
+from magiceraser.evaluation.remove import DEFAULT_SAM
 from magiceraser.keys import file_name_key
+from magiceraser.models.captioner import DEFAULT_LLAVA
 
 
 @dataclass
 class DatasetConfig:
     name: str = "olrd"
     """Label in the results table (e.g. RealHM, COCO, Open-Images); also the output folder name."""
-    kind: Literal["realhm", "olrd_shards", "coco_panoptic", "openimages"] = "olrd_shards"
-    """Which reader builds the pairs (see magiceraser.evaluation.pairs)."""
+    kind: Literal["realhm", "olrd_shards", "coco_panoptic", "openimages", "rorem", "removalbench", "folders"] = "olrd_shards"
+    """Which reader builds the pairs (see magiceraser.evaluation.pairs): the paper's sources, RORem's test set,
+    OmniEraser's RemovalBench, or plain input/ mask/ [target/] folders (no target: reference-free metrics only)."""
     path: str = ""
-    """realhm: dataset root; olrd_shards: directory or glob of .tar shards; coco/openimages: image folder."""
+    """realhm, rorem, removalbench, folders: dataset root; olrd_shards: directory or glob of .tar shards;
+    coco/openimages: image folder."""
     realhm_layout: Literal["auto", "folders", "ssh"] = "auto"
     """RealHM layout: composite/ mask/ gt/ folders, or the archive as distributed (ssh)."""
     panoptic_json: str = ""
@@ -68,12 +81,75 @@ class MetricsConfig:
     """weights-inception-2015-12-05-6726825d.pth; empty: the torch hub cache."""
     regrowth: bool = False
     """Re-generation rate: share of mask pixels a thing segment covers after erasing."""
-    regrowth_segmenter: str = "facebook/mask2former-swin-large-coco-panoptic"
-    """Panoptic segmenter for the re-generation rate (Mask2Former id or directory)."""
+    segmenter: str = "facebook/mask2former-swin-large-coco-panoptic"
+    """Panoptic segmenter (Mask2Former id or directory) of the erased images: the re-generation rate, CFD's
+    segments and the detector judge."""
+    remove: bool = False
+    """ReMOVE (reference-free): cosine of SAM features inside vs. outside the mask, on a square crop around it."""
+    remove_model: str = DEFAULT_SAM
+    """SAM checkpoint for ReMOVE (Hub id or directory; transformers' SamModel format)."""
+    cfd: bool = False
+    """CFD (OmniPaint, reference-free): DINOv2 context coherence + invented objects; segments from ``segmenter``."""
+    cfd_model: str = DEFAULT_DINOV2
+    """DINOv2 checkpoint for CFD (Hub id or directory)."""
+    judge_detector: bool = False
+    """Success rate, detector judge: the removed object's class is not found by ``segmenter`` in the dilated mask."""
+    judge_detector_dilation: int = DETECTOR_DILATION
+    """Pixels the mask is dilated by before looking for the object (at the letterboxed size)."""
+    judge_detector_threshold: float = DETECTOR_THRESHOLD
+    """The object counts as found when its class covers at least this share of the dilated region."""
+    judge_vlm: bool = False
+    """Success rate, vision-language judge: LLaVA asked whether the object is still in the masked region."""
+    judge_vlm_model: str = DEFAULT_LLAVA
+    """LLaVA checkpoint of the judge (Hub id or directory)."""
+    judge_vlm_backend: Literal["transformers", "vllm"] = "transformers"
+    """transformers (any device) or vllm (GPU, the ``vllm`` extra)."""
+    judge_vlm_prompt: str = DEFAULT_VLM_PROMPT
+    """The question; ``{object}`` is replaced by the pair's object class (or ``judge_vlm_fallback_class``)."""
+    judge_vlm_threshold: float = VLM_THRESHOLD
+    """The object counts as present when P(yes) >= this (P(yes) from the yes/no tokens' logits)."""
+    judge_vlm_context: float = VLM_CONTEXT
+    """Context around the mask shown to the judge: its bounding box grown by this many times its size on each side."""
+    judge_vlm_fallback_class: str = VLM_FALLBACK_PHRASE
+    """What the question names when a pair's metadata has no object class."""
 
     def __post_init__(self) -> None:
-        if self.regrowth and not self.regrowth_segmenter:
-            raise ValueError("regrowth_segmenter: the re-generation rate needs a panoptic segmenter")
+        if (self.regrowth or self.cfd or self.judge_detector) and not self.segmenter:
+            raise ValueError("segmenter: the re-generation rate, CFD and the detector judge need a panoptic segmenter")
+        if self.remove and not self.remove_model:
+            raise ValueError("remove_model: ReMOVE needs a SAM checkpoint (Hub id or directory)")
+        if self.cfd and not self.cfd_model:
+            raise ValueError("cfd_model: CFD needs a DINOv2 checkpoint (Hub id or directory)")
+        if self.judge_vlm and not self.judge_vlm_model:
+            raise ValueError("judge_vlm_model: the vision-language judge needs a LLaVA checkpoint")
+        if self.judge_detector_dilation < 0:
+            raise ValueError(f"judge_detector_dilation: must be >= 0, got {self.judge_detector_dilation}")
+        if not 0.0 < self.judge_detector_threshold <= 1.0:
+            raise ValueError(f"judge_detector_threshold: must be in (0, 1], got {self.judge_detector_threshold}")
+        if not 0.0 < self.judge_vlm_threshold < 1.0:
+            raise ValueError(f"judge_vlm_threshold: must be in (0, 1), got {self.judge_vlm_threshold}")
+        if self.judge_vlm_context < 0:
+            raise ValueError(f"judge_vlm_context: must be >= 0, got {self.judge_vlm_context}")
+        if "{object}" not in self.judge_vlm_prompt:
+            raise ValueError(f"judge_vlm_prompt: must contain {{object}} (the removed object's class), got {self.judge_vlm_prompt!r}")
+
+
+@dataclass
+class BootstrapConfig:
+    resamples: int = 1000
+    """Bootstrap resamples over images for every interval (0 = no intervals, means only)."""
+    confidence: float = 0.95
+    """Confidence level of the intervals."""
+    seed: int = 0
+    """Seed of the resamples (the same images are drawn for every metric and method, so comparisons are paired)."""
+    baseline: str = ""
+    """Method every other method is compared with (paired bootstrap of the difference); empty: the first method."""
+
+    def __post_init__(self) -> None:
+        if self.resamples < 0:
+            raise ValueError(f"resamples: must be >= 0 (0 = no intervals), got {self.resamples}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence: must be in (0, 1), got {self.confidence}")
 
 
 @dataclass
@@ -106,6 +182,8 @@ class EvalConfig:
     """Diffusion dtype (float16 / bfloat16 on GPU); empty: the pipeline's default."""
     grid_cases: int = 4
     """Best and worst cases (by PSNR) shown in each grid; 0 = no grids."""
+    bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
+    """Confidence intervals of every cell and the paired comparison with a baseline method."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Optional W&B table."""
 
@@ -123,6 +201,8 @@ class EvalConfig:
         _check_grid_names([d.name for d in self.datasets], [m.name for m in self.methods])
         if self.dtype and self.dtype not in ("float16", "bfloat16", "float32"):
             raise ValueError(f"dtype: {self.dtype!r} is not one of float16, bfloat16, float32")
+        if self.bootstrap.baseline and self.bootstrap.baseline not in names:
+            raise ValueError(f"bootstrap.baseline: {self.bootstrap.baseline!r} is not one of the methods {names}")
         if self.grid_cases < 0:
             raise ValueError(f"grid_cases: must be >= 0, got {self.grid_cases}")
 

@@ -33,9 +33,9 @@ from magiceraser.evaluation.cache import (
 )
 from magiceraser.evaluation.config import DatasetConfig, EvalConfig
 from magiceraser.evaluation.console import log
-from magiceraser.evaluation.layout import STAMP, method_dir, pairs_dir
+from magiceraser.evaluation.layout import STAMP, method_dir, pairs_dir, target_path
 from magiceraser.evaluation.methods import MethodConfig, MethodUnavailable, build_method
-from magiceraser.evaluation.pair_store import load_pair
+from magiceraser.evaluation.pair_store import load_meta, load_pair, object_class
 from magiceraser.evaluation.scoring import Scorer
 from magiceraser.imageio import decode_image, encode_image
 
@@ -80,7 +80,6 @@ def run_method(
     deps = method_deps(mcfg, cfg.size, cfg.dtype, device)
     changes = _stamp_changes(mdir, {"method": deps, "metrics": metric_settings(cfg.metrics)})
     method_key, metric_digests = digest(deps), metric_keys(cfg.metrics)
-    required = scorer.required()
     eraser = None
     records: list[dict] = []
     invalidated: Counter = Counter()
@@ -88,7 +87,9 @@ def run_method(
     t0 = time.time()
     for index, key in enumerate(keys):
         mpath, ipath = mdir / "metrics" / f"{key}.json", mdir / "images" / f"{key}.png"
-        rkey = RecordKey(digests[key], method_key, noise_index(mcfg.kind, index), metric_digests)
+        cls = object_class(load_meta(pairs_root, key))
+        rkey = RecordKey(digests[key], method_key, noise_index(mcfg.kind, index), metric_digests, cls)
+        required = scorer.required(has_target=target_path(pairs_root, key).is_file())
         rec = _read_record(mpath)
         reuse = check_record(rec, rkey)
         if reuse.invalidated:
@@ -98,7 +99,7 @@ def run_method(
             records.append(public_record(rec, required))
             continue
         image, mask, target = load_pair(pairs_root, key)
-        base = {"dataset": ds.name, "method": mcfg.name, "key": key}
+        base = {"dataset": ds.name, "method": mcfg.name, "key": key, **({"object_class": cls} if cls else {})}
         try:
             if image_ok:
                 erased, info = decode_image(ipath), {k: rec[k] for k in ("prompt", "tag", "seconds") if k in rec}
@@ -117,7 +118,7 @@ def run_method(
                     raise ValueError(f"method returned shape {erased.shape}, expected {image.shape}")
                 atomic_write_bytes(ipath, encode_image(erased, "png"))
                 have = {}
-            scores = {**have, **scorer.score(erased, mask, target, have)}
+            scores = {**have, **scorer.score(erased, mask, target, have, cls)}
             rec = {**base, **info, **scores, "cache": rkey.as_json(k for k in METRIC_DEPS if k in scores)}
             done += 1
         except Exception as exc:  # one bad image must not end a multi-hour run; the record keeps why

@@ -1,7 +1,8 @@
 """The run's outputs from its per-image records: the table files, best/worst grids, W&B tables.
 
-    results.md, results.csv          the table in the paper's layout (report.py formats it)
-    per_image.jsonl, skipped.jsonl   every per-image record; pairs and images that could not be used
+    results.md, results.csv          the table in the paper's layout, intervals and n per cell (report.py)
+    comparisons.csv                  every method's paired difference from the baseline, per metric
+    per_image.jsonl, skipped.jsonl   every per-image record (metrics, judges' verdicts); what could not be used
     grids/<dataset>__<method>__{best,worst}.png
 """
 
@@ -14,29 +15,40 @@ from pathlib import Path
 from magiceraser.atomic import atomic_write_bytes, atomic_write_text
 from magiceraser.config import config_to_dict
 from magiceraser.evaluation.config import EvalConfig, grid_stem
+from magiceraser.evaluation.grids import best_and_worst, grid_image
 from magiceraser.evaluation.layout import method_dir, pairs_dir
 from magiceraser.evaluation.pair_store import load_pair
-from magiceraser.evaluation.report import ResultRow, best_and_worst, grid_image, results_csv
+from magiceraser.evaluation.report import COLUMNS, Comparison, ResultRow, comparisons_csv, results_csv
 from magiceraser.imageio import decode_image, encode_image
 
+# What the grids rank cases by, with the caption's unit: PSNR where the pairs have a ground truth,
+# else the reference-free ReMOVE.
+GRID_METRICS = {"psnr": "dB", "remove": "ReMOVE"}
 
-def write_tables(out: Path, rows: Sequence[ResultRow], table: str, records: Sequence[dict], skipped: Sequence[dict]) -> None:
-    """results.md (``table``), results.csv, per_image.jsonl and skipped.jsonl, each written atomically."""
+
+def write_tables(out: Path, rows: Sequence[ResultRow], table: str, records: Sequence[dict], skipped: Sequence[dict],
+                 comparisons: Sequence[Comparison] = ()) -> None:
+    """results.md (``table``), results.csv, comparisons.csv, per_image.jsonl and skipped.jsonl, each written atomically."""
     atomic_write_text(out / "results.md", table)
     atomic_write_text(out / "results.csv", results_csv(rows))
+    atomic_write_text(out / "comparisons.csv", comparisons_csv(comparisons))
     atomic_write_text(out / "per_image.jsonl", "".join(json.dumps(r) + "\n" for r in records))
     atomic_write_text(out / "skipped.jsonl", "".join(json.dumps(s) + "\n" for s in skipped))
 
 
 def write_grids(cfg: EvalConfig, records: Sequence[dict]) -> list[Path]:
-    """Best / worst ``grid_cases`` cases by PSNR per (dataset, method), from the stored pairs and images."""
+    """Best / worst ``grid_cases`` cases per (dataset, method) by PSNR (ReMOVE where no pair has a
+    ground truth), from the stored pairs and images."""
     out = Path(cfg.out_dir)
     written = []
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in records:
         groups.setdefault((r["dataset"], r["method"]), []).append(r)
     for (ds, method), recs in groups.items():
-        best, worst = best_and_worst(recs, cfg.grid_cases)
+        metric = next((m for m in GRID_METRICS if any(r.get(m) is not None for r in recs)), None)
+        if metric is None:
+            continue
+        best, worst = best_and_worst(recs, cfg.grid_cases, metric)
         for name, cases in (("best", best), ("worst", worst)):
             if not cases:
                 continue
@@ -44,24 +56,34 @@ def write_grids(cfg: EvalConfig, records: Sequence[dict]) -> list[Path]:
             for r in cases:
                 image, mask, target = load_pair(pairs_dir(out, ds), r["key"])
                 erased = decode_image(method_dir(out, ds, method) / "images" / f"{r['key']}.png")
-                rows.append((image, mask, erased, target, f"{r['key']} {r['psnr']:.2f} dB"))
+                rows.append((image, mask, erased, target, f"{r['key']} {r[metric]:.2f} {GRID_METRICS[metric]}"))
             path = out / "grids" / f"{grid_stem(ds, method)}__{name}.png"
             atomic_write_bytes(path, encode_image(grid_image(rows), "png"))
             written.append(path)
     return written
 
 
-def log_wandb(cfg: EvalConfig, rows: Sequence[ResultRow], records: Sequence[dict]) -> None:
-    """The results and per-image tables as one W&B run (``wandb.enabled``)."""
+def log_wandb(cfg: EvalConfig, rows: Sequence[ResultRow], records: Sequence[dict], comparisons: Sequence[Comparison] = ()) -> None:
+    """The results (with interval bounds and n), comparisons and per-image tables as one W&B run (``wandb.enabled``)."""
     import wandb
 
     run = wandb.init(project=cfg.wandb.project, mode=cfg.wandb.mode, dir=cfg.out_dir,
                      name=cfg.wandb.run_name or Path(cfg.out_dir).name, config=config_to_dict(cfg))
     try:
-        from magiceraser.evaluation.report import COLUMNS
-
-        cols = ["dataset", "method"] + [c[0] for c in COLUMNS] + ["count"]
-        run.log({"results": wandb.Table(columns=cols, data=[[r.dataset, r.method] + [r.values.get(c[0]) for c in COLUMNS] + [r.count] for r in rows])})
+        cols = ["dataset", "method"] + [f"{c.key}{part}" for c in COLUMNS for part in ("", "_low", "_high", "_n")] + ["count"]
+        data = []
+        for r in rows:
+            line = [r.dataset, r.method]
+            for c in COLUMNS:
+                cell = r.cells.get(c.key)
+                line += [None] * 4 if cell is None else [cell.value, cell.low, cell.high, cell.n]
+            data.append(line + [r.count])
+        run.log({"results": wandb.Table(columns=cols, data=data)})
+        if comparisons:
+            run.log({"comparisons": wandb.Table(
+                columns=["dataset", "method", "baseline", "metric", "difference", "low", "high", "n"],
+                data=[[c.dataset, c.method, c.baseline, c.metric, c.cell.value, c.cell.low, c.cell.high, c.cell.n]
+                      for c in comparisons])})
         keys = sorted({k for r in records for k in r})
         run.log({"per_image": wandb.Table(columns=keys, data=[[r.get(k) for k in keys] for r in records])})
     finally:

@@ -1,6 +1,7 @@
 """The letterboxed pairs of a dataset under ``pairs/<dataset>/``: built once from its reader, then read back.
 
-    pairs/<dataset>/<key>/{input,mask,target}.png, meta.json   one folder per pair
+    pairs/<dataset>/<key>/{input,mask,target}.png, meta.json   one folder per pair (no target.png: the
+                                                               benchmark has no ground truth for it)
     pairs/<dataset>/manifest.json                              written last: keys, skips, what they were built from
 """
 
@@ -17,7 +18,7 @@ from magiceraser.atomic import atomic_write_bytes, atomic_write_json
 from magiceraser.evaluation.cache import changed_keys, pairs_deps
 from magiceraser.evaluation.config import DatasetConfig
 from magiceraser.evaluation.console import log
-from magiceraser.evaluation.layout import MANIFEST
+from magiceraser.evaluation.layout import MANIFEST, PAIR_FILES, PAIR_META
 from magiceraser.evaluation.letterbox import letterbox_image, letterbox_mask
 from magiceraser.evaluation.methods import load_segmenter
 from magiceraser.evaluation.pairs import EvalPair, PairSkip
@@ -34,6 +35,18 @@ def iter_source(ds: DatasetConfig) -> Iterator[EvalPair | PairSkip]:
         from magiceraser.evaluation.pairs.olrd_shards import iter_olrd_shards
 
         it = iter_olrd_shards(ds.path)
+    elif ds.kind == "rorem":
+        from magiceraser.evaluation.pairs.rorem import iter_rorem
+
+        it = iter_rorem(ds.path)
+    elif ds.kind == "removalbench":
+        from magiceraser.evaluation.pairs.removalbench import iter_removalbench
+
+        it = iter_removalbench(ds.path)
+    elif ds.kind == "folders":
+        from magiceraser.evaluation.pairs.folders import iter_folders
+
+        it = iter_folders(ds.path)
     elif ds.kind == "coco_panoptic":
         from magiceraser.evaluation.pairs.coco_panoptic import iter_coco_panoptic
 
@@ -83,23 +96,37 @@ def materialise_pairs(ds: DatasetConfig, root: Path, size: int) -> tuple[list[st
             key = f"{key}_{len(keys)}"
         d = root / key
         image, geo = letterbox_image(item.image, size)
-        target, _ = letterbox_image(item.target, size)
         mask = letterbox_mask(item.mask, size)
         if not mask.any():
             skipped.append({"dataset": ds.name, "key": key, "reason": "empty_mask", "detail": "mask vanished when scaled"})
             continue
-        atomic_write_bytes(d / "input.png", encode_image(image, "png"))
-        atomic_write_bytes(d / "target.png", encode_image(target, "png"))
-        atomic_write_bytes(d / "mask.png", encode_image(mask.astype(np.uint8) * 255, "png"))
+        input_file, mask_file, target_file = (d / name for name in PAIR_FILES)
+        atomic_write_bytes(input_file, encode_image(image, "png"))
+        target_file.unlink(missing_ok=True)  # a rebuilt pair that lost its ground truth must not keep the old one
+        if item.target is not None:
+            atomic_write_bytes(target_file, encode_image(letterbox_image(item.target, size)[0], "png"))
+        atomic_write_bytes(mask_file, encode_image(mask.astype(np.uint8) * 255, "png"))
         meta = {**item.meta, "source_size": [geo.src_height, geo.src_width], "content_size": [geo.height, geo.width]}
-        atomic_write_json(d / "meta.json", meta)
+        atomic_write_json(d / PAIR_META, meta)
         keys.append(key)
     atomic_write_json(manifest, {"config": wanted, "keys": keys, "skipped": skipped})
     log(f"{ds.name}: {len(keys)} pairs ready ({len(skipped)} skipped) in {time.time() - t0:.1f} s")
     return keys, skipped
 
 
-def load_pair(root: Path, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(input, mask, target) of a stored pair."""
-    d = root / key
-    return decode_image(d / "input.png"), decode_mask(d / "mask.png"), decode_image(d / "target.png")
+def load_pair(root: Path, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(input, mask, target) of a stored pair; target None when the pair has no ground truth."""
+    input_file, mask_file, target_file = (root / key / name for name in PAIR_FILES)
+    return decode_image(input_file), decode_mask(mask_file), decode_image(target_file) if target_file.is_file() else None
+
+
+def load_meta(root: Path, key: str) -> dict:
+    """The pair's metadata (source, object class, sizes) as the reader recorded it."""
+    path = root / key / PAIR_META
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def object_class(meta: dict) -> str | None:
+    """The removed object's class name from a pair's metadata, None when the source has none."""
+    value = meta.get("object_class")
+    return str(value) if value else None

@@ -216,13 +216,6 @@ class InceptionFeatures:
         return np.concatenate(out, axis=0)
 
 
-def fid_from_features(real: np.ndarray, fake: np.ndarray) -> float:
-    """FID between two feature sets (Fréchet distance of their Gaussian statistics)."""
-    from magiceraser.evaluation.metrics import frechet_distance_from_features
-
-    return frechet_distance_from_features(real, fake)
-
-
 @contextlib.contextmanager
 def _no_load_state_dict(cls):  # pragma: no cover - used by write_random_weights only
     original = cls.load_state_dict

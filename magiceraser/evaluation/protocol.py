@@ -10,8 +10,11 @@ Data flow (everything under ``out_dir``, every file written atomically; the part
     methods/<dataset>/<method>/method.json          method_run.py: method deps and metric settings of the last run
     methods/<dataset>/<method>/inception_*.npz      fid.py: FID features, keyed on the images they came from
     per_image.jsonl, skipped.jsonl                  outputs.py: all per-image records; what could not be used
-    results.md, results.csv                         outputs.py + report.py: the table in the paper's layout
-    grids/<dataset>__<method>__{best,worst}.png     outputs.py: best / worst cases by PSNR
+    results.md, results.csv                         outputs.py + report.py: the table in the paper's layout,
+                                                    every cell with its bootstrap interval and n (bootstrap.py)
+    comparisons.csv                                 report.py: each method minus the baseline, paired bootstrap
+    grids/<dataset>__<method>__{best,worst}.png     outputs.py + grids.py: best / worst cases by PSNR (ReMOVE
+                                                    where the pairs have no ground truth)
 
 Every cached file carries a key of what it depends on (``magiceraser.evaluation.cache``): pairs
 the dataset config, size and source files; erased images and per-image metrics the pair's bytes,
@@ -31,12 +34,21 @@ from magiceraser.devices import resolve_device
 from magiceraser.evaluation.cache import pair_digest
 from magiceraser.evaluation.config import EvalConfig
 from magiceraser.evaluation.console import log
-from magiceraser.evaluation.fid import compute_fid
+from magiceraser.evaluation.fid import FidSet, fid_features
 from magiceraser.evaluation.layout import pairs_dir
 from magiceraser.evaluation.method_run import run_method
 from magiceraser.evaluation.outputs import log_wandb, write_grids, write_tables
 from magiceraser.evaluation.pair_store import materialise_pairs
-from magiceraser.evaluation.report import ResultRow, aggregate, results_markdown
+from magiceraser.evaluation.report import (
+    Bootstrap,
+    Cell,
+    Comparison,
+    ResultRow,
+    aggregate,
+    compare,
+    fid_cell,
+    results_markdown,
+)
 from magiceraser.evaluation.scoring import Scorer
 from magiceraser.lock import OutputLock
 from magiceraser.write_errors import writing
@@ -55,8 +67,10 @@ class EvaluationResult:
     """One record per (dataset, method, image): metrics, prompt, tag, seconds, or ``error`` (``per_image.jsonl``)."""
     skipped: list[dict] = field(default_factory=list)
     """Pairs that could not be built and images a method failed on, with reasons (``skipped.jsonl``)."""
-    fid: dict[tuple[str, str], float] = field(default_factory=dict)
-    """FID per (dataset, method), where computed."""
+    fid: dict[tuple[str, str], Cell] = field(default_factory=dict)
+    """FID per (dataset, method) with its interval, where computed."""
+    comparisons: list[Comparison] = field(default_factory=list)
+    """Every method minus the baseline, per dataset and metric (``comparisons.csv``)."""
     grids: list[Path] = field(default_factory=list)
     """The best / worst grid files written."""
     not_evaluated: list[str] = field(default_factory=list)
@@ -112,6 +126,8 @@ class Evaluation:
             inception = InceptionFeatures(cfg.metrics.fid_inception_weights or None, device=device)
         result = EvaluationResult(out)
         order: list[tuple[str, str]] = []
+        fid_sets: dict[tuple[str, str], FidSet] = {}
+        boot = Bootstrap(cfg.bootstrap.resamples, cfg.bootstrap.confidence, cfg.bootstrap.seed)
         for ds in cfg.datasets:
             root = pairs_dir(out, ds.name)
             keys, ds_skipped = materialise_pairs(ds, root, cfg.size)
@@ -136,14 +152,17 @@ class Evaluation:
                                     "detail": r["error"]} for r in recs if "error" in r]
                 if inception is not None:
                     scored = [r["key"] for r in recs if "error" not in r]
-                    value = compute_fid(cfg, ds.name, mcfg.name, scored, device, inception)
-                    if value is not None:
-                        result.fid[(ds.name, mcfg.name)] = value
-        result.rows = aggregate(result.records, result.fid, order)
-        result.table = results_markdown(result.rows)
-        write_tables(out, result.rows, result.table, result.records, result.skipped)
+                    features = fid_features(cfg, ds.name, mcfg.name, scored, inception)
+                    if features is not None:
+                        fid_sets[(ds.name, mcfg.name)] = features
+                        result.fid[(ds.name, mcfg.name)] = fid_cell(features, boot)
+        result.rows = aggregate(result.records, result.fid, order, boot)
+        baseline = cfg.bootstrap.baseline or next((m.name for m in cfg.methods if m.enabled), "")
+        result.comparisons = compare(result.records, baseline, boot, fid_sets, order)
+        result.table = results_markdown(result.rows, result.comparisons, boot)
+        write_tables(out, result.rows, result.table, result.records, result.skipped, result.comparisons)
         if cfg.grid_cases:
             result.grids = write_grids(cfg, result.records)
         if cfg.wandb.enabled:
-            log_wandb(cfg, result.rows, result.records)
+            log_wandb(cfg, result.rows, result.records, result.comparisons)
         return result

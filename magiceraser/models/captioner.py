@@ -16,6 +16,8 @@ import numpy as np
 from magiceraser.devices import default_dtype, resolve_device
 
 LLAVA_PROMPT = "USER: <image>\n{question} ASSISTANT:"
+DEFAULT_LLAVA = "llava-hf/llava-1.5-7b-hf"
+"""The LLaVA checkpoint of the paper's captions (and of the evaluation's vision-language judge)."""
 
 
 def _clean(text: str) -> str:

@@ -5,6 +5,8 @@
     OUT_DIR/mask2former/    transformers Mask2FormerForUniversalSegmentation + image processor (COCO panoptic labels)
     OUT_DIR/llava/          transformers LlavaForConditionalGeneration + LlavaProcessor
     OUT_DIR/big-lama.pt     TorchScript inpainter with Big-LaMa's calling convention
+    OUT_DIR/sam/            transformers SamModel + SamProcessor (facebook/sam-vit-huge's format; ReMOVE)
+    OUT_DIR/dinov2/         transformers Dinov2Model + image processor (facebook/dinov2-giant's format; CFD)
 Each loads with the same ``from_pretrained`` / ``torch.jit.load`` call as the real checkpoint.
 """
 
@@ -22,6 +24,8 @@ WRITERS: dict[str, tuple[str, str, str]] = {
     "mask2former": ("magiceraser.tiny_models.mask2former", "write_tiny_mask2former", "mask2former"),
     "llava": ("magiceraser.tiny_models.llava", "write_tiny_llava", "llava"),
     "big-lama": ("magiceraser.tiny_models.lama", "write_tiny_lama", "big-lama.pt"),
+    "sam": ("magiceraser.tiny_models.sam", "write_tiny_sam", "sam"),
+    "dinov2": ("magiceraser.tiny_models.dinov2", "write_tiny_dinov2", "dinov2"),
 }
 
 

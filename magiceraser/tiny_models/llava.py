@@ -30,7 +30,11 @@ _CORPUS_WORDS = """
 user assistant describe the in image background photo picture scene there is a an of and with on at
 sky grass gravel road field tree mountain rock sand sea water river snow wall floor building house fence
 green blue grey white brown dark light bright cloudy sunny large small covered surrounded shows view
+visible object
 """
+# The answers of the evaluation's yes/no judge, frequent enough to become whole tokens (" Yes", " No") as
+# in LLaVA's real vocabulary, so the judge's yes and no tokens differ on the tiny model too.
+_ANSWERS = "Yes No yes no " * 8
 
 TINY_VISION = dict(
     hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -48,7 +52,7 @@ def _train_tokenizer(vocab_size: int = 400):
     from transformers import PreTrainedTokenizerFast
 
     words = _CORPUS_WORDS.split() + [tag_text(c.name) for c in COCO_PANOPTIC]
-    corpus = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)] * 4
+    corpus = [" ".join(words[i : i + 12]) for i in range(0, len(words), 12)] * 4 + [_ANSWERS] * 8
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -12,13 +12,22 @@ from magiceraser.evaluation.config import EvalConfig
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "eval"
 
 
-@pytest.mark.parametrize("name", ["realhm", "coco", "openimages", "ablations", "demo"])
+@pytest.mark.parametrize("name", ["realhm", "coco", "openimages", "ablations", "demo", "removal-benchmarks"])
 def test_config_loads(name):
     cfg = load_config(EvalConfig, CONFIGS / f"{name}.yaml")
     assert cfg.datasets and cfg.methods
     if name != "demo":
         assert cfg.size == 512  # the paper's protocol
         assert cfg.metrics.lpips and cfg.metrics.fid
+
+
+@pytest.mark.parametrize("name", ["demo", "removal-benchmarks"])
+def test_all_metrics_configs_switch_every_metric_on(name):
+    cfg = load_config(EvalConfig, CONFIGS / f"{name}.yaml")
+    m = cfg.metrics
+    assert m.regrowth and m.remove and m.cfd and m.judge_detector and m.judge_vlm
+    assert cfg.bootstrap.resamples >= 1000 and cfg.bootstrap.baseline == "Telea"
+    assert any(d.kind == "folders" for d in cfg.datasets)  # a benchmark without ground truth
 
 
 def test_coco_pairs_follow_the_paper():

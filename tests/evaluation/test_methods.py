@@ -115,7 +115,7 @@ def test_evaluate_with_tiny_models(tmp_path, tiny_sd, trained_dir, tiny_mask2for
             {"name": "MagicEraser", "kind": "magiceraser", "trained_dir": str(trained_dir), "content_init": "telea",
              "segmenter": str(tiny_mask2former), **common},
         ],
-        "metrics": {"regrowth": True, "regrowth_segmenter": str(tiny_mask2former)},
+        "metrics": {"regrowth": True, "segmenter": str(tiny_mask2former)},
     }
     path = tmp_path / "eval.yaml"
     path.write_text(yaml.safe_dump(cfg))

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from magiceraser.evaluation import perceptual as P
+from magiceraser.evaluation.fid import FidSet
 from magiceraser.evaluation.metrics import frechet_distance, gaussian_stats
 
 
@@ -80,9 +81,9 @@ def test_fid_features_and_distance(weights):
     other = feats[::-1] * 1.5
     # 3 samples in 2048 dimensions take the rank-deficient path (checked against the D x D formula
     # in test_metrics); on 64 of the dimensions both paths must agree here too
-    assert P.fid_from_features(feats, feats) == pytest.approx(0.0, abs=1e-12)
+    assert FidSet(('a', 'b', 'c'), feats, feats).fid() == pytest.approx(0.0, abs=1e-12)
     sub, sub_other = feats[:, :64] * 1e6, other[:, :64] * 1e6
-    assert P.fid_from_features(sub, sub_other) == pytest.approx(
+    assert FidSet(('a', 'b', 'c'), sub, sub_other).fid() == pytest.approx(
         frechet_distance(*gaussian_stats(sub), *gaussian_stats(sub_other)), rel=1e-6
     )
 

@@ -193,10 +193,15 @@ def test_wandb_tables(tmp_path, shards, monkeypatch):
     assert R.main(["--config", str(cfg_path)]) == 0
     out = tmp_path / "eval"
     results = _wandb_table(out, "results")
-    assert results["columns"][:4] == ["dataset", "method", "psnr", "ssim"]
+    assert results["columns"][:7] == ["dataset", "method", "psnr", "psnr_low", "psnr_high", "psnr_n", "ssim"]
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r[1] for r in results["data"]] == [r["method"] for r in rows]
-    assert results["data"][0][2] == pytest.approx(float(rows[0]["psnr"]))
+    for i, name in enumerate(("psnr", "psnr_low", "psnr_high"), start=2):  # the same table as results.csv, bounds too
+        assert results["data"][0][i] == pytest.approx(float(rows[0][name]))
+    assert results["data"][0][5] == int(rows[0]["psnr_n"]) == 3
+    comparisons = _wandb_table(out, "comparisons")
+    expected = list(csv.DictReader((out / "comparisons.csv").open()))
+    assert [row[:4] for row in comparisons["data"]] == [[r["dataset"], r["method"], r["baseline"], r["metric"]] for r in expected]
     per_image = _wandb_table(out, "per_image")
     assert len(per_image["data"]) == 6 and "psnr" in per_image["columns"]
 

@@ -9,6 +9,10 @@ and reports items it cannot use as :class:`PairSkip` records (key + reason) inst
     openimages.py     OLRD pairs composed from OpenImages instance masks (and the panoptic input
                       ``compose`` needs, built from them)
     composed.py       what the two composed sources share: the seeded image order, one compose call
+    rorem.py          RORem's test set (source/ mask/ [GT/], meta.json; no ground truth as released)
+    removalbench.py   OmniEraser's RemovalBench (images/ masks/ gt/)
+    folders.py        plain input/ mask/ [target/] folders (no target: reference-free metrics only);
+                      its matching-by-name helpers are shared with the two readers above
 
 This package is the evaluation's reader of datasets; ``magiceraser.datasets`` is the data engine
 that *builds* OLRD shards. The types live here so that every reader and the run share them.
@@ -29,7 +33,8 @@ class EvalPair:
     key: str  # unique within the dataset; a file name (magiceraser.keys.file_name_key)
     image: np.ndarray  # HxWx3 uint8 input containing the object
     mask: np.ndarray  # bool HxW, True = erase
-    target: np.ndarray  # HxWx3 uint8 ground truth without the object
+    target: np.ndarray | None  # HxWx3 uint8 ground truth without the object; None: the benchmark has none
+                               # (the pair is then scored by the reference-free metrics only)
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -43,9 +48,9 @@ class PairSkip:
 PairOrSkip = EvalPair | PairSkip
 
 
-def check_pair(key: str, image: np.ndarray, mask: np.ndarray, target: np.ndarray, meta: dict | None = None) -> PairOrSkip:
-    """An EvalPair, or a skip record when shapes disagree or the mask is empty."""
-    if image.shape != target.shape:
+def check_pair(key: str, image: np.ndarray, mask: np.ndarray, target: np.ndarray | None, meta: dict | None = None) -> PairOrSkip:
+    """An EvalPair, or a skip record when shapes disagree or the mask is empty (``target`` None: no ground truth)."""
+    if target is not None and image.shape != target.shape:
         return PairSkip(key, "size_mismatch", f"input {image.shape[:2]} vs ground truth {target.shape[:2]}")
     if mask.shape != image.shape[:2]:
         return PairSkip(key, "size_mismatch", f"mask {mask.shape} vs image {image.shape[:2]}")
