@@ -165,9 +165,9 @@ def test_errors_are_one_line_naming_the_full_key(two_items, override, message):
 
 
 def test_unknown_field_of_an_element_names_the_full_key(two_items):
-    with pytest.raises(ConfigError, match=r"^unknown config key 'items\[1\]\.stepz' for Item; valid keys: "):
+    with pytest.raises(ConfigError, match=r"^unknown config key 'items\[1\]\.stepz' for Item \(did you mean 'items\[1\]\.steps'\?\); valid keys: "):
         load_config(Root, two_items, ["items[1].stepz=1"])
-    with pytest.raises(ConfigError, match=r"^unknown config key 'itemz' for Root; valid keys: "):
+    with pytest.raises(ConfigError, match=r"^unknown config key 'itemz' for Root \(did you mean 'items'\?\); valid keys: "):
         load_config(Root, two_items, ["itemz[0].steps=1"])
 
 

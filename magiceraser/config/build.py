@@ -138,10 +138,13 @@ def build_config(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
 
 
 def unknown_keys_error(cls: type, unknown: Sequence[str], prefix: str) -> ConfigError:
-    known = ", ".join(sorted(f.name for f in dataclasses.fields(cls) if f.init))
+    import difflib
+
+    names = sorted(f.name for f in dataclasses.fields(cls) if f.init)
+    close = difflib.get_close_matches(unknown[0], names, n=1)
     return ConfigError(
         f"unknown config key {prefix + unknown[0]!r} for {cls.__name__}" + (f" (and {list(unknown[1:])})" if unknown[1:] else "")
-        + f"; valid keys: {known}"
+        + (f" (did you mean {prefix + close[0]!r}?)" if close else "") + f"; valid keys: {', '.join(names)}"
     )
 
 

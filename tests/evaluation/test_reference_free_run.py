@@ -155,3 +155,28 @@ def test_a_missing_judge_model_is_one_line_before_any_work(setup, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if "Traceback" in line or "magiceraser" in line]
     assert len(err) == 1 and "metrics.judge_vlm_model" in err[0] and "no-llava" in err[0], err
     assert not (tmp_path / "eval" / "methods").exists()
+
+
+@pytest.mark.parametrize("field, value, changed", [
+    ("remove_model", "other/sam", {"remove"}),
+    ("cfd_model", "other/dinov2", {"cfd", "cfd_context", "cfd_invented"}),
+    ("segmenter", "other/m2f", {"regrowth", "cfd", "cfd_context", "cfd_invented", "success_detector", "detector_fraction"}),
+    ("judge_detector_dilation", 3, {"success_detector", "detector_fraction"}),
+    ("judge_detector_threshold", 0.3, {"success_detector", "detector_fraction"}),
+    ("judge_vlm_model", "other/llava", {"success_vlm", "vlm_p_yes"}),
+    ("judge_vlm_backend", "vllm", {"success_vlm", "vlm_p_yes"}),
+    ("judge_vlm_prompt", "Any {object}? Answer yes or no.", {"success_vlm", "vlm_p_yes"}),
+    ("judge_vlm_threshold", 0.7, {"success_vlm", "vlm_p_yes"}),
+    ("judge_vlm_context", 2.0, {"success_vlm", "vlm_p_yes"}),
+    ("judge_vlm_fallback_class", "thing", {"success_vlm", "vlm_p_yes"}),
+    ("remove", False, set()),  # a switch is not a setting: switching a metric off and on again reuses its values
+])
+def test_each_setting_keys_exactly_the_metrics_it_changes(field, value, changed):
+    from dataclasses import replace
+
+    from magiceraser.evaluation.cache import metric_keys
+    from magiceraser.evaluation.config import MetricsConfig
+
+    before = metric_keys(MetricsConfig())
+    after = metric_keys(replace(MetricsConfig(), **{field: value}))
+    assert {m for m in before if before[m] != after[m]} == changed
