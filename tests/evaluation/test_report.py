@@ -122,3 +122,7 @@ def test_best_and_worst_and_grid():
     assert grid.shape == (128, 192, 3)
     tile = grid[:64, :64]
     assert tile[..., 0].max() > 100 and tile[..., 1:].max() == 0  # the mask outline, in red, on the input tile
+    no_target = grid_image([(img, mask, img, None, "k0 0.91 ReMOVE")], tile=64)
+    assert (no_target[16:, 128:] == 128).all()  # a pair without ground truth: a grey third tile (below the caption)
+    remove_ranked, _ = best_and_worst(recs + [{"key": "r", "remove": 0.9}, {"key": "s", "remove": 0.2}], 1, "remove")
+    assert [r["key"] for r in remove_ranked] == ["r"]  # records without the metric are left out
