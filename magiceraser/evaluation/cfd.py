@@ -55,6 +55,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 DEFAULT_DINOV2 = "facebook/dinov2-giant"
+_PIL_PROCESSOR = "transformers.models.bit.image_processing_pil_bit:BitImageProcessorPil"  # DINOv2 ships a Bit processor
 RESIZE = 224  # the reference resizes every image (and mask) to 224x224 before the processor
 MASK_THRESHOLD = 127  # a mask file's pixels > 127 are "masked" (cv2.threshold(mask, 127, 255, BINARY))
 IOU_THRESHOLD, CONTAIN_THRESHOLD = 0.8, 0.9
@@ -304,11 +305,12 @@ class CfdScorer:
         from transformers import Dinov2Model
 
         from magiceraser.devices import default_dtype, resolve_device
+        from magiceraser.models.processors import image_processor
 
         self.model_id = model
         self.device = resolve_device(device)
         self.dtype = default_dtype(self.device, dtype)
-        self.processor = _image_processor(model)
+        self.processor = image_processor(model, _PIL_PROCESSOR)
         self.model = Dinov2Model.from_pretrained(model, dtype=self.dtype)
         self.model.to(self.device).eval()
         self._torch = torch
@@ -358,20 +360,3 @@ class CfdScorer:
         """CFD of one erased image: the mean over ``mask``'s connected components of term 1 + term 2."""
         term1, term2 = self.terms(image, mask, segments)
         return term1 + term2
-
-
-def _image_processor(model: str):
-    """The checkpoint's image processor (DINOv2 ships a ``BitImageProcessor``), without torchvision.
-
-    As :func:`magiceraser.models.segmenter._image_processor`: the PIL class directly when torchvision
-    is absent (older transformers raise instead of falling back), the Auto class otherwise.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("torchvision") is None:
-        from transformers.models.bit.image_processing_pil_bit import BitImageProcessorPil
-
-        return BitImageProcessorPil.from_pretrained(model)
-    from transformers import AutoImageProcessor
-
-    return AutoImageProcessor.from_pretrained(model)

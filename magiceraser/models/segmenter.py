@@ -12,28 +12,13 @@ import numpy as np
 
 from magiceraser import coco
 from magiceraser.devices import default_dtype, resolve_device
+from magiceraser.models.processors import image_processor
 from magiceraser.panoptic import PanopticResult, Segment
 
 __all__ = ["Mask2FormerSegmenter"]
 
 
-def _image_processor(model: str):
-    """The checkpoint's image processor, without torchvision.
-
-    transformers >= 5.2x falls back to the PIL processor by itself when torchvision is absent;
-    5.17 (the GPU machines' stack) raises instead, so the PIL class is asked for directly there.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("torchvision") is None:
-        from transformers.models.mask2former.image_processing_pil_mask2former import (
-            Mask2FormerImageProcessorPil,
-        )
-
-        return Mask2FormerImageProcessorPil.from_pretrained(model)
-    from transformers import AutoImageProcessor
-
-    return AutoImageProcessor.from_pretrained(model)
+_PIL_PROCESSOR = "transformers.models.mask2former.image_processing_pil_mask2former:Mask2FormerImageProcessorPil"
 
 
 class Mask2FormerSegmenter:
@@ -59,7 +44,7 @@ class Mask2FormerSegmenter:
         self.batch_size = batch_size
         self.threshold, self.mask_threshold = threshold, mask_threshold
         self.overlap_mask_area_threshold = overlap_mask_area_threshold
-        self.processor = _image_processor(model)
+        self.processor = image_processor(model, _PIL_PROCESSOR)
         self.model = Mask2FormerForUniversalSegmentation.from_pretrained(model, dtype=self.dtype)
         self.model.to(self.device).eval()
         # Map the checkpoint's label ids onto our COCO panoptic labels by name, so a checkpoint
