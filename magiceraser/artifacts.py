@@ -17,6 +17,8 @@ from magiceraser.fingerprint import file_sha256
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
 EMBEDS_NAME = "learned_embeds.safetensors"
 META_NAME = "magiceraser.json"
+MODEL_CARD_NAME = "README.md"  # the export's model card, where one is written beside the three files above
+CARD_GRID_NAME = "validation.png"  # the validation grid the model card shows, where the run validated
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-__all__ = ["digest", "file_sha256", "config_digest", "flatten", "matches", "changed", "describe_changes"]
+__all__ = ["digest", "file_sha256", "stream_sha256", "config_digest", "flatten", "matches", "changed", "describe_changes"]
 
 _MISSING = object()
 
@@ -26,10 +26,15 @@ def digest(obj: Any) -> str:
 
 def file_sha256(path: str | Path) -> str:
     """sha256 hex of a file's bytes, read in 1 MiB chunks (weights and results can be large)."""
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
+        return stream_sha256(fh)
+
+
+def stream_sha256(fh: BinaryIO) -> str:
+    """sha256 hex of what is left to read in a binary file object (local, or fsspec's for a URL), 1 MiB at a time."""
+    h = hashlib.sha256()
+    for block in iter(lambda: fh.read(1 << 20), b""):
+        h.update(block)
     return h.hexdigest()
 
 

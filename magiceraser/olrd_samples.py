@@ -6,6 +6,12 @@ shard means the same thing everywhere: ``expand_urls`` turns patterns into shard
 missing shards), ``read_tar_samples`` opens them with fsspec and groups tar members into samples
 with webdataset, ``decode_olrd`` decodes one sample (I, Ĩ, m̃, tags, caption) or raises
 :class:`CorruptSample` with a reason code.
+
+Beside the tars, what a reader may know of them without opening them: the data engine's
+``job.json`` (:data:`JOB_NAME`, what the output's shards were built from) and each shard's sidecar
+(:func:`sidecar_name`: the job fingerprint it was built under, its size and sha256). The data
+engine writes both (``magiceraser.datasets.shards``); :mod:`magiceraser.lineage` reads them to
+name the data a model was trained on.
 """
 
 from __future__ import annotations
@@ -17,6 +23,31 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+JOB_NAME = "job.json"
+"""An OLRD output's record of what its shards are built from: the job fingerprint and the config."""
+
+# Sidecar fields the readers rely on (written by magiceraser.datasets.shards.write_shard).
+SIDECAR_BYTES = "tar_bytes"
+SIDECAR_SHA256 = "tar_sha256"  # absent in sidecars written before the lineage records
+
+
+def sidecar_name(tar_name: str) -> str:
+    """``olrd-000000.tar`` -> ``olrd-000000.json``: the shard's sidecar, written after its tar."""
+    return tar_name.removesuffix(".tar") + ".json"
+
+
+def sidecar_job(sidecar: dict[str, Any]) -> dict[str, Any]:
+    """The job fingerprint a shard was built under (``{}`` if its sidecar has none).
+
+    Sidecars of older versions hold only the digest as a string: it still matches its job, but
+    cannot say which settings changed.
+    """
+    job = sidecar.get("job")
+    if isinstance(job, str):
+        return {"fingerprint": job}
+    return dict(job) if isinstance(job, dict) else {}
 
 
 class CorruptSample(ValueError):

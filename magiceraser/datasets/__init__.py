@@ -15,6 +15,7 @@ Modules, in the order data flows through them:
     driver.py        the driver loop: rows to shards, progress, reruns after a lost node
     job_messages.py  JobError and the [olrd] log line
     olrd_job.py      ``magiceraser olrd``: the command, tying the steps above together
+    tracking.py      the job's W&B run (wandb.enabled): counts, skips, preview, throughput, dataset artifact
     preview.py       ``magiceraser preview``: a PNG grid of a shard's samples
     demo_scenes.py   ``magiceraser demo-scenes``: scenes from skimage.data with panoptic annotations
     config.py        OLRDConfig and its sections

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from magiceraser.datasets.compose import ComposeConfig
+from magiceraser.lineage import WandbSettings
 from magiceraser.models.captioner import DEFAULT_LLAVA
 
-__all__ = ["SegmenterConfig", "CaptionerConfig", "OLRDConfig", "ComposeConfig"]
+__all__ = ["SegmenterConfig", "CaptionerConfig", "OLRDConfig", "ComposeConfig", "WandbSettings"]
 
 
 def _check_pool(prefix: str, num_actors: int, num_gpus: float, num_cpus: float, batch_size: int) -> None:
@@ -192,6 +193,9 @@ class OLRDConfig:
     """Also rebuild the finished shards holding retryable skips (a model raised, a read failed: see skipped.jsonl's retryable)."""
     lock_stale_s: float = 120.0
     """A job's output lock (OUT/job.lock) whose heartbeat is older than this is stale and taken over; keep it well above clock skew between hosts."""
+    wandb: WandbSettings = field(default_factory=WandbSettings)
+    """The job's W&B run, logged at the end: config, fingerprint, counts, skip reasons, preview, throughput and
+    the dataset artifact referencing every shard (magiceraser.lineage); a W&B failure is a warning, never the job's."""
 
     def __post_init__(self) -> None:
         self.layout = LEGACY_LAYOUTS.get(self.layout, self.layout)

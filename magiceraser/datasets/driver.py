@@ -40,7 +40,9 @@ class Progress:
     Each row carries ``done_at``, the wall-clock time its last stage finished it (stages.py).
     The timeline for stats.json, ``[[seconds since start, inputs finished], ...]``, is built from
     those times, so it shows when the workers finished the images, not when the driver got round
-    to them; it has at most ``max_points + 1`` points whatever the run's length.
+    to them; it has at most ``max_points + 1`` points whatever the run's length. Every printed
+    line is also kept as a progress point (:attr:`points`: seconds since start, inputs done,
+    samples, images/s), the throughput over time the job's W&B run shows.
     """
 
     def __init__(self, total: int, interval_s: float):
@@ -50,6 +52,7 @@ class Progress:
         self.done = self.samples = 0
         self.reasons: Counter[str] = Counter()
         self.finished = array("d")  # seconds after wall0, one per input; 8 bytes each
+        self.points: list[list[float]] = []  # [seconds since start, done, samples, images/s] per printed line
 
     def update(self, reason: str, done_at: float | None = None) -> None:
         self.done += 1
@@ -61,7 +64,12 @@ class Progress:
         now = time.monotonic()
         if now - self.last >= self.interval:
             self.last = now
-            print(self.line(), file=sys.stderr, flush=True)
+            self.report()
+
+    def report(self) -> None:
+        """Print the progress line and keep its figures as a progress point."""
+        self.points.append([round(time.monotonic() - self.t0, 3), self.done, self.samples, round(self.rate, 3)])
+        print(self.line(), file=sys.stderr, flush=True)
 
     def forget(self, done_at: list[float]) -> None:
         """Un-count rows that were dropped (their shard is processed again after a lost node)."""
@@ -114,15 +122,15 @@ COUNTERS = ("max_pending_rows", "spilled_shards", "lost_actors_given_up")
 
 def no_work_figures() -> dict[str, Any]:
     """The driver's figures of a run that found every shard done."""
-    return {"timeline": [], "node_loss_retries": 0, **dict.fromkeys(COUNTERS, 0)}
+    return {"timeline": [], "progress": [], "node_loss_retries": 0, **dict.fromkeys(COUNTERS, 0)}
 
 
 def run_with_node_loss_retries(cfg: OLRDConfig, todo: list[InputItem], out: str | Path | Folder, job: dict,
                                sidecars: dict[int, dict], lock: OutputLock | None = None) -> dict[str, Any]:
     """Run the pipeline over ``todo``, writing each shard once all its inputs are back.
 
-    Returns the driver's figures for stats.json: ``timeline``, ``node_loss_retries`` (reruns
-    after a loss), ``max_pending_rows`` (most rows held in memory at once, at most
+    Returns the driver's figures: ``timeline``, ``progress`` (the progress points, for W&B),
+    ``node_loss_retries`` (reruns after a loss), ``max_pending_rows`` (most rows held in memory at once, at most
     ``max_open_shards * samples_per_shard``), ``spilled_shards`` and ``lost_actors_given_up``
     (actors lost with their node that no live node had room for: :mod:`node_loss`).
 
@@ -151,8 +159,8 @@ def run_with_node_loss_retries(cfg: OLRDConfig, todo: list[InputItem], out: str 
                 f"so far are kept; re-planning the {len({it.shard for it in todo})} unfinished shards ({len(todo)} "
                 f"inputs), retry {attempt} of {cfg.node_loss_retries} on the nodes still alive (actor pools from 1 actor up)")
             time.sleep(cfg.node_loss_settle_s)  # let Ray release the failed attempt's actors first
-    print(progress.line(), file=sys.stderr, flush=True)
-    return {"timeline": progress.timeline(), "node_loss_retries": attempt, **figures}
+    progress.report()
+    return {"timeline": progress.timeline(), "progress": progress.points, "node_loss_retries": attempt, **figures}
 
 
 def _run_attempt(cfg: OLRDConfig, todo: list[InputItem], out: Folder, job: dict, sidecars: dict[int, dict],

@@ -20,10 +20,11 @@ from magiceraser.config import config_to_dict
 from magiceraser.datasets.config import OLRDConfig
 from magiceraser.datasets.inputs import InputItem, listing_fingerprint, shard_name
 from magiceraser.datasets.job_messages import JobError
-from magiceraser.datasets.shards import as_folder, read_sidecar, retryable_skips, sidecar_job
+from magiceraser.datasets.shards import as_folder, read_sidecar, retryable_skips
 from magiceraser.fingerprint import changed, flatten
 from magiceraser.fingerprint import describe_changes as fingerprint_changes
 from magiceraser.fingerprint import digest as fingerprint_digest
+from magiceraser.olrd_samples import JOB_NAME, sidecar_job
 from magiceraser.storage import Folder, public_options
 
 
@@ -66,9 +67,9 @@ def _refuse_other_job(out: Folder, what: str, old: dict[str, Any], job: dict[str
 def check_job_file(out: str | Path | Folder, job: dict[str, Any]) -> bool:
     """Refuse an output whose ``job.json`` is another job's; False when there is none yet."""
     out = as_folder(out)
-    path = out.url("job.json")
+    path = out.url(JOB_NAME)
     try:
-        text = out.read_text("job.json")
+        text = out.read_text(JOB_NAME)
     except FileNotFoundError:
         return False
     try:
@@ -78,7 +79,7 @@ def check_job_file(out: str | Path | Folder, job: dict[str, Any]) -> bool:
         raise JobError(f"{path} is not a job record (not a JSON object): delete it to resume, the shards' "
                        "sidecars carry their job's fingerprint") from None
     if old.get("fingerprint") != job["fingerprint"]:
-        raise _refuse_other_job(out, "job.json", old, job)
+        raise _refuse_other_job(out, JOB_NAME, old, job)
     return True
 
 
@@ -103,7 +104,7 @@ def write_job_file(out: str | Path | Folder, job: dict[str, Any], cfg: OLRDConfi
     Secrets in ``storage_options`` are masked: whoever reads the shards need not hold them.
     """
     config = {**config_to_dict(cfg), "storage_options": public_options(cfg.storage_options)}
-    as_folder(out).write_json("job.json", {**job, "version": __version__, "config": config})
+    as_folder(out).write_json(JOB_NAME, {**job, "version": __version__, "config": config})
 
 
 def shards_to_build(n_shards: int, sidecars: dict[int, dict[str, Any]], retry_failed: bool) -> list[int]:

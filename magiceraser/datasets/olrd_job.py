@@ -14,6 +14,9 @@
    after a lost node.
 5. ``skipped.jsonl`` and ``stats.json`` are rewritten from all sidecars; ``stats.json`` last: it
    marks a complete output.
+6. With ``wandb.enabled``, the job's W&B run (``tracking.py``): config, fingerprint, counts, skip
+   reasons, a preview, throughput and the dataset artifact referencing every shard; a W&B failure
+   is a warning, the job still succeeds.
 
 The output may be an object store (``output=s3://bucket/prefix``, any fsspec URL; credentials
 and endpoint from the AWS variables, fsspec's configuration or ``storage_options``): every file
@@ -123,7 +126,7 @@ def _run_locked(cfg: OLRDConfig, out: Folder, lock: OutputLock, items: list[Inpu
         "captioner": cfg.captioner.model,
         "version": __version__,
         "timeline": driver["timeline"],  # [seconds since the pipeline started, inputs done] (this run)
-        "driver": {k: v for k, v in driver.items() if k != "timeline"},  # reruns after a lost node, pending rows
+        "driver": {k: v for k, v in driver.items() if k not in ("timeline", "progress")},  # reruns after a lost node, pending rows
     }
     lock.check()
     with writing(out.url("stats.json"), "stats.json"):
@@ -132,6 +135,10 @@ def _run_locked(cfg: OLRDConfig, out: Folder, lock: OutputLock, items: list[Inpu
           f"{n_shards} shards under {out}", file=sys.stderr, flush=True)
     if stats["retryable"]:
         print(_retry_hint(ordered), file=sys.stderr, flush=True)
+    if cfg.wandb.active:  # after stats.json: the output is complete whatever W&B does (a failure is one warning)
+        from magiceraser.datasets.tracking import log_job_run
+
+        log_job_run(cfg, out, stats, ordered, driver["progress"])
     return stats
 
 

@@ -5,7 +5,8 @@ Layout of an output directory::
     job.lock             held by the running job (owner and heartbeat, see lock.py)
     job.json             what the shards were built from (a resume must match it)
     olrd-000000.tar      samples of inputs [0, n) in listing order (WebDataset: key.original.jpg, ...)
-    olrd-000000.json     sidecar: the job fingerprint, keys, counts and skip records; written after the tar
+    olrd-000000.json     sidecar: the job fingerprint, the tar's size and sha256, keys, counts and skip records;
+                         written after the tar
     ...
     skipped.jsonl        {source, key, reason, stage, message, retryable} of every input not turned into a sample
     stats.json           counts per stage and per skip reason, images/s; written last
@@ -27,6 +28,7 @@ model stage or a failed read may be a transient fault (a CUDA error, a storage h
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import tarfile
@@ -37,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from magiceraser.datasets.inputs import shard_name
+from magiceraser.olrd_samples import SIDECAR_BYTES, SIDECAR_SHA256, sidecar_name
 from magiceraser.storage import Folder
 
 # Skip reason -> the stage that produced it (for the per-stage counts in stats.json).
@@ -82,18 +85,6 @@ def retryable_skips(sidecar: dict[str, Any]) -> list[dict[str, Any]]:
     return [rec for rec in sidecar.get("skips", []) if is_retryable(rec)]
 
 
-def sidecar_job(sidecar: dict[str, Any]) -> dict[str, Any]:
-    """The job fingerprint a shard was built under (``{}`` if its sidecar has none).
-
-    Sidecars of older versions hold only the digest as a string: it still matches its job, but
-    cannot say which settings changed.
-    """
-    job = sidecar.get("job")
-    if isinstance(job, str):
-        return {"fingerprint": job}
-    return dict(job) if isinstance(job, dict) else {}
-
-
 @dataclass
 class ShardResult:
     shard: int
@@ -130,7 +121,8 @@ def write_shard(out_dir: str | Path | Folder, result: ShardResult, job: dict[str
     sidecar = {
         "shard": result.shard,
         "tar": f"{name}.tar",
-        "tar_bytes": len(data),
+        SIDECAR_BYTES: len(data),
+        SIDECAR_SHA256: hashlib.sha256(data).hexdigest(),  # the shard's digest for lineage (magiceraser.lineage)
         "inputs": result.inputs,
         "samples": len(result.samples),
         "skipped": len(result.skips),
@@ -143,7 +135,7 @@ def write_shard(out_dir: str | Path | Folder, result: ShardResult, job: dict[str
         # mismatch can name what changed even when job.json is gone.
         sidecar["job"] = dict(job)
     # Written only now: a sidecar always describes a complete tar that is already in place.
-    out.write_json(f"{name}.json", sidecar)
+    out.write_json(sidecar_name(f"{name}.tar"), sidecar)
     return sidecar
 
 
@@ -156,9 +148,9 @@ def read_sidecar(out_dir: str | Path | Folder, shard: int, sizes: dict[str, int]
     out = as_folder(out_dir)
     name = shard_name(shard)
     try:
-        sidecar = json.loads(out.read_text(f"{name}.json"))
+        sidecar = json.loads(out.read_text(sidecar_name(f"{name}.tar")))
         size = sizes.get(f"{name}.tar") if sizes is not None else out.size(f"{name}.tar")
-        if size is None or size != sidecar["tar_bytes"]:
+        if size is None or size != sidecar[SIDECAR_BYTES]:
             return None
         return sidecar
     except (OSError, ValueError, KeyError, TypeError):

@@ -8,7 +8,8 @@ inputs and is recomputed when the fingerprint no longer matches (the pattern of
                                          source files, :data:`PAIRS_VERSION`
     methods/.../images/<key>.png         :func:`pair_digest` (the bytes of input/mask/target),
                                          :func:`method_deps` (method config, size, diffusion dtype,
-                                         per-image prompts file) and :func:`noise_index`
+                                         per-image prompts file, the trained export's file digests)
+                                         and :func:`noise_index`
     methods/.../metrics/<key>.json       the image's key plus, per metric, :func:`metric_keys`
                                          (:data:`SCORE_VERSION`, the metric's models and settings;
                                          the judges also the pair's object class)
@@ -135,7 +136,23 @@ def method_deps(mcfg: MethodConfig, size: int, dtype: str, device: str) -> dict[
     if mcfg.prompts:  # the per-image prompts are part of the method: edited captions re-erase
         p = Path(mcfg.prompts)
         deps["prompts_digest"] = files_digest([p]) if p.is_file() else None
+    if mcfg.trained_dir and mcfg.kind == "magiceraser":  # a run retrained into the same folder re-erases
+        deps["trained_files"] = trained_files(mcfg.trained_dir)
     return deps
+
+
+def trained_files(trained_dir: str) -> dict[str, str] | None:
+    """The sha256 of the export's weight files as its ``magiceraser.json`` records them (content, not the
+    folder's name); None where the folder holds no readable export (the method then says why)."""
+    import json
+
+    from magiceraser.artifacts import META_NAME
+
+    try:
+        files = json.loads((Path(trained_dir) / META_NAME).read_text()).get("files")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return dict(files) if isinstance(files, dict) else None
 
 
 def noise_index(kind: str, index: int) -> int | None:

@@ -17,6 +17,7 @@ from magiceraser.evaluation.judges import (
 from magiceraser.evaluation.methods import MethodConfig
 from magiceraser.evaluation.remove import DEFAULT_SAM
 from magiceraser.keys import file_name_key
+from magiceraser.lineage import WandbSettings
 from magiceraser.models.captioner import DEFAULT_LLAVA
 
 
@@ -153,18 +154,6 @@ class BootstrapConfig:
 
 
 @dataclass
-class WandbConfig:
-    enabled: bool = False
-    """Log the results and per-image tables to Weights & Biases."""
-    project: str = "magiceraser-eval"
-    """W&B project."""
-    mode: Literal["online", "offline", "disabled"] = "offline"
-    """W&B mode (offline writes under the output directory)."""
-    run_name: str = ""
-    """W&B run name (default: the output folder name)."""
-
-
-@dataclass
 class EvalConfig:
     out_dir: str = "runs/eval"
     """Where pairs, erased images, per-image metrics, tables and grids go (a rerun resumes here)."""
@@ -184,8 +173,9 @@ class EvalConfig:
     """Best and worst cases (by PSNR) shown in each grid; 0 = no grids."""
     bootstrap: BootstrapConfig = field(default_factory=BootstrapConfig)
     """Confidence intervals of every cell and the paired comparison with a baseline method."""
-    wandb: WandbConfig = field(default_factory=WandbConfig)
-    """Optional W&B table."""
+    wandb: WandbSettings = field(default_factory=WandbSettings)
+    """The evaluation's W&B run: the results, comparisons and per-image tables, using the model artifact of
+    every method with a trained_dir (magiceraser.lineage)."""
 
     def __post_init__(self) -> None:
         if self.size < 32:

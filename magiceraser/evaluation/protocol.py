@@ -15,6 +15,9 @@ Data flow (everything under ``out_dir``, every file written atomically; the part
     comparisons.csv                                 report.py: each method minus the baseline, paired bootstrap
     grids/<dataset>__<method>__{best,worst}.png     outputs.py + grids.py: best / worst cases by PSNR (ReMOVE
                                                     where the pairs have no ground truth)
+    lineage.json                                    outputs.py + magiceraser.lineage: per evaluated method with a
+                                                    trained_dir, the export's digest (the W&B model artifact's)
+                                                    and the OLRD jobs it was trained on
 
 Every cached file carries a key of what it depends on (``magiceraser.evaluation.cache``): pairs
 the dataset config, size and source files; erased images and per-image metrics the pair's bytes,
@@ -37,7 +40,13 @@ from magiceraser.evaluation.console import log
 from magiceraser.evaluation.fid import FidSet, fid_features
 from magiceraser.evaluation.layout import pairs_dir
 from magiceraser.evaluation.method_run import run_method
-from magiceraser.evaluation.outputs import log_wandb, write_grids, write_tables
+from magiceraser.evaluation.outputs import (
+    log_wandb,
+    trained_exports,
+    write_grids,
+    write_lineage,
+    write_tables,
+)
 from magiceraser.evaluation.pair_store import materialise_pairs
 from magiceraser.evaluation.report import (
     Bootstrap,
@@ -73,6 +82,8 @@ class EvaluationResult:
     """Every method minus the baseline, per dataset and metric (``comparisons.csv``)."""
     grids: list[Path] = field(default_factory=list)
     """The best / worst grid files written."""
+    lineage: dict = field(default_factory=dict)
+    """Per evaluated method with a trained_dir, the export's digest and the jobs it was trained on (``lineage.json``)."""
     not_evaluated: list[str] = field(default_factory=list)
     """``dataset/method: reason`` for every method that could not run."""
     missing: dict[str, str] = field(default_factory=dict)
@@ -163,6 +174,7 @@ class Evaluation:
         write_tables(out, result.rows, result.table, result.records, result.skipped, result.comparisons)
         if cfg.grid_cases:
             result.grids = write_grids(cfg, result.records)
-        if cfg.wandb.enabled:
-            log_wandb(cfg, result.rows, result.records, result.comparisons)
+        result.lineage = write_lineage(out, trained_exports(cfg, (method for _, method in order)))
+        if cfg.wandb.active:
+            log_wandb(cfg, result.rows, result.records, result.comparisons, result.lineage)
         return result

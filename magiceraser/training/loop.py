@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from magiceraser.config import config_to_dict
+from magiceraser.lineage import DatasetLineage
 from magiceraser.models.stable_diffusion import load_base_components
 from magiceraser.training import launch as launches
 from magiceraser.training import resume as resume_checks
@@ -47,7 +48,7 @@ from magiceraser.training.distributed import (
     on_main_process,
 )
 from magiceraser.training.model import DTYPES, PromptTuner
-from magiceraser.training.outputs import export_run, record_config, remove_replaced_run
+from magiceraser.training.outputs import data_lineage, export_run, record_config, remove_replaced_run
 from magiceraser.training.phase_data import phase_data_state, phase_stream_spec
 from magiceraser.training.preemption import (
     Preempted,
@@ -157,6 +158,7 @@ class Trainer:
         self.step = 0
         self.data_state: dict[str, Any] = {"phase": 0, "positions": {}, "batches": 0, "reseed": 0}
         self.logger: NullLogger = NullLogger()
+        self.lineage: DatasetLineage | None = None  # rank 0: the shards and OLRD jobs the run reads, for W&B and the export
         self.history: list[dict[str, float]] = []
         self.learned_count = [0, 0]  # learned prompts, samples (this process)
         self._validation_samples: list[dict[str, Any]] | None = None
@@ -236,8 +238,11 @@ class Trainer:
         if self.plan.replaced:
             remove_replaced_run(self.out_dir, self.store, self.plan.replaced)
         public = record_config(cfg, self.out_dir)
-        self.logger = RunLogger(cfg.wandb, self.out_dir, config_to_dict(public), resume_id=self.plan.wandb_run_id,
-                                logged_step=self.plan.logged_step, on_logged=self._note_logged_step)
+        self.lineage = data_lineage(cfg, self.urls)
+        self.logger = RunLogger(cfg.wandb, self.out_dir, {**config_to_dict(public), "lineage": self.lineage.run_config()},
+                                resume_id=self.plan.wandb_run_id, logged_step=self.plan.logged_step,
+                                on_logged=self._note_logged_step)
+        self.logger.use_datasets(self.lineage)
         with writing(self.store.url(launches.RUN_STATE_NAME), "the run's state"):
             self._write_run_state()  # from here on a restarted process of this launch continues this run
 
@@ -379,9 +384,10 @@ class Trainer:
     def _finish(self) -> TrainResult:
         if self.cfg.validation.urls:
             self._validate()
-        on_main_process(lambda: export_run(self.cfg, self.out_dir, self.model, self.step, self.ctx.world_size, self.locks),
-                        self.ctx)
+        on_main_process(lambda: export_run(self.cfg, self.out_dir, self.model, self.step, self.ctx.world_size, self.locks,
+                                           self.lineage), self.ctx)
         if self.ctx.is_main:
+            self.logger.log_model(self.out_dir)  # best effort, as finish: the export is written
             self.logger.finish()  # best effort: the export is written, a W&B hiccup is only logged
         barrier(self.ctx)
         total = all_reduce_scalars(self.learned_count, self.ctx, op="sum")

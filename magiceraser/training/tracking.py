@@ -9,6 +9,12 @@ training loop calls ``logger.log(...)`` unconditionally. ``mode=offline`` writes
 A resumed or restarted run continues its W&B run (same id) and logs no step twice: steps up to
 ``logged_step`` (recorded in ``run_state.json`` just before each log) were logged by the attempt
 before, and a resumed run recomputes them bit for bit, so they are skipped.
+
+Lineage (:mod:`magiceraser.lineage`): the run uses the dataset artifact of every OLRD job whose
+shards it reads (:meth:`RunLogger.use_datasets`, built again from the shards: the digest the data
+job logged), its config holds the jobs' fingerprints and every shard no ``job.json`` vouches for,
+and at the end it logs the export as the model artifact (:meth:`RunLogger.log_model`). A W&B
+failure in either is a warning: training and the export do not depend on W&B.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from magiceraser.imaging import image_grid  # noqa: F401  (validation.py imports it from here)
+from magiceraser.lineage import DatasetLineage, model_artifact, use_artifact
 from magiceraser.training.config import WandbConfig
 from magiceraser.training.preemption import PREEMPTED_EXIT_CODE
 
@@ -35,6 +42,12 @@ class NullLogger:
         pass
 
     def log_image(self, name: str, image: np.ndarray, caption: str, step: int) -> None:
+        pass
+
+    def use_datasets(self, lineage: DatasetLineage) -> None:
+        pass
+
+    def log_model(self, export_dir: str | Path) -> None:
         pass
 
     def finish(self, preempted: bool = False) -> None:
@@ -61,6 +74,7 @@ class RunLogger(NullLogger):
             entity=cfg.entity,
             name=cfg.run_name,
             mode=cfg.mode,
+            job_type="train",
             tags=list(cfg.tags),
             config=run_config,
             dir=str(wandb_dir.parent),
@@ -92,6 +106,27 @@ class RunLogger(NullLogger):
 
             self._logging(step)
             self.run.log({name: wandb.Image(image, caption=caption)}, step=step)
+
+    def use_datasets(self, lineage: DatasetLineage) -> None:
+        """Declare the dataset artifact of every OLRD job the run reads an input of the run."""
+        if self.run is None:
+            return
+        for version in lineage.datasets:
+            try:
+                use_artifact(self.run, version.artifact())
+            except Exception as exc:  # W&B is a record of the run, not a part of it
+                log.warning("W&B: could not record the use of dataset %s (%s: %s)", version.artifact_name,
+                            type(exc).__name__, exc)
+
+    def log_model(self, export_dir: str | Path) -> None:
+        """Log the export in ``export_dir`` as the run's model artifact."""
+        if self.run is None:
+            return
+        try:
+            self.run.log_artifact(model_artifact(export_dir))
+        except Exception as exc:  # the export is written; W&B only records it
+            log.warning("W&B: could not log the export in %s as a model artifact (%s: %s)", export_dir,
+                        type(exc).__name__, exc)
 
     def finish(self, preempted: bool = False) -> None:
         """Close the W&B run; ``preempted`` marks it so (W&B shows it as preempted, to be resumed)."""

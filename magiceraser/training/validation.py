@@ -91,6 +91,18 @@ def held_out_samples(cfg: TrainConfig) -> list[dict[str, Any]]:
     return prepare_validation_samples(decoded, cfg.data.resolution, cfg.data.crop_scale_min, cfg.data.seed)
 
 
+def validation_grid_path(out_dir: Path, step: int) -> Path:
+    """Where the grid of ``step`` is written."""
+    return Path(out_dir) / "validation" / f"step-{step:08d}.png"
+
+
+def latest_validation_grid(out_dir: Path, step: int) -> Path | None:
+    """The newest grid written at or before ``step`` (this run's: a replaced run's folder is cleared), or None."""
+    grids = sorted((Path(out_dir) / "validation").glob("step-*.png"))
+    grids = [g for g in grids if g.stem.removeprefix("step-").isdigit() and int(g.stem.removeprefix("step-")) <= step]
+    return grids[-1] if grids else None
+
+
 def write_validation_grid(model, base_scheduler_config: dict[str, Any], samples: list[dict[str, Any]], cfg: TrainConfig,
                           device: torch.device, out_dir: Path, step: int, logger: NullLogger) -> None:
     """Erase ``samples`` with the current weights; write the grid of ``step`` under ``out_dir`` and to W&B."""
@@ -102,7 +114,7 @@ def write_validation_grid(model, base_scheduler_config: dict[str, Any], samples:
         model, base_scheduler_config, samples, cfg.model.token,
         v.num_inference_steps, v.guidance_scale, v.seed, device,
     )
-    path = out_dir / "validation" / f"step-{step:08d}.png"
+    path = validation_grid_path(out_dir, step)
     with writing(path, "a validation grid"):
         atomic_write_bytes(path, encode_image(grid, "png"))
     logger.log_image("validation/grid", grid, "rows: input, mask, result, target", step=step)

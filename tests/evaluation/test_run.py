@@ -431,3 +431,18 @@ def test_a_second_evaluation_into_a_busy_out_dir_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and f"{out} is in use by another job" in err[0], err
     assert sorted(p.name for p in out.iterdir()) == []  # not even config.yaml
+
+
+def test_a_run_retrained_into_the_same_folder_erases_again(tmp_path):
+    """Erased images are keyed on the export's content (its recorded file digests), not on the folder's name."""
+    from magiceraser.evaluation.methods import MethodConfig
+
+    export = tmp_path / "run"
+    export.mkdir()
+    mcfg = MethodConfig(name="me", kind="magiceraser", trained_dir=str(export), content_init="telea", refocus=False)
+    assert C.method_deps(mcfg, 64, "", "cpu")["trained_files"] is None  # not an export (yet): the method says why
+    (export / "magiceraser.json").write_text(json.dumps({"files": {"a.safetensors": "1" * 64}}))
+    first = C.digest(C.method_deps(mcfg, 64, "", "cpu"))
+    assert C.digest(C.method_deps(mcfg, 64, "", "cpu")) == first  # unchanged export: cached images stay valid
+    (export / "magiceraser.json").write_text(json.dumps({"files": {"a.safetensors": "2" * 64}}))
+    assert C.digest(C.method_deps(mcfg, 64, "", "cpu")) != first  # retrained in place: erased again
