@@ -28,7 +28,9 @@ Digests:
 
 - a shard: the sha256 of the tar, which the data engine records in the shard's sidecar as it
   writes it (``olrd_samples.SIDECAR_SHA256``), so naming a shard never reads it again; a shard
-  whose sidecar lacks it (older versions, foreign shards) is read once and hashed.
+  whose sidecar lacks it (older versions, foreign shards) is named by what the store says of it
+  without reading it (size and ETag, or size and modification time: :func:`url_identity`):
+  lineage never reads terabytes of shards at a run's start.
 - a dataset artifact: W&B's manifest digest over (shard file name, sha256). It does not depend on
   where the shards lie, so a local copy of an ``s3://`` output names the same version.
 - an export: W&B's manifest digest of the model artifact (each file's md5 as W&B computes it).
@@ -53,7 +55,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 from magiceraser.artifacts import CARD_GRID_NAME, EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME, MODEL_CARD_NAME
-from magiceraser.fingerprint import stream_sha256
 from magiceraser.olrd_samples import JOB_NAME, SIDECAR_BYTES, SIDECAR_SHA256, sidecar_job, sidecar_name
 from magiceraser.storage import Folder, is_object_store
 from magiceraser.storage.urls import local_path
@@ -125,18 +126,33 @@ class ShardRef:
 
     uri: str
     """``file:///absolute/olrd-000000.tar`` or ``s3://bucket/prefix/olrd-000000.tar`` (any fsspec URL as is)."""
-    sha256: str
+    sha256: str | None
+    """The tar's sha256 as its sidecar recorded it; None where no sidecar vouches for the tar."""
     size: int
     job_fingerprint: str | None = None
     """The job its sidecar says built it (None: no sidecar, or one that does not describe this tar)."""
+    identity: str | None = None
+    """Where there is no recorded sha256: what the store says of the file without reading it (its
+    size and ETag on object storage, size and modification time locally). Lineage never reads a shard:
+    a run on terabytes of shards written by another tool, or by a data engine before the sidecars
+    carried digests, starts as fast as any other."""
 
     @property
     def name(self) -> str:
         return posixpath.basename(self.uri)
 
+    @property
+    def digest(self) -> str:
+        """The manifest digest: the sha256, else the identity."""
+        return self.sha256 or self.identity or ""
+
     def record(self) -> dict[str, Any]:
-        """``{uri, digest (sha256 hex), bytes, job_fingerprint}``, as ``magiceraser.json``'s lineage lists it."""
-        return {"uri": self.uri, "digest": self.sha256, "bytes": self.size, "job_fingerprint": self.job_fingerprint}
+        """``{uri, digest (sha256 hex or None), bytes, job_fingerprint}`` (+ ``identity`` where there is no
+        sha256), as ``magiceraser.json``'s lineage lists it."""
+        rec = {"uri": self.uri, "digest": self.sha256, "bytes": self.size, "job_fingerprint": self.job_fingerprint}
+        if self.sha256 is None:
+            rec["identity"] = self.identity
+        return rec
 
 
 def shard_uri(url: str) -> str:
@@ -153,15 +169,17 @@ def _split(url: str) -> tuple[str, str]:
     return str(path.parent), path.name
 
 
-def url_sha256(url: str, storage_options: Mapping[str, Any] | None = None) -> str:
-    """sha256 of a file named by a local path or an fsspec URL, streamed."""
+def url_identity(url: str, size: int, storage_options: Mapping[str, Any] | None = None) -> str:
+    """What names a file without reading it: ``size=N,etag=...`` on object storage (its ETag, or the
+    store's own checksum field), ``size=N,mtime_ns=...`` locally."""
     if not is_object_store(url):
-        with open(local_path(url), "rb") as fh:
-            return stream_sha256(fh)
+        return f"size={size},mtime_ns={local_path(url).stat().st_mtime_ns}"
     import fsspec
 
-    with fsspec.open(url, "rb", **dict(storage_options or {})) as fh:
-        return stream_sha256(fh)
+    fs, path = fsspec.core.url_to_fs(url, **dict(storage_options or {}))
+    info = fs.info(path)
+    tag = next((info[k] for k in ("ETag", "etag", "md5Hash", "crc32c", "LastModified", "mtime") if info.get(k)), "")
+    return f"size={size},etag={str(tag).strip(chr(34))}"
 
 
 def shard_ref(url: str, size: int, sidecar: Mapping[str, Any] | None,
@@ -169,15 +187,17 @@ def shard_ref(url: str, size: int, sidecar: Mapping[str, Any] | None,
     """The reference of the shard at ``url`` of ``size`` bytes; ``sidecar`` (or None) as read beside it.
 
     A sidecar vouches for the tar only when it names the tar's size (as for the data engine's
-    resume): then its sha256 and job fingerprint are the shard's. Otherwise the tar is hashed.
+    resume): then its sha256 and job fingerprint are the shard's. Otherwise the shard is named by
+    its :func:`url_identity` (never read).
     """
     sha, job = None, None
     if isinstance(sidecar, Mapping) and sidecar.get(SIDECAR_BYTES) == size:
         sha = sidecar.get(SIDECAR_SHA256)
         job = sidecar_job(dict(sidecar)).get("fingerprint")
-    if not isinstance(sha, str) or not sha:
-        sha = url_sha256(url, storage_options)
-    return ShardRef(uri=shard_uri(url), sha256=sha, size=int(size), job_fingerprint=job)
+    if isinstance(sha, str) and sha:
+        return ShardRef(uri=shard_uri(url), sha256=sha, size=int(size), job_fingerprint=job)
+    return ShardRef(uri=shard_uri(url), sha256=None, size=int(size), job_fingerprint=job,
+                    identity=url_identity(url, int(size), storage_options))
 
 
 def _read_json(folder: Folder, name: str) -> Any:
@@ -192,7 +212,7 @@ def shard_refs(urls: Sequence[str], storage_options: Mapping[str, Any] | None = 
     """The references of ``urls`` (shards as the trainer reads them), in order.
 
     One listing per folder, then one read of each shard's sidecar (16 at a time: thousands of
-    shards on object storage cost seconds); a shard is hashed only where no sidecar vouches for it.
+    shards on object storage cost seconds); no shard is read (:func:`shard_ref`).
     """
     by_folder: dict[str, list[tuple[int, str, str]]] = {}
     for i, url in enumerate(urls):
@@ -264,7 +284,7 @@ class DatasetVersion:
         for ref, name in zip(self.shards, names):
             # What add_reference(uri, name=name) adds, with the digest and size this module
             # defines: the sha256 the sidecar recorded, not W&B's checksum (see the module docstring).
-            artifact.manifest.add_entry(ArtifactManifestEntry(path=name, ref=ref.uri, digest=ref.sha256, size=ref.size))
+            artifact.manifest.add_entry(ArtifactManifestEntry(path=name, ref=ref.uri, digest=ref.digest, size=ref.size))
         return artifact
 
     @functools.cached_property

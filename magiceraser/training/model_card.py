@@ -177,7 +177,7 @@ def _shard_table(shards: list[Any]) -> list[str]:
     lines = ["", "| shard | digest | bytes |" + (" OLRD job |" if with_job else ""),
              "| --- | --- | --- |" + (" --- |" if with_job else "")]
     for r in rows[:MAX_LISTED_SHARDS]:
-        digest = r.get("digest") or r.get("sha256") or NOT_RECORDED
+        digest = r.get("digest") or r.get("sha256") or r.get("identity") or NOT_RECORDED
         job = r.get("job_fingerprint")
         lines.append(f"| {_code(r.get('uri', '?'))} | {_code(digest)} | {r.get('bytes', r.get('size', ''))} |"
                      + ((f" {_code(job)} |" if job else " none |") if with_job else ""))
