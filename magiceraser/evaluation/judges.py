@@ -388,23 +388,13 @@ class VlmJudge:
         self.yes_ids, self.no_ids = _answer_ids(self._tokenizer, self._render(self.question(None)), yes_words, no_words)
 
     def _init_vllm(self, model: str, dtype: str | None, gpu_memory_utilization: float, max_model_len: int) -> None:
-        try:
-            from vllm import LLM, SamplingParams
-        except ImportError as exc:  # the extra is GPU-only and optional
-            raise ImportError(
-                'the VLM judge\'s backend=vllm needs vLLM: pip install -e ".[vllm]" on a CUDA machine, '
-                "or use backend=transformers"
-            ) from exc
+        from magiceraser.models.captioner import llava_engine
+
+        self._llm = llava_engine(model, "metrics.judge_vlm_backend", dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                                 max_model_len=max_model_len, max_logprobs=VLM_LOGPROBS)
+        from vllm import SamplingParams  # importable: llava_engine got vLLM
+
         self.device = "cuda"
-        self._llm = LLM(
-            model=model,
-            dtype="auto" if dtype in (None, "auto") else dtype,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-            limit_mm_per_prompt={"image": 1},
-            max_logprobs=VLM_LOGPROBS,
-            seed=0,
-        )
         self._sampling = SamplingParams(max_tokens=1, temperature=0.0, logprobs=VLM_LOGPROBS)
 
     # -- prompts -----------------------------------------------------------------------------------

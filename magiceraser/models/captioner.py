@@ -81,6 +81,20 @@ class TransformersCaptioner:
         return [_clean(t) for t in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
+def llava_engine(model: str, key: str, *, dtype: str | None = None, gpu_memory_utilization: float = 0.85,
+                 max_model_len: int = 2048, tensor_parallel_size: int = 1, **engine_args):
+    """vLLM's offline engine for a LLaVA checkpoint, one image per prompt (captioner and evaluation judge);
+    ``key`` names the config setting that chose vLLM, for the error when it is not installed."""
+    try:
+        from vllm import LLM
+    except ImportError as exc:  # the extra is GPU-only and optional
+        raise ImportError(f'{key}=vllm needs vLLM: pip install -e ".[vllm]" on a CUDA machine, '
+                          f"or use {key}=transformers") from exc
+    return LLM(model=model, dtype="auto" if dtype in (None, "auto") else dtype, gpu_memory_utilization=gpu_memory_utilization,
+               max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size, limit_mm_per_prompt={"image": 1},
+               seed=0, **engine_args)
+
+
 class VllmCaptioner:
     """LLaVA served by vLLM's offline engine (GPU), batched over the whole Ray batch."""
 
@@ -93,23 +107,11 @@ class VllmCaptioner:
         max_model_len: int = 2048,
         tensor_parallel_size: int = 1,
     ):
-        try:
-            from vllm import LLM, SamplingParams
-        except ImportError as exc:  # the extra is GPU-only and optional
-            raise ImportError(
-                'captioner.backend=vllm needs vLLM: pip install -e ".[vllm]" on a CUDA machine, '
-                "or use captioner.backend=transformers"
-            ) from exc
         self.model_id = model
-        self.llm = LLM(
-            model=model,
-            dtype="auto" if dtype in (None, "auto") else dtype,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_model_len=max_model_len,
-            tensor_parallel_size=tensor_parallel_size,
-            limit_mm_per_prompt={"image": 1},
-            seed=0,
-        )
+        self.llm = llava_engine(model, "captioner.backend", dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
+                                max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size)
+        from vllm import SamplingParams  # importable: llava_engine got vLLM
+
         self.sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
 
     def caption(self, images: list[np.ndarray], questions: list[str]) -> list[str]:

@@ -384,9 +384,13 @@ def test_vlm_judge_counts_a_shared_yes_token_once(tiny_llava, vlm_judge):
 def test_vllm_backend_without_vllm_is_a_clear_import_error(tiny_llava, monkeypatch):
     import sys
 
+    from magiceraser.models.captioner import VllmCaptioner
+
     monkeypatch.setitem(sys.modules, "vllm", None)  # as on a machine without the extra
-    with pytest.raises(ImportError, match="vllm"):
+    with pytest.raises(ImportError, match=r"metrics.judge_vlm_backend=vllm needs vLLM: pip install -e \"\.\[vllm\]\""):
         judges.VlmJudge(str(tiny_llava), backend="vllm")
+    with pytest.raises(ImportError, match=r"captioner.backend=vllm needs vLLM.*or use captioner.backend=transformers"):
+        VllmCaptioner(str(tiny_llava))
 
 
 @pytest.mark.gpu
