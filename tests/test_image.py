@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from demo_alarms import alarms_in
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "cluster" / "image" / "Dockerfile"
@@ -161,7 +162,7 @@ def test_the_image_builds_and_runs_the_demo(tmp_path_factory):
         script = ("set -e; python -m magiceraser.install_check; magiceraser --help >/dev/null; "
                   "mkdir -p /home/ray/w && cd /home/ray/w && cp -r /opt/magiceraser/configs . && "
                   "magiceraser demo > demo.log 2>&1 || { tail -40 demo.log; exit 1; }; "
-                  "cat demo/eval/results.md; python -c \"import json; print(json.load(open('demo/train/magiceraser.json'))['token'])\"")
+                  "cat demo.log >&2; cat demo/eval/results.md; python -c \"import json; print(json.load(open('demo/train/magiceraser.json'))['token'])\"")
         run = _run("buildah", "run", "--isolation", "chroot", container, "--", "bash", "-c", script, timeout=900)
         t_demo = time.monotonic() - t0
     finally:
@@ -171,4 +172,5 @@ def test_the_image_builds_and_runs_the_demo(tmp_path_factory):
     assert run.stdout.startswith("magiceraser install check: ok")  # the image's torch and (absent) torchvision agree
     assert "| Dataset | Method | PSNR↑" in table and "ReMOVE↑" in table and "| OLRD-demo | Telea |" in table
     assert run.stdout.strip().splitlines()[-1] == "<magiceraser-bg>"  # the demo's trained export, inside the image
+    assert "Demo finished." in run.stderr and not alarms_in(run.stderr)  # as tests/test_quiet.py checks on the host
     print(f"\nimage {tag}: base {t_base:.0f} s, build {t_build:.0f} s, size {size}, demo inside {t_demo:.0f} s")
