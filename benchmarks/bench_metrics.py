@@ -351,7 +351,7 @@ def write_llava(out: str, layers: int) -> str:
 
 def bench_vlm(items, warm, layers: int) -> list[tuple[str, float, str]]:
     """VlmJudge on LLaVA-1.5-7B's widths with ``layers`` language layers; extrapolated to 32."""
-    from magiceraser.evaluation.judges import VlmJudge
+    from magiceraser.evaluation.vlm_judge import VlmJudge
 
     full_layers = LLAMA2_7B["num_hidden_layers"]
     with rss_section("VLM judge: LLaVA-1.5-7B widths, reduced depth"), \

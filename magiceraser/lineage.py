@@ -15,7 +15,7 @@ artifact it built itself is linked to the version another run logged with the sa
 the three commands link when they log to one project and entity (``wandb.project``, default
 ``magiceraser`` for all three). ``wandb.Run.use_artifact`` refuses in offline mode; offline, the
 use is recorded as W&B's own ``use_artifact`` of a new artifact records it (the artifact record
-with ``use_after_commit``), which ``wandb sync`` replays (:func:`use_artifact`).
+with ``use_after_commit``), which ``wandb sync`` replays (:func:`magiceraser.wandb_runs.use_artifact`).
 
 In our files, so lineage survives without W&B: an export's ``magiceraser.json`` holds
 ``lineage`` (:meth:`DatasetLineage.record`: ``job_fingerprints``, the OLRD jobs its shards' sidecars
@@ -52,7 +52,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from magiceraser.artifacts import CARD_GRID_NAME, EMBEDS_NAME, LORA_WEIGHTS_NAME, META_NAME, MODEL_CARD_NAME
 from magiceraser.olrd_samples import JOB_NAME, SIDECAR_BYTES, SIDECAR_SHA256, sidecar_job, sidecar_name
@@ -68,53 +68,6 @@ MODEL_ARTIFACT = "magiceraser-model"
 EXPORT_FILES = (LORA_WEIGHTS_NAME, EMBEDS_NAME, META_NAME)
 LINEAGE_KEY = "lineage"
 """The key of the export's ``magiceraser.json`` that holds :meth:`DatasetLineage.record`."""
-
-
-@dataclass
-class WandbSettings:
-    """A job's W&B run: the data engine's and the evaluation's ``wandb:`` section (the trainer's has more keys)."""
-
-    enabled: bool = False
-    """Log this job as a W&B run, linked to the data job, training run and evaluation by artifacts (README, Trainer, "Lineage")."""
-    project: str = "magiceraser"
-    """W&B project; the data job, the training run and the evaluation link in W&B only within one project."""
-    entity: str | None = None
-    """W&B entity (team/user); None = the default of the logged-in account."""
-    mode: Literal["online", "offline", "disabled"] = "offline"
-    """W&B mode; offline writes the run under the output folder with no network (upload later with `wandb sync`)."""
-    run_name: str = ""
-    """W&B run name (default: the output folder's name)."""
-
-    @property
-    def active(self) -> bool:
-        """Whether the job logs a run (``enabled`` and a mode other than ``disabled``)."""
-        return self.enabled and self.mode != "disabled"
-
-
-def start_run(settings: WandbSettings, run_dir: str | Path, job_type: str, default_name: str, config: Mapping[str, Any]) -> Any:
-    """``wandb.init`` for a job's run, written under ``run_dir/wandb``."""
-    import wandb
-
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    return wandb.init(project=settings.project, entity=settings.entity, mode=settings.mode, job_type=job_type,
-                      name=settings.run_name or default_name, dir=str(run_dir), config=dict(config),
-                      settings=wandb.Settings(silent=True, console="off"))
-
-
-def use_artifact(run: Any, artifact: Any) -> None:
-    """Declare ``artifact`` (built here from the files, not fetched) an input of ``run``.
-
-    Online this is ``run.use_artifact``: W&B links the run to the version with the same name and
-    digest, or creates it. Offline, where ``use_artifact`` refuses, the same artifact record
-    ``use_artifact`` sends for a new artifact (``use_after_commit``) is written to the run's file;
-    ``wandb sync`` replays it.
-    """
-    if run is None or getattr(run, "disabled", False):
-        return
-    if getattr(run, "offline", False):
-        run._log_artifact(artifact, is_user_created=True, use_after_commit=True)
-    else:
-        run.use_artifact(artifact)
 
 
 # -- shards ---------------------------------------------------------------------------------------

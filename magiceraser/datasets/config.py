@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from magiceraser.datasets.compose import ComposeConfig
-from magiceraser.lineage import WandbSettings
 from magiceraser.models.captioner import DEFAULT_LLAVA
+from magiceraser.wandb_runs import WandbSettings
 
 __all__ = ["SegmenterConfig", "CaptionerConfig", "OLRDConfig", "ComposeConfig", "WandbSettings"]
 

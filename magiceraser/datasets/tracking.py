@@ -31,8 +31,9 @@ from magiceraser.config import config_to_dict
 from magiceraser.datasets.config import OLRDConfig
 from magiceraser.datasets.job_messages import first_line, log
 from magiceraser.datasets.shards import is_retryable
-from magiceraser.lineage import start_run, written_dataset
+from magiceraser.lineage import written_dataset
 from magiceraser.storage import Folder, public_options
+from magiceraser.wandb_runs import start_run
 
 STATS_IN_SUMMARY = ("inputs", "samples", "skipped", "shards", "stages", "skip_reasons", "retryable",
                     "processed_this_run", "elapsed_s", "images_per_s")

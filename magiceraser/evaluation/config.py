@@ -17,8 +17,8 @@ from magiceraser.evaluation.judges import (
 from magiceraser.evaluation.methods import MethodConfig
 from magiceraser.evaluation.remove import DEFAULT_SAM
 from magiceraser.keys import file_name_key
-from magiceraser.lineage import WandbSettings
 from magiceraser.models.captioner import DEFAULT_LLAVA
+from magiceraser.wandb_runs import WandbSettings
 
 
 @dataclass

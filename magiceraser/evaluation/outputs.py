@@ -27,7 +27,8 @@ from magiceraser.evaluation.layout import method_dir, pairs_dir
 from magiceraser.evaluation.pair_store import load_pair
 from magiceraser.evaluation.report import COLUMNS, Comparison, ResultRow, comparisons_csv, results_csv
 from magiceraser.imageio import decode_image, encode_image
-from magiceraser.lineage import export_lineage, model_artifact, start_run, use_artifact
+from magiceraser.lineage import export_lineage, model_artifact
+from magiceraser.wandb_runs import start_run, use_artifact
 
 LINEAGE_NAME = "lineage.json"
 

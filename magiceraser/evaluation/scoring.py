@@ -67,7 +67,7 @@ class Scorer:
 
             self.cfd = _load("DINOv2 checkpoint", "cfd", "cfd_model", cfg.cfd_model, lambda: CfdScorer(cfg.cfd_model, device=device))
         if cfg.judge_vlm:
-            from magiceraser.evaluation.judges import VlmJudge
+            from magiceraser.evaluation.vlm_judge import VlmJudge
 
             self.vlm = _load("LLaVA checkpoint", "judge_vlm", "judge_vlm_model", cfg.judge_vlm_model, lambda: VlmJudge(
                 cfg.judge_vlm_model, backend=cfg.judge_vlm_backend, device=device, prompt=cfg.judge_vlm_prompt,

@@ -158,7 +158,7 @@ class Trainer:
         self.step = 0
         self.data_state: dict[str, Any] = {"phase": 0, "positions": {}, "batches": 0, "reseed": 0}
         self.logger: NullLogger = NullLogger()
-        self.lineage: DatasetLineage | None = None  # rank 0: the shards and OLRD jobs the run reads, for W&B and the export
+        self.lineage: DatasetLineage | None = None  # rank 0: the shards and OLRD jobs read, for W&B and the export
         self.history: list[dict[str, float]] = []
         self.learned_count = [0, 0]  # learned prompts, samples (this process)
         self._validation_samples: list[dict[str, Any]] | None = None
@@ -239,10 +239,8 @@ class Trainer:
             remove_replaced_run(self.out_dir, self.store, self.plan.replaced)
         public = record_config(cfg, self.out_dir)
         self.lineage = data_lineage(cfg, self.urls)
-        self.logger = RunLogger(cfg.wandb, self.out_dir, {**config_to_dict(public), "lineage": self.lineage.run_config()},
-                                resume_id=self.plan.wandb_run_id, logged_step=self.plan.logged_step,
-                                on_logged=self._note_logged_step)
-        self.logger.use_datasets(self.lineage)
+        self.logger = RunLogger(cfg.wandb, self.out_dir, config_to_dict(public), resume_id=self.plan.wandb_run_id,
+                                logged_step=self.plan.logged_step, on_logged=self._note_logged_step, lineage=self.lineage)
         with writing(self.store.url(launches.RUN_STATE_NAME), "the run's state"):
             self._write_run_state()  # from here on a restarted process of this launch continues this run
 
@@ -384,8 +382,7 @@ class Trainer:
     def _finish(self) -> TrainResult:
         if self.cfg.validation.urls:
             self._validate()
-        on_main_process(lambda: export_run(self.cfg, self.out_dir, self.model, self.step, self.ctx.world_size, self.locks,
-                                           self.lineage), self.ctx)
+        on_main_process(lambda: export_run(self.cfg, self.out_dir, self.model, self.step, self.ctx.world_size, self.locks, self.lineage), self.ctx)
         if self.ctx.is_main:
             self.logger.log_model(self.out_dir)  # best effort, as finish: the export is written
             self.logger.finish()  # best effort: the export is written, a W&B hiccup is only logged

@@ -26,15 +26,12 @@ the step count and run it (tests/training/test_model_card.py).
 from __future__ import annotations
 
 import re
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 from magiceraser import __version__
 from magiceraser.artifacts import (
     CARD_GRID_NAME,
-    EMBEDS_NAME,
-    LORA_WEIGHTS_NAME,
     META_NAME,
     MODEL_CARD_NAME,
     read_trained_output,
@@ -42,6 +39,7 @@ from magiceraser.artifacts import (
 from magiceraser.atomic import atomic_write_bytes, atomic_write_text
 from magiceraser.models.hub import is_hub_id
 from magiceraser.prompts import LEARNED_TEMPLATE, learned_prompt
+from magiceraser.training.card_snippet import diffusers_snippet
 from magiceraser.write_errors import writing
 
 GRID_NAME = CARD_GRID_NAME
@@ -268,53 +266,9 @@ def snippet(meta: dict[str, Any]) -> str:
     """Python that loads the export with stock diffusers and erases one image (settings at its top)."""
     cfg = meta.get("training_config") or {}
     resolution = _get(cfg, "data.resolution", 512)
-    resolution = resolution if isinstance(resolution, int) else 512
     guidance = _get(cfg, "validation.guidance_scale", 7.5)
-    guidance = guidance if isinstance(guidance, (int, float)) else 7.5
-    # The learned prompt of magiceraser.prompts, as an f-string over the snippet's variables.
-    prompt = "f" + repr(LEARNED_TEMPLATE.format(token="{TOKEN}", tag="{BACKGROUND}")) + ".rstrip()"
-    base_comment = ("" if hub_base_model(meta["base_model"])
-                    else "  # a local folder, relative to where training ran; or the Hub id it is a copy of")
-    diffusers_floor = ".".join(version("diffusers").split(".")[:2])  # the release the export was written with
-    return f"""\
-# pip install torch "diffusers>={diffusers_floor}" transformers peft safetensors pillow
-import torch
-from diffusers import StableDiffusionInpaintPipeline
-from PIL import Image
-
-IMAGE_PATH = "photo.jpg"  # the photo to erase objects from
-MASK_PATH = "mask.png"  # same size as the photo: white where objects are erased
-OUTPUT_PATH = "erased.png"
-BACKGROUND = "grass"  # what the hole should become, in words ("sky", "brick wall"), or "" for none
-BASE_MODEL = {meta["base_model"]!r}{base_comment}
-MAGICERASER_MODEL = "."  # the folder of this card (run from inside it), or the Hub repo it was uploaded to
-TOKEN = {meta["token"]!r}
-RESOLUTION = {resolution}  # long side the model runs at (the training resolution)
-STEPS = 50
-GUIDANCE_SCALE = {guidance}
-SEED = 0
-
-device = "cuda" if torch.cuda.is_available() else "cpu"
-pipe = StableDiffusionInpaintPipeline.from_pretrained(
-    BASE_MODEL, dtype=torch.float16 if device == "cuda" else torch.float32
-).to(device)
-pipe.load_lora_weights(MAGICERASER_MODEL, weight_name={LORA_WEIGHTS_NAME!r})
-pipe.load_textual_inversion(MAGICERASER_MODEL, weight_name={EMBEDS_NAME!r}, token=TOKEN)
-
-PROMPT = {prompt}
-image = Image.open(IMAGE_PATH).convert("RGB")
-mask = Image.open(MASK_PATH).convert("L").point(lambda v: 255 if v >= 128 else 0)
-scale = RESOLUTION / max(image.size)
-width, height = (max(8, round(side * scale / 8) * 8) for side in image.size)
-result = pipe(
-    prompt=PROMPT, image=image, mask_image=mask, width=width, height=height,
-    num_inference_steps=STEPS, guidance_scale=GUIDANCE_SCALE,
-    generator=torch.Generator().manual_seed(SEED),
-).images[0]
-# Back to the photo's size; the pixels outside the mask stay the photo's own.
-result = Image.composite(result.resize(image.size, Image.LANCZOS), image, mask)
-result.save(OUTPUT_PATH)
-"""
+    return diffusers_snippet(meta["base_model"], meta["token"], resolution if isinstance(resolution, int) else 512,
+                             guidance if isinstance(guidance, (int, float)) else 7.5, hub_base_model(meta["base_model"]) is not None)
 
 
 def card_text(meta: dict[str, Any], *, has_grid: bool, grid_step: int | None = None) -> str:

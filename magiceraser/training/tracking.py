@@ -27,9 +27,10 @@ from typing import Any
 import numpy as np
 
 from magiceraser.imaging import image_grid  # noqa: F401  (validation.py imports it from here)
-from magiceraser.lineage import DatasetLineage, model_artifact, use_artifact
+from magiceraser.lineage import DatasetLineage, model_artifact
 from magiceraser.training.config import WandbConfig
 from magiceraser.training.preemption import PREEMPTED_EXIT_CODE
+from magiceraser.wandb_runs import use_artifact
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +59,11 @@ class RunLogger(NullLogger):
     """W&B run of the main process."""
 
     def __init__(self, cfg: WandbConfig, out_dir: str | Path, run_config: dict[str, Any], resume_id: str | None = None,
-                 logged_step: int = 0, on_logged: Callable[[], None] | None = None):
+                 logged_step: int = 0, on_logged: Callable[[], None] | None = None, lineage: DatasetLineage | None = None):
+        """``lineage``: the shards the run reads; recorded in the run config and its datasets used (:meth:`use_datasets`)."""
         self.run = None
+        if lineage is not None:
+            run_config = {**run_config, "lineage": lineage.run_config()}
         self.logged_step = logged_step
         self.skip_through = logged_step  # logged by an earlier attempt of this run
         self.on_logged = on_logged
@@ -82,6 +86,8 @@ class RunLogger(NullLogger):
             resume="allow" if resume_id else None,
             settings=wandb.Settings(silent=True, console="off"),
         )
+        if lineage is not None:
+            self.use_datasets(lineage)
 
     @property
     def run_id(self) -> str | None:

@@ -23,6 +23,7 @@ from magiceraser.evaluation.judges import (
     vlm_verdict,
     yes_probability,
 )
+from magiceraser.evaluation.vlm_judge import VlmJudge
 from magiceraser.panoptic import PanopticResult, Segment
 
 DOG, CAT, PERSON = (coco.BY_NAME[n].label for n in ("dog", "cat", "person"))
@@ -302,7 +303,7 @@ YES_TOKENS, NO_TOKENS = ["ĠYes", "Ġyes"], ["ĠNo", "Ġno"]
 
 @pytest.fixture(scope="module")
 def vlm_judge(tiny_llava):
-    return judges.VlmJudge(str(tiny_llava), device="cpu", yes_words=YES, no_words=NO, batch_size=3, context=0.5)
+    return VlmJudge(str(tiny_llava), device="cpu", yes_words=YES, no_words=NO, batch_size=3, context=0.5)
 
 
 def _vlm_inputs(n=5):
@@ -314,11 +315,11 @@ def _vlm_inputs(n=5):
 
 
 def test_vlm_judge_refuses_clashing_yes_no_tokens(tiny_llava):
-    assert judges.VlmJudge(str(tiny_llava), device="cpu").yes_ids  # the defaults are distinct tokens
+    assert VlmJudge(str(tiny_llava), device="cpu").yes_ids  # the defaults are distinct tokens
     with pytest.raises(ValueError, match=r"yes word 'grass' and no word 'gravel' share the first answer token 'Ġgra'"):
-        judges.VlmJudge(str(tiny_llava), device="cpu", yes_words=("grass",), no_words=("gravel",))
+        VlmJudge(str(tiny_llava), device="cpu", yes_words=("grass",), no_words=("gravel",))
     with pytest.raises(ValueError, match="yes word 'snow' and no word 'snow'") as exc:
-        judges.VlmJudge(str(tiny_llava), device="cpu", yes_words=("snow",), no_words=("sky", "snow"))
+        VlmJudge(str(tiny_llava), device="cpu", yes_words=("snow",), no_words=("sky", "snow"))
     assert "'sky'" not in str(exc.value)  # only the clashing pair is named
 
 
@@ -364,18 +365,18 @@ def test_vlm_judge_batched_equals_one_at_a_time(vlm_judge):
 def test_vlm_judge_prompt_and_class_change_p_yes(tiny_llava, vlm_judge):
     images, masks, classes = _vlm_inputs(2)
     base = vlm_judge.p_yes(images, masks, classes)
-    other = judges.VlmJudge(str(tiny_llava), device="cpu", yes_words=YES, no_words=NO, context=0.5,
+    other = VlmJudge(str(tiny_llava), device="cpu", yes_words=YES, no_words=NO, context=0.5,
                             prompt="Do you see a {object} here? Answer yes or no.")
     changed = other.p_yes(images, masks, classes)
     assert all(abs(a - b) > 1e-5 for a, b in zip(base, changed))
     assert abs(vlm_judge.p_yes(images[:1], masks[:1], ["sea"])[0] - base[0]) > 1e-5
     with pytest.raises(ValueError, match="object"):
-        judges.VlmJudge(str(tiny_llava), device="cpu", yes_words=YES, no_words=NO, prompt="Is it there?")
+        VlmJudge(str(tiny_llava), device="cpu", yes_words=YES, no_words=NO, prompt="Is it there?")
 
 
 def test_vlm_judge_counts_a_shared_yes_token_once(tiny_llava, vlm_judge):
     # "Yess" and "Yes" both start with 'ĠYes' in answer position: one yes token, not two.
-    dup = judges.VlmJudge(str(tiny_llava), device="cpu", yes_words=(*YES, "Yess"), no_words=NO, context=0.5)
+    dup = VlmJudge(str(tiny_llava), device="cpu", yes_words=(*YES, "Yess"), no_words=NO, context=0.5)
     assert dup.yes_ids == vlm_judge.yes_ids
     images, masks, classes = _vlm_inputs(2)
     assert dup.p_yes(images, masks, classes) == vlm_judge.p_yes(images, masks, classes)
@@ -388,7 +389,7 @@ def test_vllm_backend_without_vllm_is_a_clear_import_error(tiny_llava, monkeypat
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # as on a machine without the extra
     with pytest.raises(ImportError, match=r"metrics.judge_vlm_backend=vllm needs vLLM: pip install -e \"\.\[vllm\]\""):
-        judges.VlmJudge(str(tiny_llava), backend="vllm")
+        VlmJudge(str(tiny_llava), backend="vllm")
     with pytest.raises(ImportError, match=r"captioner.backend=vllm needs vLLM.*or use captioner.backend=transformers"):
         VllmCaptioner(str(tiny_llava))
 
@@ -397,9 +398,9 @@ def test_vllm_backend_without_vllm_is_a_clear_import_error(tiny_llava, monkeypat
 def test_vllm_judge_matches_transformers_on_gpu(tiny_llava):
     pytest.importorskip("vllm")
     images, masks, classes = _vlm_inputs(3)
-    vllm_judge = judges.VlmJudge(str(tiny_llava), backend="vllm", yes_words=YES, no_words=NO, context=0.5,
+    vllm_judge = VlmJudge(str(tiny_llava), backend="vllm", yes_words=YES, no_words=NO, context=0.5,
                                  gpu_memory_utilization=0.3, max_model_len=256)
-    hf_judge = judges.VlmJudge(str(tiny_llava), device="cuda", dtype="float32", yes_words=YES, no_words=NO, context=0.5)
+    hf_judge = VlmJudge(str(tiny_llava), device="cuda", dtype="float32", yes_words=YES, no_words=NO, context=0.5)
     assert (vllm_judge.yes_ids, vllm_judge.no_ids) == (hf_judge.yes_ids, hf_judge.no_ids)
     # The tiny model's near-flat distribution may leave a yes/no token out of the top 20: compare loosely.
     np.testing.assert_allclose(vllm_judge.p_yes(images, masks, classes), hf_judge.p_yes(images, masks, classes), atol=0.05)

@@ -13,8 +13,9 @@ import pytest
 import yaml
 from PIL import Image
 
-from magiceraser.evaluation import judges, method_run, remove
+from magiceraser.evaluation import method_run, remove
 from magiceraser.evaluation import run as R
+from magiceraser.evaluation.vlm_judge import VlmJudge
 from magiceraser.imageio import decode_image, decode_mask
 
 from .olrd_shards import write_shard
@@ -116,7 +117,7 @@ def test_every_metric_runs_with_and_without_targets(setup, tiny_sam):
 def test_cache_keys_cover_every_new_metric(setup, monkeypatch):
     tmp_path, write_config = setup
     assert R.main(["--config", str(write_config())]) == 0
-    vlm, sam = Spy(monkeypatch, judges.VlmJudge), Spy(monkeypatch, remove.RemoveScorer)
+    vlm, sam = Spy(monkeypatch, VlmJudge), Spy(monkeypatch, remove.RemoveScorer)
     assert R.main(["--config", str(write_config())]) == 0
     assert (vlm.calls, sam.calls) == (0, 0)  # an unchanged config rescores nothing
     before = {(r["dataset"], r["method"], r["key"]): r for r in _records(tmp_path / "eval")}
@@ -133,7 +134,7 @@ def test_cache_keys_cover_every_new_metric(setup, monkeypatch):
 def test_a_changed_object_class_rejudges(setup, monkeypatch):
     tmp_path, write_config = setup
     assert R.main(["--config", str(write_config(remove=False, cfd=False))]) == 0
-    vlm = Spy(monkeypatch, judges.VlmJudge)
+    vlm = Spy(monkeypatch, VlmJudge)
     samples = []
     rng = np.random.default_rng(0)  # the same pixels as _write_shards, another class in the metadata
     from .test_run import _scene
